@@ -1,0 +1,91 @@
+"""The exceptions mxsync raises.
+
+::
+
+    MxsyncError
+    ├── ConfigError            a bad argument or setting, raised before any I/O
+    ├── LoginError             the homeserver refused the credentials
+    ├── MatrixError            the homeserver answered with a Matrix error (errcode)
+    │   ├── ForbiddenError         M_FORBIDDEN (missing power level, not joined, ...)
+    │   └── RateLimitedError       M_LIMIT_EXCEEDED, with retry_after_ms
+    ├── HomeserverUnavailable  network error, 5xx or garbage after bounded retries
+    └── ProtocolError          a malformed mxsync event (skipped by readers, never raised
+                               out of a sync loop)
+
+No message ever contains an access token or a password.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MxsyncError",
+    "ConfigError",
+    "LoginError",
+    "MatrixError",
+    "ForbiddenError",
+    "RateLimitedError",
+    "HomeserverUnavailable",
+    "ProtocolError",
+]
+
+
+class MxsyncError(Exception):
+    """Base class of every exception mxsync raises on purpose."""
+
+
+class ConfigError(MxsyncError, ValueError):
+    """A bad argument or setting; nothing was sent."""
+
+
+class LoginError(MxsyncError):
+    """The homeserver refused to log the user in."""
+
+    def __init__(self, homeserver: str, user_id: str, reason: str) -> None:
+        self.homeserver = homeserver
+        self.user_id = user_id
+        self.reason = reason
+        super().__init__(f"login of {user_id} on {homeserver} failed: {reason}")
+
+
+class MatrixError(MxsyncError):
+    """The homeserver answered a request with an error."""
+
+    def __init__(
+        self,
+        status: int,
+        errcode: str,
+        error: str,
+        *,
+        method: str = "",
+        path: str = "",
+        retry_after_ms: int | None = None,
+    ) -> None:
+        self.status = status
+        self.errcode = errcode
+        self.error = error
+        self.method = method
+        self.path = path
+        self.retry_after_ms = retry_after_ms
+        where = f" ({method} {path})" if method else ""
+        super().__init__(f"{status} {errcode}: {error}{where}")
+
+
+class ForbiddenError(MatrixError):
+    """M_FORBIDDEN: for example the sender lacks the power level for an event type."""
+
+
+class RateLimitedError(MatrixError):
+    """M_LIMIT_EXCEEDED; ``retry_after_ms`` says when to try again."""
+
+
+class HomeserverUnavailable(MxsyncError):
+    """The homeserver could not be reached or answered garbage, after bounded retries."""
+
+    def __init__(self, homeserver: str, reason: str) -> None:
+        self.homeserver = homeserver
+        self.reason = reason
+        super().__init__(f"homeserver {homeserver} unavailable: {reason}")
+
+
+class ProtocolError(MxsyncError, ValueError):
+    """A malformed mxsync event or payload."""
