@@ -1,0 +1,35 @@
+"""mxsync: keep shared data current through Matrix rooms.
+
+CRDT documents (pycrdt, Yjs-compatible) that any number of clients edit at
+once, and sensor streams that devices publish and dashboards watch.
+"""
+
+from .engine import Client, OutgoingEvent, RoomEvent, SendHandle, Status
+from .errors import (
+    ConfigError,
+    ForbiddenError,
+    HomeserverUnavailable,
+    LoginError,
+    MatrixError,
+    MxsyncError,
+    ProtocolError,
+    RateLimitedError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Client",
+    "ConfigError",
+    "ForbiddenError",
+    "HomeserverUnavailable",
+    "LoginError",
+    "MatrixError",
+    "MxsyncError",
+    "OutgoingEvent",
+    "ProtocolError",
+    "RateLimitedError",
+    "RoomEvent",
+    "SendHandle",
+    "Status",
+]

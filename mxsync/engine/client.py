@@ -1,0 +1,471 @@
+"""Client: one Matrix account, one nio AsyncClient, one store, one sync loop, one outbox.
+
+``async with Client(...) as client:`` logs in (reusing the session kept in the
+store, so that transaction ids stay valid across restarts), starts the sync
+loop and the outbox in the client's task group, and stops both on exit.
+Features (documents, sensor streams) are built on the small surface this
+class offers: ``send``/``send_many`` (through the outbox), ``room_events``
+(from the sync loop), ``messages``/``room_state`` (history and state), and
+``may_send`` (power levels).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import anyio
+import msgspec
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream
+from nio import AsyncClient, AsyncClientConfig
+
+from ..errors import ConfigError, LoginError, MatrixError
+from ..protocol.types import ALL_TYPES
+from .events import RoomEvent, parse_event, power_level_allows
+from .http import Backoff, Http, q, retrying
+from .outbox import Outbox, OutgoingEvent, SendHandle
+from .store import Store
+from .sync import Status, SyncLoop
+
+__all__ = ["Client", "MessagesPage"]
+
+log = logging.getLogger("mxsync.client")
+
+_SESSION_NS = "session"
+
+
+class MessagesPage(msgspec.Struct, frozen=True):
+    """One page of /messages: events in the requested direction, and the next token."""
+
+    events: list[RoomEvent]
+    start: str | None
+    end: str | None
+
+
+class _Session(msgspec.Struct):
+    homeserver: str
+    user_id: str
+    device_id: str
+    access_token: str
+
+
+def _check_user_id(user_id: str) -> None:
+    if not (isinstance(user_id, str) and user_id.startswith("@") and ":" in user_id):
+        raise ConfigError(f"user_id must look like @name:server, got {user_id!r}")
+
+
+class Client:
+    """A Matrix account that keeps mxsync data current."""
+
+    def __init__(
+        self,
+        homeserver: str,
+        user_id: str,
+        *,
+        password: str | None = None,
+        access_token: str | None = None,
+        store_path: str | Path | None = None,
+        device_id: str | None = None,
+        timeline_limit: int = 50,
+        sync_timeout_ms: int = 30_000,
+        sends_per_room: int = 8,
+        request_timeout: float = 60.0,
+        call_attempts: int = 5,
+    ) -> None:
+        if not isinstance(homeserver, str) or not homeserver.startswith(("http://", "https://")):
+            raise ConfigError(f"homeserver must be an http(s) URL, got {homeserver!r}")
+        _check_user_id(user_id)
+        if password is None and access_token is None and store_path is None:
+            raise ConfigError("give a password or an access_token (or a store with a session)")
+        if not 1 <= timeline_limit <= 1000:
+            raise ConfigError(f"timeline_limit must be within 1..1000, got {timeline_limit!r}")
+        self.homeserver = homeserver.rstrip("/")
+        self.user_id = user_id
+        self._password = password
+        self._access_token = access_token
+        self._requested_device = device_id
+        self.device_id: str | None = None
+        self.store = Store(store_path)
+        self.nio = AsyncClient(
+            self.homeserver,
+            user_id,
+            config=AsyncClientConfig(store_sync_tokens=False, encryption_enabled=False),
+        )
+        self.http = Http(self.nio, request_timeout=request_timeout)
+        self.outbox = Outbox(self.http, self.store, per_room=sends_per_room)
+        self.sync = SyncLoop(
+            self.http, self.store, timeline_limit=timeline_limit, timeout_ms=sync_timeout_ms
+        )
+        self._call_attempts = call_attempts
+        self._stack: AsyncExitStack | None = None
+        self._tg: TaskGroup | None = None
+
+    def __repr__(self) -> str:  # never show credentials
+        return f"<Client {self.user_id} on {self.homeserver}>"
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def __aenter__(self) -> Client:
+        async with AsyncExitStack() as stack:
+            await self.store.open()
+            stack.push_async_callback(self.store.close)
+            self.nio.client_session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None)
+            )
+            stack.push_async_callback(self.nio.close)
+            await self._login()
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(tg.cancel_scope.cancel)
+            self._tg = tg
+            await tg.start(self.outbox.run)
+            await tg.start(self.sync.run)
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        stack, self._stack = self._stack, None
+        self._tg = None
+        if stack is not None:
+            with anyio.CancelScope(shield=True):
+                return await stack.__aexit__(exc_type, exc, tb)
+        return None
+
+    @property
+    def task_group(self) -> TaskGroup:
+        if self._tg is None:
+            raise RuntimeError("the client is not running; use `async with Client(...)`")
+        return self._tg
+
+    @property
+    def status(self) -> Status:
+        """The sync loop's state: connecting, synced or backing_off, with the last error."""
+        return self.sync.status
+
+    async def wait_synced(self) -> None:
+        """Return once the first /sync has been processed."""
+        await self.sync.wait_synced()
+
+    # -- session -------------------------------------------------------------
+
+    async def _call(self, what: str, method: str, path: str, body: Any = None,
+                    **kw: Any) -> dict[str, Any]:
+        """A request that waits for an answer: bounded retries on transient errors."""
+        return await retrying(
+            lambda: self.http.request(method, path, body, **kw),
+            homeserver=self.homeserver,
+            attempts=self._call_attempts,
+            backoff=Backoff(base=0.25, cap=4.0),
+            what=what,
+        )
+
+    async def _login(self) -> None:
+        saved_raw = await self.store.kv_get(_SESSION_NS, "session")
+        saved = None
+        if saved_raw is not None:
+            try:
+                saved = msgspec.json.decode(saved_raw, type=_Session)
+            except msgspec.DecodeError:
+                log.warning("ignoring an unreadable session in the store")
+            if saved is not None and (
+                saved.user_id != self.user_id or saved.homeserver != self.homeserver
+            ):
+                raise ConfigError(
+                    f"the store belongs to {saved.user_id} on {saved.homeserver}, "
+                    f"not {self.user_id} on {self.homeserver}"
+                )
+        token = self._access_token or (saved.access_token if saved else None)
+        if token is not None:
+            self.http.access_token = token
+            try:
+                who = await self._call("whoami", "GET", "/_matrix/client/v3/account/whoami")
+            except MatrixError as exc:
+                if self._access_token is not None or self._password is None:
+                    raise LoginError(self.homeserver, self.user_id,
+                                     f"access token refused ({exc.errcode})") from None
+                log.info("stored session no longer valid; logging in again")
+            else:
+                if who.get("user_id") != self.user_id:
+                    raise LoginError(self.homeserver, self.user_id,
+                                     f"the access token belongs to {who.get('user_id')!r}")
+                device = who.get("device_id")
+                self._adopt(token, device if isinstance(device, str) else
+                            (saved.device_id if saved else "UNKNOWN"))
+                await self._save_session()
+                return
+        if self._password is None:
+            raise LoginError(self.homeserver, self.user_id, "no password and no valid session")
+        # Keep the device id across logins: transaction ids are scoped to the device,
+        # so outbox retries after a restart stay idempotent.
+        device_id = self._requested_device or (saved.device_id if saved else None)
+        device_id = device_id or f"MXSYNC{secrets.token_hex(5).upper()}"
+        self.http.access_token = None
+        try:
+            answer = await self._call(
+                "login",
+                "POST",
+                "/_matrix/client/v3/login",
+                {
+                    "type": "m.login.password",
+                    "identifier": {"type": "m.id.user", "user": self.user_id},
+                    "password": self._password,
+                    "device_id": device_id,
+                    "initial_device_display_name": "mxsync",
+                },
+                auth=False,
+            )
+        except MatrixError as exc:
+            raise LoginError(self.homeserver, self.user_id,
+                             f"{exc.errcode}: {exc.error}") from None
+        token = answer.get("access_token")
+        if not isinstance(token, str):
+            raise LoginError(self.homeserver, self.user_id, "no access token in the answer")
+        self._adopt(token, str(answer.get("device_id") or device_id))
+        await self._save_session()
+
+    def _adopt(self, token: str, device_id: str) -> None:
+        self.http.access_token = token
+        self.device_id = device_id
+        self.nio.access_token = token
+        self.nio.user_id = self.user_id
+        self.nio.device_id = device_id
+
+    async def _save_session(self) -> None:
+        assert self.http.access_token is not None and self.device_id is not None
+        session = _Session(self.homeserver, self.user_id, self.device_id, self.http.access_token)
+        await self.store.kv_set(_SESSION_NS, "session", msgspec.json.encode(session))
+
+    # -- rooms -----------------------------------------------------------------
+
+    async def create_room(
+        self,
+        name: str | None = None,
+        invite: Iterable[str] = (),
+        writers: Iterable[str] | None = None,
+        *,
+        topic: str | None = None,
+    ) -> str:
+        """Create a room where only ``writers`` may send mxsync's event types.
+
+        ``writers`` defaults to the creator and the invitees; invitees that are not
+        writers can read (a dashboard) but the server refuses their mxsync events.
+        """
+        invite = list(invite)
+        for uid in invite:
+            _check_user_id(uid)
+        writer_list = list(invite) if writers is None else list(writers)
+        for uid in writer_list:
+            _check_user_id(uid)
+        users = {uid: 50 for uid in writer_list}
+        users[self.user_id] = 100
+        body: dict[str, Any] = {
+            "preset": "private_chat",
+            "invite": invite,
+            "power_level_content_override": {
+                "users": users,
+                "users_default": 0,
+                # Every event type needs a writer's level unless listed otherwise;
+                # mxsync's types are listed anyway, so the intent is explicit.
+                "events_default": 50,
+                "state_default": 50,
+                "events": {
+                    **{t: 50 for t in ALL_TYPES},
+                    "m.room.power_levels": 100,
+                    "m.room.name": 50,
+                },
+            },
+        }
+        if name is not None:
+            body["name"] = name
+        if topic is not None:
+            body["topic"] = topic
+        answer = await self._call("create_room", "POST", "/_matrix/client/v3/createRoom", body)
+        room_id = answer.get("room_id")
+        if not isinstance(room_id, str):
+            raise MatrixError(200, "M_UNKNOWN", "createRoom answered without a room_id")
+        return room_id
+
+    async def join(self, room_id: str) -> str:
+        """Join a room by id or alias; returns the room id."""
+        answer = await self._call("join", "POST", f"/_matrix/client/v3/join/{q(room_id)}", {})
+        joined = answer.get("room_id")
+        return joined if isinstance(joined, str) else room_id
+
+    async def invite(self, room_id: str, user_id: str) -> None:
+        _check_user_id(user_id)
+        await self._call("invite", "POST", f"/_matrix/client/v3/rooms/{q(room_id)}/invite",
+                         {"user_id": user_id})
+
+    async def set_power_level(self, room_id: str, user_id: str, level: int) -> None:
+        """Set one user's power level (for example to make a reader a writer)."""
+        pl = await self.get_state(room_id, "m.room.power_levels") or {}
+        users = dict(pl.get("users") or {})
+        users[user_id] = level
+        pl = {**pl, "users": users}
+        await self._call("set power level", "PUT",
+                         f"/_matrix/client/v3/rooms/{q(room_id)}/state/m.room.power_levels/", pl)
+
+    # -- sending ---------------------------------------------------------------
+
+    async def send(
+        self,
+        room_id: str,
+        event_type: str,
+        content: dict[str, Any],
+        *,
+        state_key: str | None = None,
+        lane: str = "default",
+    ) -> SendHandle:
+        """Persist an event in the outbox; it is sent in the background.
+
+        Returns once the event is committed to the store; ``await handle.wait()``
+        returns its event id once the homeserver has it.
+        """
+        return await self.outbox.enqueue(
+            OutgoingEvent(room_id, event_type, content, state_key, lane)
+        )
+
+    async def send_many(self, events: Sequence[OutgoingEvent]) -> list[SendHandle]:
+        """Persist several events in one transaction (order kept per lane)."""
+        return await self.outbox.enqueue_many(events)
+
+    # -- receiving -------------------------------------------------------------
+
+    @asynccontextmanager
+    async def room_events(
+        self, room_id: str | None, types: Iterable[str] = (), *, buffer: int = 1024
+    ) -> AsyncIterator[MemoryObjectReceiveStream[RoomEvent]]:
+        """Live events of ``room_id`` whose type starts with one of ``types``."""
+        async with self.sync.subscribe(room_id, types, buffer=buffer) as recv:
+            yield recv
+
+    async def messages(
+        self,
+        room_id: str,
+        from_token: str | None = None,
+        *,
+        direction: str = "b",
+        limit: int = 1000,
+        types: Iterable[str] | None = None,
+    ) -> MessagesPage:
+        """One page of room history (``direction`` "b" backwards or "f" forwards)."""
+        if direction not in ("b", "f"):
+            raise ConfigError(f"direction must be 'b' or 'f', got {direction!r}")
+        query: dict[str, Any] = {"dir": direction, "limit": max(1, min(limit, 1000))}
+        if from_token is not None:
+            query["from"] = from_token
+        if types is not None:
+            query["filter"] = msgspec.json.encode({"types": list(types)}).decode()
+        page = await self._call(
+            "messages", "GET", f"/_matrix/client/v3/rooms/{q(room_id)}/messages", query=query
+        )
+        chunk = page.get("chunk") if isinstance(page.get("chunk"), list) else []
+        assert isinstance(chunk, list)
+        events = [ev for raw in chunk if (ev := parse_event(room_id, raw)) is not None]
+        start, end = page.get("start"), page.get("end")
+        return MessagesPage(
+            events,
+            start if isinstance(start, str) else None,
+            end if isinstance(end, str) else None,
+        )
+
+    async def context_token(self, room_id: str, event_id: str) -> str | None:
+        """A pagination token just after ``event_id`` (for paging forwards from it)."""
+        answer = await self._call(
+            "context",
+            "GET",
+            f"/_matrix/client/v3/rooms/{q(room_id)}/context/{q(event_id)}",
+            query={"limit": 0},
+        )
+        end = answer.get("end")
+        return end if isinstance(end, str) else None
+
+    async def timestamp_to_event(
+        self, room_id: str, ts_ms: int, direction: str = "f"
+    ) -> tuple[str, int] | None:
+        """The event closest to ``ts_ms`` in ``direction``, or None if there is none."""
+        try:
+            answer = await self._call(
+                "timestamp_to_event",
+                "GET",
+                f"/_matrix/client/v1/rooms/{q(room_id)}/timestamp_to_event",
+                query={"ts": ts_ms, "dir": direction},
+            )
+        except MatrixError as exc:
+            if exc.errcode == "M_NOT_FOUND":
+                return None
+            raise
+        event_id, ts = answer.get("event_id"), answer.get("origin_server_ts")
+        if isinstance(event_id, str) and isinstance(ts, int):
+            return event_id, ts
+        return None
+
+    async def room_state(self, room_id: str) -> list[RoomEvent]:
+        """The room's current state events, fetched from the homeserver."""
+        answer = await retrying(
+            lambda: self._state_list(room_id),
+            homeserver=self.homeserver,
+            attempts=self._call_attempts,
+            what="room state",
+        )
+        events = [ev for raw in answer if (ev := parse_event(room_id, raw)) is not None]
+        cache = self.sync.state.setdefault(room_id, {})
+        for ev in events:
+            if ev.state_key is not None:
+                cache.setdefault((ev.type, ev.state_key), ev.content)
+        return events
+
+    async def _state_list(self, room_id: str) -> list[Any]:
+        # /state answers a JSON list, not an object: fetch it through nio's session.
+        resp = await self.http.request_list("GET", f"/_matrix/client/v3/rooms/{q(room_id)}/state")
+        return resp
+
+    async def get_state(
+        self, room_id: str, event_type: str, state_key: str = ""
+    ) -> dict[str, Any] | None:
+        """One state event's content (cached from sync when known), or None."""
+        cached = self.sync.state.get(room_id, {}).get((event_type, state_key))
+        if cached is not None:
+            return cached
+        try:
+            content = await self._call(
+                "get_state",
+                "GET",
+                f"/_matrix/client/v3/rooms/{q(room_id)}/state/{q(event_type)}/{q(state_key)}",
+            )
+        except MatrixError as exc:
+            if exc.errcode == "M_NOT_FOUND":
+                return None
+            raise
+        self.sync.state.setdefault(room_id, {})[(event_type, state_key)] = content
+        return content
+
+    async def may_send(
+        self, room_id: str, sender: str, event_type: str, *, state: bool = False
+    ) -> bool:
+        """Do the room's power levels let ``sender`` send ``event_type``?"""
+        pl = await self.get_state(room_id, "m.room.power_levels")
+        return power_level_allows(pl, sender, event_type, state=state)
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "requests": self.http.requests,
+            "sync": {
+                "state": self.status.state,
+                "syncs": self.status.syncs,
+                "events": self.sync.events_delivered,
+                "gap_fills": self.sync.gap_fills,
+            },
+            "outbox": self.outbox.statistics(),
+        }

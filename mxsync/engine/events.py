@@ -1,0 +1,99 @@
+"""RoomEvent, the one shape in which room events reach features, and its parser.
+
+The homeserver hands us JSON objects; anything that does not have the shape of
+a room event (missing ids, wrong types) is refused here, once, so that no
+feature has to check the envelope again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+__all__ = ["RoomEvent", "parse_event", "power_level_allows"]
+
+
+class RoomEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """A room event as delivered by /sync or /messages."""
+
+    room_id: str
+    event_id: str
+    sender: str
+    type: str
+    content: dict[str, Any]
+    origin_server_ts: int = 0
+    #: Set for state events (possibly ``""``); None for timeline-only events.
+    state_key: str | None = None
+
+    @property
+    def is_state(self) -> bool:
+        return self.state_key is not None
+
+
+def parse_event(room_id: str, raw: Any) -> RoomEvent | None:
+    """Build a RoomEvent from a raw event dict, or None if it is not one."""
+    if not isinstance(raw, dict):
+        return None
+    event_id = raw.get("event_id")
+    sender = raw.get("sender")
+    etype = raw.get("type")
+    content = raw.get("content")
+    ts = raw.get("origin_server_ts", 0)
+    state_key = raw.get("state_key")
+    if not (isinstance(event_id, str) and isinstance(sender, str) and isinstance(etype, str)):
+        return None
+    if not isinstance(content, dict):
+        # Redacted events keep an empty content; anything else is not an event.
+        return None
+    if not isinstance(ts, int) or isinstance(ts, bool):
+        ts = 0
+    if state_key is not None and not isinstance(state_key, str):
+        return None
+    return RoomEvent(
+        room_id=room_id,
+        event_id=event_id,
+        sender=sender,
+        type=etype,
+        content=content,
+        origin_server_ts=ts,
+        state_key=state_key,
+    )
+
+
+def _int(value: Any, default: int) -> int:
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return default
+    return default
+
+
+def power_level_allows(
+    power_levels: dict[str, Any] | None, sender: str, event_type: str, *, state: bool
+) -> bool:
+    """Would ``m.room.power_levels`` content let ``sender`` send ``event_type``?
+
+    Follows the Matrix authorization rules for the levels themselves: the
+    sender's level (``users`` or ``users_default``) against the event's
+    required level (``events`` or ``state_default``/``events_default``). With
+    no power levels known, the spec's defaults apply (state needs 50, anyone
+    may send timeline events).
+    """
+    pl = power_levels or {}
+    users = pl.get("users") if isinstance(pl.get("users"), dict) else {}
+    events = pl.get("events") if isinstance(pl.get("events"), dict) else {}
+    assert isinstance(users, dict) and isinstance(events, dict)
+    user_level = _int(users.get(sender), _int(pl.get("users_default"), 0))
+    if event_type in events:
+        needed = _int(events[event_type], 0)
+    elif state:
+        needed = _int(pl.get("state_default"), 50 if power_levels is not None else 0)
+    else:
+        needed = _int(pl.get("events_default"), 0)
+    return user_level >= needed

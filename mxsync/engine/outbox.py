@@ -1,0 +1,270 @@
+"""The outbox: every event a client sends leaves through here.
+
+Invariants:
+- An event is in the store (committed) before ``enqueue`` returns; it leaves
+  the store only once the homeserver has answered with an event id.
+- Its transaction id is fixed at enqueue time and reused on every retry, in
+  this process or after a restart, so the homeserver deduplicates the retries
+  of a send that may or may not have landed (PUT /send/{type}/{txnId} is
+  idempotent per device). The client keeps its device id in the store for
+  that reason.
+- Events of one *lane* (room, lane) go out strictly one after the other, in
+  enqueue order; different lanes of a room run concurrently, at most
+  ``per_room`` at once.
+- A rate limit (M_LIMIT_EXCEEDED) pauses every lane until ``retry_after_ms``
+  has passed (the limit is per user, not per lane); a network error or 5xx
+  backs the lane off exponentially. Neither drops anything.
+- A definite refusal (M_FORBIDDEN, M_TOO_LARGE, M_BAD_JSON, ...) can never
+  succeed: the event is removed, logged and its handle raises the error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import msgspec
+from anyio.abc import TaskGroup, TaskStatus
+
+from ..errors import ConfigError, MatrixError, RateLimitedError
+from .http import Backoff, Http, TransientError, q
+from .store import OutboxRow, Store
+
+__all__ = ["Outbox", "SendHandle", "OutgoingEvent"]
+
+log = logging.getLogger("mxsync.outbox")
+_json = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingEvent:
+    """What to send: a timeline event, or a state event when ``state_key`` is set."""
+
+    room_id: str
+    event_type: str
+    content: dict[str, Any]
+    state_key: str | None = None
+    lane: str = "default"
+
+
+class SendHandle:
+    """Tells when one enqueued event has been stored by the homeserver."""
+
+    __slots__ = ("row_id", "txn_id", "event_id", "error", "_done")
+
+    def __init__(self, row_id: int, txn_id: str) -> None:
+        self.row_id = row_id
+        self.txn_id = txn_id
+        self.event_id: str | None = None
+        self.error: BaseException | None = None
+        self._done = anyio.Event()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    async def wait(self) -> str:
+        """Return the event id once sent; raise the homeserver's refusal if it was refused."""
+        await self._done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.event_id is not None
+        return self.event_id
+
+    def _resolve(self, event_id: str | None, error: BaseException | None = None) -> None:
+        self.event_id = event_id
+        self.error = error
+        self._done.set()
+
+
+def new_txn_id() -> str:
+    return f"mxs{uuid.uuid4().hex}"
+
+
+class Outbox:
+    """Persistent send queue with per-lane ordering and a shared rate-limit gate."""
+
+    def __init__(self, http: Http, store: Store, *, per_room: int = 8) -> None:
+        if per_room < 1:
+            raise ConfigError(f"per_room must be >= 1, got {per_room!r}")
+        self._http = http
+        self._store = store
+        self._per_room = per_room
+        self._handles: dict[int, SendHandle] = {}
+        self._lanes: dict[tuple[str, str], deque[OutboxRow]] = {}
+        self._active_lanes: set[tuple[str, str]] = set()
+        self._room_limits: dict[str, anyio.Semaphore] = {}
+        self._resume_at = 0.0  # monotonic time before which nothing is sent (429)
+        self._tg: TaskGroup | None = None
+        self._backlog: list[OutboxRow] = []
+        #: Counters for statistics() and tests.
+        self.sent = 0
+        self.failed = 0
+        self.rate_limited = 0
+        self.retries = 0
+
+    # -- enqueue ----------------------------------------------------------
+
+    async def enqueue(self, event: OutgoingEvent) -> SendHandle:
+        return (await self.enqueue_many([event]))[0]
+
+    async def enqueue_many(self, events: Sequence[OutgoingEvent]) -> list[SendHandle]:
+        """Persist ``events`` in one transaction, then schedule them; order is kept per lane."""
+        now = int(time.time() * 1000)
+        prepared = []
+        for ev in events:
+            if not ev.room_id.startswith("!"):
+                raise ConfigError(f"not a room id: {ev.room_id!r}")
+            prepared.append(
+                (
+                    ev.room_id,
+                    ev.event_type,
+                    ev.state_key,
+                    _json.encode(ev.content),
+                    new_txn_id(),
+                    ev.lane,
+                    now,
+                )
+            )
+        ids = await self._store.run(lambda c: Store.outbox_insert(c, prepared))
+        rows = [OutboxRow(i, *p) for i, p in zip(ids, prepared, strict=True)]
+        return self.schedule(rows)
+
+    def schedule(self, rows: Sequence[OutboxRow]) -> list[SendHandle]:
+        """Schedule rows already committed to the store (see ``Store.outbox_insert``)."""
+        handles = []
+        for row in rows:
+            handle = self._handles.get(row.id)
+            if handle is None:
+                handle = self._handles[row.id] = SendHandle(row.id, row.txn_id)
+                if self._tg is None:
+                    self._backlog.append(row)
+                else:
+                    self._push(row)
+            handles.append(handle)
+        return handles
+
+    @property
+    def pending(self) -> int:
+        return len(self._handles)
+
+    async def flush(self) -> None:
+        """Wait until every event enqueued before this call is sent or refused."""
+        for handle in list(self._handles.values()):
+            await handle._done.wait()
+
+    # -- running ----------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Send until cancelled; first reload what a previous process left in the store."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            restored = await self._store.outbox_pending()
+            if restored:
+                log.info("outbox: resuming %d unsent event(s) from the store", len(restored))
+            self.schedule(restored)
+            backlog, self._backlog = self._backlog, []
+            for row in backlog:
+                self._push(row)
+            task_status.started()
+            await anyio.sleep_forever()
+
+    def _push(self, row: OutboxRow) -> None:
+        key = (row.room_id, row.lane)
+        self._lanes.setdefault(key, deque()).append(row)
+        if key not in self._active_lanes:
+            self._active_lanes.add(key)
+            assert self._tg is not None
+            self._tg.start_soon(self._drain_lane, key)
+
+    async def _drain_lane(self, key: tuple[str, str]) -> None:
+        queue = self._lanes[key]
+        limit = self._room_limits.setdefault(key[0], anyio.Semaphore(self._per_room))
+        try:
+            while queue:
+                row = queue[0]
+                async with limit:
+                    await self._send_until_answered(row)
+                queue.popleft()
+        finally:
+            self._active_lanes.discard(key)
+            if not queue:
+                self._lanes.pop(key, None)
+
+    async def _send_until_answered(self, row: OutboxRow) -> None:
+        backoff = Backoff(base=0.5, cap=30.0)
+        handle = self._handles[row.id]
+        while True:
+            wait = self._resume_at - time.monotonic()
+            if wait > 0:
+                await anyio.sleep(wait)
+                continue
+            try:
+                event_id = await self._send_once(row)
+            except RateLimitedError as exc:
+                self.rate_limited += 1
+                delay = (exc.retry_after_ms or 1000) / 1000
+                self._resume_at = max(self._resume_at, time.monotonic() + delay)
+                continue
+            except TransientError as exc:
+                self.retries += 1
+                delay = backoff.next_delay()
+                log.debug("send %s to %s failed (%s); retry in %.1fs", row.txn_id, row.room_id,
+                          exc, delay)
+                await anyio.sleep(delay)
+                continue
+            except MatrixError as exc:
+                if exc.status == 401:
+                    # The session broke (token revoked?): keep the event, retry slowly.
+                    self.retries += 1
+                    log.warning("send refused with 401 (%s); keeping the event", exc.errcode)
+                    await anyio.sleep(backoff.next_delay())
+                    continue
+                self.failed += 1
+                log.error(
+                    "homeserver refused %s in %s for good: %s; event dropped from the outbox",
+                    row.event_type, row.room_id, exc,
+                )
+                await self._store.outbox_done(row.id)
+                self._handles.pop(row.id, None)
+                handle._resolve(None, exc)
+                return
+            await self._store.outbox_done(row.id)
+            self.sent += 1
+            self._handles.pop(row.id, None)
+            handle._resolve(event_id)
+            return
+
+    async def _send_once(self, row: OutboxRow) -> str:
+        if row.state_key is None:
+            path = (
+                f"/_matrix/client/v3/rooms/{q(row.room_id)}/send/"
+                f"{q(row.event_type)}/{q(row.txn_id)}"
+            )
+        else:
+            # State PUTs have no txn id, but are idempotent: the same content again
+            # yields the same state.
+            path = (
+                f"/_matrix/client/v3/rooms/{q(row.room_id)}/state/"
+                f"{q(row.event_type)}/{q(row.state_key)}"
+            )
+        answer = await self._http.request("PUT", path, row.content)
+        event_id = answer.get("event_id")
+        if not isinstance(event_id, str):
+            raise TransientError(f"send answer without event_id: {answer!r:.200}")
+        return event_id
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "pending": self.pending,
+            "sent": self.sent,
+            "failed": self.failed,
+            "rate_limited": self.rate_limited,
+            "retries": self.retries,
+        }

@@ -1,0 +1,200 @@
+"""The client's local store: one SQLite file per client.
+
+It owns every byte a client must not lose: its session (device id, access
+token), the sync token, the outbox, and per-feature key/value caches (document
+state, publisher buffers).
+
+Invariants:
+- A write method returns only after its transaction is committed; callers may
+  treat a change as made once the ``await`` returns.
+- All SQLite work runs in one worker thread at a time (one connection guarded
+  by a lock), so the event loop never blocks on disk.
+- The file is created with mode 0600: it holds an access token.
+- ``store_path=None`` keeps everything in memory (tests, throwaway clients).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import anyio.to_thread
+
+__all__ = ["Store", "OutboxRow"]
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    ns    TEXT NOT NULL,
+    key   TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (ns, key)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    room_id    TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    state_key  TEXT,
+    content    BLOB NOT NULL,
+    txn_id     TEXT NOT NULL UNIQUE,
+    lane       TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One event waiting to be sent. ``txn_id`` was fixed when it was enqueued."""
+
+    id: int
+    room_id: str
+    event_type: str
+    state_key: str | None
+    content: bytes
+    txn_id: str
+    lane: str
+    created_ms: int
+
+
+class Store:
+    """Async facade over one SQLite connection (WAL mode, worker thread)."""
+
+    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+        self.path = None if path is None else Path(path)
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+
+    # -- lifecycle -------------------------------------------------------
+
+    async def open(self) -> None:
+        await anyio.to_thread.run_sync(self._open_sync)
+
+    def _open_sync(self) -> None:
+        if self.path is None:
+            conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.exists():
+                # Create it 0600 before SQLite touches it: it will hold an access token.
+                fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
+                os.close(fd)
+            os.chmod(self.path, 0o600)
+            conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit survives power loss, not only a process crash.
+            conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(_SCHEMA)
+        self._conn = conn
+        if self.path is not None:
+            for suffix in ("-wal", "-shm"):
+                side = Path(str(self.path) + suffix)
+                if side.exists():
+                    os.chmod(side, 0o600)
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await anyio.to_thread.run_sync(self._close_sync, conn)
+
+    def _close_sync(self, conn: sqlite3.Connection) -> None:
+        with self._lock:
+            conn.close()
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` in the worker thread inside one committed transaction.
+
+        For features that keep tables of their own. ``fn`` must not block on
+        anything but SQLite.
+        """
+        return await anyio.to_thread.run_sync(self._run_sync, fn)
+
+    def _run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise RuntimeError("store is closed")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+    # -- key/value -------------------------------------------------------
+
+    async def kv_get(self, ns: str, key: str) -> bytes | None:
+        def q(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute("SELECT value FROM kv WHERE ns=? AND key=?", (ns, key)).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return await self.run(q)
+
+    async def kv_items(self, ns: str) -> dict[str, bytes]:
+        def q(conn: sqlite3.Connection) -> dict[str, bytes]:
+            rows = conn.execute("SELECT key, value FROM kv WHERE ns=?", (ns,)).fetchall()
+            return {k: bytes(v) for k, v in rows}
+
+        return await self.run(q)
+
+    async def kv_set(self, ns: str, key: str, value: bytes) -> None:
+        await self.kv_set_many(ns, {key: value})
+
+    async def kv_set_many(self, ns: str, items: dict[str, bytes]) -> None:
+        def q(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO kv(ns, key, value) VALUES (?, ?, ?) "
+                "ON CONFLICT(ns, key) DO UPDATE SET value=excluded.value",
+                [(ns, k, v) for k, v in items.items()],
+            )
+
+        await self.run(q)
+
+    async def kv_delete(self, ns: str, key: str) -> None:
+        await self.run(lambda c: c.execute("DELETE FROM kv WHERE ns=? AND key=?", (ns, key)))
+
+    # -- outbox ----------------------------------------------------------
+
+    @staticmethod
+    def outbox_insert(
+        conn: sqlite3.Connection,
+        rows: Iterable[tuple[str, str, str | None, bytes, str, str, int]],
+    ) -> list[int]:
+        """Insert outbox rows inside a caller's transaction (see :meth:`run`).
+
+        Each row is (room_id, event_type, state_key, content, txn_id, lane, created_ms).
+        Features use this to enqueue an event and update their own state atomically.
+        """
+        ids = []
+        for row in rows:
+            cur = conn.execute(
+                "INSERT INTO outbox(room_id, event_type, state_key, content, txn_id, lane, "
+                "created_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+            ids.append(int(cur.lastrowid or 0))
+        return ids
+
+    async def outbox_pending(self) -> list[OutboxRow]:
+        def q(conn: sqlite3.Connection) -> list[OutboxRow]:
+            rows = conn.execute(
+                "SELECT id, room_id, event_type, state_key, content, txn_id, lane, created_ms "
+                "FROM outbox ORDER BY id"
+            ).fetchall()
+            return [OutboxRow(r[0], r[1], r[2], r[3], bytes(r[4]), r[5], r[6], r[7]) for r in rows]
+
+        return await self.run(q)
+
+    async def outbox_done(self, row_id: int) -> None:
+        await self.run(lambda c: c.execute("DELETE FROM outbox WHERE id=?", (row_id,)))
+
+    async def outbox_count(self) -> int:
+        return await self.run(lambda c: int(c.execute("SELECT count(*) FROM outbox").fetchone()[0]))
