@@ -28,7 +28,7 @@ from nio import AsyncClient, AsyncClientConfig
 
 from ..errors import ConfigError, LoginError, MatrixError
 from ..protocol.types import ALL_TYPES
-from .events import RoomEvent, parse_event, power_level_allows
+from .events import RoomEvent, parse_event, power_level_allows, room_creators
 from .http import Backoff, Http, q, retrying
 from .outbox import Outbox, OutgoingEvent, SendHandle
 from .store import Store
@@ -105,6 +105,7 @@ class Client:
         )
         self._call_attempts = call_attempts
         self._stack: AsyncExitStack | None = None
+        self._state_loaded: set[str] = set()
         self._tg: TaskGroup | None = None
 
     def __repr__(self) -> str:  # never show credentials
@@ -115,11 +116,11 @@ class Client:
     async def __aenter__(self) -> Client:
         async with AsyncExitStack() as stack:
             await self.store.open()
-            stack.push_async_callback(self.store.close)
+            stack.push_async_callback(self._shielded, self.store.close)
             self.nio.client_session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None)
             )
-            stack.push_async_callback(self.nio.close)
+            stack.push_async_callback(self._shielded, self.nio.close)
             await self._login()
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
@@ -138,9 +139,14 @@ class Client:
         stack, self._stack = self._stack, None
         self._tg = None
         if stack is not None:
-            with anyio.CancelScope(shield=True):
-                return await stack.__aexit__(exc_type, exc, tb)
+            return await stack.__aexit__(exc_type, exc, tb)
         return None
+
+    @staticmethod
+    async def _shielded(fn: Any) -> None:
+        # Cleanup must finish even when the client is torn down by cancellation.
+        with anyio.CancelScope(shield=True):
+            await fn()
 
     @property
     def task_group(self) -> TaskGroup:
@@ -267,8 +273,10 @@ class Client:
         writer_list = list(invite) if writers is None else list(writers)
         for uid in writer_list:
             _check_user_id(uid)
-        users = {uid: 50 for uid in writer_list}
-        users[self.user_id] = 100
+        # The creator is left out of ``users``: from room version 12 on creators
+        # outrank every level and Synapse refuses them there; before that,
+        # Synapse gives the creator 100 by itself.
+        users = {uid: 50 for uid in writer_list if uid != self.user_id}
         body: dict[str, Any] = {
             "preset": "private_chat",
             "invite": invite,
@@ -414,7 +422,9 @@ class Client:
     async def room_state(self, room_id: str) -> list[RoomEvent]:
         """The room's current state events, fetched from the homeserver."""
         answer = await retrying(
-            lambda: self._state_list(room_id),
+            lambda: self.http.request_list(
+                "GET", f"/_matrix/client/v3/rooms/{q(room_id)}/state"
+            ),
             homeserver=self.homeserver,
             attempts=self._call_attempts,
             what="room state",
@@ -423,40 +433,33 @@ class Client:
         cache = self.sync.state.setdefault(room_id, {})
         for ev in events:
             if ev.state_key is not None:
-                cache.setdefault((ev.type, ev.state_key), ev.content)
+                # What the sync loop delivered meanwhile is at least as new.
+                cache.setdefault((ev.type, ev.state_key), ev)
+        self._state_loaded.add(room_id)
         return events
 
-    async def _state_list(self, room_id: str) -> list[Any]:
-        # /state answers a JSON list, not an object: fetch it through nio's session.
-        resp = await self.http.request_list("GET", f"/_matrix/client/v3/rooms/{q(room_id)}/state")
-        return resp
+    async def state_event(
+        self, room_id: str, event_type: str, state_key: str = ""
+    ) -> RoomEvent | None:
+        """One current state event (from the sync cache, fetched once per room)."""
+        if room_id not in self._state_loaded:
+            await self.room_state(room_id)
+        return self.sync.state.get(room_id, {}).get((event_type, state_key))
 
     async def get_state(
         self, room_id: str, event_type: str, state_key: str = ""
     ) -> dict[str, Any] | None:
-        """One state event's content (cached from sync when known), or None."""
-        cached = self.sync.state.get(room_id, {}).get((event_type, state_key))
-        if cached is not None:
-            return cached
-        try:
-            content = await self._call(
-                "get_state",
-                "GET",
-                f"/_matrix/client/v3/rooms/{q(room_id)}/state/{q(event_type)}/{q(state_key)}",
-            )
-        except MatrixError as exc:
-            if exc.errcode == "M_NOT_FOUND":
-                return None
-            raise
-        self.sync.state.setdefault(room_id, {})[(event_type, state_key)] = content
-        return content
+        """One state event's content, or None."""
+        ev = await self.state_event(room_id, event_type, state_key)
+        return None if ev is None else ev.content
 
     async def may_send(
         self, room_id: str, sender: str, event_type: str, *, state: bool = False
     ) -> bool:
         """Do the room's power levels let ``sender`` send ``event_type``?"""
         pl = await self.get_state(room_id, "m.room.power_levels")
-        return power_level_allows(pl, sender, event_type, state=state)
+        creators = room_creators(await self.state_event(room_id, "m.room.create"))
+        return power_level_allows(pl, sender, event_type, state=state, creators=creators)
 
     def statistics(self) -> dict[str, Any]:
         return {

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["RoomEvent", "parse_event", "power_level_allows"]
+__all__ = ["RoomEvent", "parse_event", "power_level_allows", "room_creators"]
 
 
 class RoomEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,8 +74,33 @@ def _int(value: Any, default: int) -> int:
     return default
 
 
+_PRE_HYDRA_VERSIONS = frozenset(str(v) for v in range(1, 12))
+
+
+def room_creators(create: RoomEvent | None) -> frozenset[str]:
+    """Users with unlimited power in the room, by the ``m.room.create`` event.
+
+    From room version 12 on, the creator (the create event's sender) and the
+    ``additional_creators`` outrank every power level and must not appear in
+    ``users``. In earlier versions creators have only their listed level.
+    """
+    if create is None:
+        return frozenset()
+    version = create.content.get("room_version", "1")
+    if not isinstance(version, str) or version in _PRE_HYDRA_VERSIONS:
+        return frozenset()
+    extra = create.content.get("additional_creators")
+    others = [u for u in extra if isinstance(u, str)] if isinstance(extra, list) else []
+    return frozenset([create.sender, *others])
+
+
 def power_level_allows(
-    power_levels: dict[str, Any] | None, sender: str, event_type: str, *, state: bool
+    power_levels: dict[str, Any] | None,
+    sender: str,
+    event_type: str,
+    *,
+    state: bool,
+    creators: frozenset[str] = frozenset(),
 ) -> bool:
     """Would ``m.room.power_levels`` content let ``sender`` send ``event_type``?
 
@@ -85,6 +110,8 @@ def power_level_allows(
     no power levels known, the spec's defaults apply (state needs 50, anyone
     may send timeline events).
     """
+    if sender in creators:
+        return True
     pl = power_levels or {}
     users = pl.get("users") if isinstance(pl.get("users"), dict) else {}
     events = pl.get("events") if isinstance(pl.get("events"), dict) else {}

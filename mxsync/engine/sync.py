@@ -110,8 +110,8 @@ class SyncLoop:
         self._max_gap_events = max_gap_events
         self._consumers: list[_Consumer] = []
         self._rooms: dict[str, _RoomMemory] = {}
-        #: (room_id) -> {(type, state_key): content} for the state this loop has seen.
-        self.state: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
+        #: room_id -> {(type, state_key): event} for the state this loop has seen.
+        self.state: dict[str, dict[tuple[str, str], RoomEvent]] = {}
         self.status = Status()
         self._synced = anyio.Event()
         self._state_changed = anyio.Event()
@@ -213,6 +213,14 @@ class SyncLoop:
         self.status.since = None if since is None else since.decode()
         for room_id, last in (await self._store.kv_items(_NS_LAST)).items():
             self._rooms.setdefault(room_id, _RoomMemory()).last_event_id = last.decode()
+        inflight = await self._store.kv_get(_NS, "inflight")
+        if inflight is not None:
+            try:
+                pairs = json.loads(inflight)
+                for room_id, event_id in pairs:
+                    self._rooms.setdefault(room_id, _RoomMemory()).seen[event_id] = None
+            except (ValueError, TypeError):
+                log.warning("ignoring an unreadable in-flight record in the store")
 
     async def sync_once(self, timeout_ms: int | None = None) -> bool:
         """One /sync round trip, dispatched and persisted. Returns whether it had events."""
@@ -237,24 +245,36 @@ class SyncLoop:
         invited = rooms.get("invite") if isinstance(rooms.get("invite"), dict) else {}
         assert isinstance(joined, dict) and isinstance(invited, dict)
         self.invites |= set(invited)
-        delivered = 0
+        delivered: list[list[str]] = []
         last_changed: dict[str, bytes] = {}
-        for room_id, room in joined.items():
-            if not isinstance(room, dict):
-                continue
-            self.invites.discard(room_id)
-            state_events, timeline_events = await self._room_events(
-                room_id, room, resumed=since is not None
-            )
-            for ev in state_events:
-                if await self._deliver(ev, timeline=False):
-                    delivered += 1
-            for ev in timeline_events:
-                if await self._deliver(ev, timeline=True):
-                    delivered += 1
-            mem = self._rooms.get(room_id)
-            if mem is not None and mem.last_event_id is not None:
-                last_changed[room_id] = mem.last_event_id.encode()
+        try:
+            for room_id, room in joined.items():
+                if not isinstance(room, dict):
+                    continue
+                self.invites.discard(room_id)
+                state_events, timeline_events = await self._room_events(
+                    room_id, room, resumed=since is not None
+                )
+                for ev in state_events:
+                    if await self._deliver(ev, timeline=False):
+                        delivered.append([room_id, ev.event_id])
+                for ev in timeline_events:
+                    if await self._deliver(ev, timeline=True):
+                        delivered.append([room_id, ev.event_id])
+                mem = self._rooms.get(room_id)
+                if mem is not None and mem.last_event_id is not None:
+                    last_changed[room_id] = mem.last_event_id.encode()
+        except BaseException:
+            # Stopped halfway through a batch: the since-token still points before
+            # it, so the next start fetches it again. Remember what was already
+            # delivered so that it is not delivered twice. (After kill -9 nothing
+            # runs here; consumers must then tolerate a repeat, see PROTOCOL.md.)
+            if delivered:
+                with anyio.CancelScope(shield=True):
+                    await self._store.kv_set(
+                        _NS, "inflight", json.dumps(delivered).encode()
+                    )
+            raise
 
         def persist(conn: Any) -> None:
             conn.execute(
@@ -267,11 +287,15 @@ class SyncLoop:
                 "ON CONFLICT(ns, key) DO UPDATE SET value=excluded.value",
                 [(_NS_LAST, r, v) for r, v in last_changed.items()],
             )
+            conn.execute("DELETE FROM kv WHERE ns=? AND key='inflight'", (_NS,))
 
-        await self._store.run(persist)
+        # Shielded: the batch has been handed out, so its position must be kept
+        # even when the client is being stopped right now.
+        with anyio.CancelScope(shield=True):
+            await self._store.run(persist)
         self.status.since = next_batch
         self.status.syncs += 1
-        return delivered > 0 or bool(invited)
+        return bool(delivered) or bool(invited)
 
     async def _room_events(
         self, room_id: str, room: dict[str, Any], *, resumed: bool
@@ -354,7 +378,7 @@ class SyncLoop:
             # Only timeline events mark our position: the state block may hold old events.
             mem.last_event_id = ev.event_id
         if ev.state_key is not None:
-            self.state.setdefault(ev.room_id, {})[(ev.type, ev.state_key)] = ev.content
+            self.state.setdefault(ev.room_id, {})[(ev.type, ev.state_key)] = ev
             self._state_changed.set()
             self._state_changed = anyio.Event()
         self.events_delivered += 1

@@ -1,0 +1,262 @@
+"""The engine against a real Synapse: login, rooms, sync (limited timelines), outbox."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import anyio
+import pytest
+
+from mxsync import Client, ForbiddenError, HomeserverUnavailable, LoginError, OutgoingEvent
+from mxsync.engine.events import RoomEvent
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(600)]
+
+T = "org.mxsync.test"
+
+
+async def collect(recv, n: int, *, deadline: float = 60.0) -> list[RoomEvent]:
+    got: list[RoomEvent] = []
+    with anyio.fail_after(deadline):
+        async for ev in recv:
+            got.append(ev)
+            if len(got) >= n:
+                break
+    return got
+
+
+async def shared_room(make_user, make_client, *, relaxed: bool = True, **kw):
+    a_creds = await make_user("alice", relaxed=relaxed)
+    b_creds = await make_user("bob", relaxed=relaxed)
+    alice = await make_client(a_creds)
+    room = await alice.create_room("test", invite=[b_creds.user_id])
+    bob = await make_client(b_creds, **kw)
+    await bob.join(room)
+    return alice, bob, room, a_creds, b_creds
+
+
+async def test_two_clients_exchange_an_event(make_user, make_client):
+    alice, bob, room, *_ = await shared_room(make_user, make_client)
+    async with bob.room_events(room, [T]) as recv:
+        handle = await alice.send(room, T, {"n": 1})
+        event_id = await handle.wait()
+        (ev,) = await collect(recv, 1, deadline=30)
+    assert ev.event_id == event_id
+    assert ev.sender == alice.user_id
+    assert ev.content == {"n": 1}
+    assert bob.status.state == "synced"
+
+
+async def test_limited_sync_gap_is_filled_in_order_once(make_user, make_client, tmp_path):
+    """200 events while the reader is away, 10 timeline events per sync: all arrive once."""
+    a_creds = await make_user("alice", relaxed=True)
+    b_creds = await make_user("bob", relaxed=True)
+    alice = await make_client(a_creds)
+    room = await alice.create_room("gap", invite=[b_creds.user_id])
+    bob_store = tmp_path / "bob.db"
+    async with Client(alice.homeserver, b_creds.user_id, password=b_creds.password,
+                      store_path=bob_store, timeline_limit=10) as bob:
+        await bob.join(room)
+        async with bob.room_events(room, [T]) as recv:
+            await (await alice.send(room, T, {"i": -1})).wait()
+            await collect(recv, 1)
+    # Bob is gone; 200 events pile up.
+    handles = await alice.send_many([OutgoingEvent(room, T, {"i": i}) for i in range(200)])
+    for h in handles:
+        await h.wait()
+    async with Client(alice.homeserver, b_creds.user_id, password=b_creds.password,
+                      store_path=bob_store, timeline_limit=10) as bob:
+        async with bob.room_events(room, [T]) as recv:
+            got = await collect(recv, 200, deadline=60)
+            # Nothing more must come: no duplicates behind the 200.
+            with anyio.move_on_after(1.5):
+                extra = await recv.receive()
+                pytest.fail(f"unexpected extra event {extra.content} after {[e.content['i'] for e in got]}")
+        assert bob.sync.gap_fills >= 1
+    assert [ev.content["i"] for ev in got] == list(range(200))
+    assert len({ev.event_id for ev in got}) == 200
+
+
+async def test_live_limited_syncs_lose_nothing(make_user, make_client):
+    """The reader stays online while bursts larger than its timeline limit arrive."""
+    alice, bob, room, *_ = await shared_room(make_user, make_client, timeline_limit=3)
+    async with bob.room_events(room, [T]) as recv:
+        handles = await alice.send_many([OutgoingEvent(room, T, {"i": i}) for i in range(120)])
+        got = await collect(recv, 120, deadline=90)
+    for h in handles:
+        await h.wait()
+    assert [ev.content["i"] for ev in got] == list(range(120))
+
+
+async def test_wrong_password_is_a_clear_login_error(hs, make_user):
+    creds = await make_user("eve")
+    client = Client(hs.url, creds.user_id, password="not-the-password")
+    with pytest.raises(LoginError) as info:
+        async with client:
+            pass
+    msg = str(info.value)
+    assert creds.user_id in msg and hs.url in msg
+    assert "not-the-password" not in msg
+
+
+async def test_unreachable_homeserver_fails_after_bounded_retries():
+    # Port 9 on loopback: nothing listens there.
+    client = Client("http://127.0.0.1:9", "@x:localhost", password="pw", call_attempts=3)
+    with anyio.fail_after(30), pytest.raises(HomeserverUnavailable) as info:
+        async with client:
+            pass
+    assert "127.0.0.1:9" in str(info.value)
+    assert client.http.requests == 3
+
+
+async def test_reader_without_power_level_is_refused(make_user, make_client):
+    a_creds = await make_user("alice", relaxed=True)
+    r_creds = await make_user("reader", relaxed=True)
+    alice = await make_client(a_creds)
+    room = await alice.create_room("ro", invite=[r_creds.user_id], writers=[])
+    reader = await make_client(r_creds)
+    await reader.join(room)
+    assert not await reader.may_send(room, reader.user_id, T)
+    assert await reader.may_send(room, alice.user_id, "org.mxsync.readings")
+    handle = await reader.send(room, "org.mxsync.readings", {"x": 1})
+    with anyio.fail_after(30), pytest.raises(ForbiddenError):
+        await handle.wait()
+    assert reader.outbox.pending == 0
+
+
+async def test_store_file_is_private(make_user, make_client, tmp_path):
+    creds = await make_user("p")
+    path = tmp_path / "private.db"
+    await make_client(creds, store=path)
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    assert mode == 0o600
+    assert creds.password.encode() not in path.read_bytes()
+
+
+async def test_session_and_device_survive_restart(hs, make_user, tmp_path):
+    creds = await make_user("s")
+    path = tmp_path / "s.db"
+    async with Client(hs.url, creds.user_id, password=creds.password, store_path=path) as c:
+        first = c.device_id
+    async with Client(hs.url, creds.user_id, password=creds.password, store_path=path) as c:
+        assert c.device_id == first
+        assert c.status.state in ("connecting", "synced")
+
+
+SENDER = textwrap.dedent(
+    """
+    import sys, anyio
+    from mxsync import Client, OutgoingEvent
+
+    async def main(url, user, password, store, room, n):
+        async with Client(url, user, password=password, store_path=store) as c:
+            await c.send_many([OutgoingEvent(room, "org.mxsync.test", {"i": i})
+                               for i in range(n)])
+            print("ENQUEUED", flush=True)
+            await anyio.sleep(3600)
+
+    anyio.run(main, *sys.argv[1:6], int(sys.argv[6]))
+    """
+)
+
+
+async def test_kill_9_with_a_full_outbox_then_restart_delivers_each_event_once(
+    hs, make_user, make_client, tmp_path
+):
+    """Default rate limits keep most of 60 events in the outbox when the sender dies."""
+    n = 60
+    a_creds = await make_user("killed")  # default rate limits: 0.2/s, burst 10
+    b_creds = await make_user("watcher", relaxed=True)
+    watcher = await make_client(b_creds)
+    room = await watcher.create_room("kill", invite=[a_creds.user_id],
+                                     writers=[a_creds.user_id])
+    store = tmp_path / "killed.db"
+    script = tmp_path / "sender.py"
+    script.write_text(SENDER)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), hs.url, a_creds.user_id, a_creds.password, str(store),
+         room, str(n)],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        async with Client(hs.url, a_creds.user_id, password=a_creds.password) as joiner:
+            await joiner.join(room)
+
+        def wait_line() -> bytes:
+            assert proc.stdout is not None
+            return proc.stdout.readline()
+
+        with anyio.fail_after(60):
+            line = await anyio.to_thread.run_sync(wait_line)
+        assert line.strip() == b"ENQUEUED"
+        await anyio.sleep(2.0)  # let it send its burst and hit the rate limit
+    finally:
+        proc.kill()  # SIGKILL: no cleanup runs
+        proc.wait(timeout=10)
+    await hs.override_ratelimit(a_creds.user_id)
+    async with Client(hs.url, a_creds.user_id, password=a_creds.password,
+                      store_path=store) as again:
+        with anyio.fail_after(120):
+            await again.outbox.flush()
+        assert again.outbox.pending == 0
+    # The server's own history is the truth: each index exactly once.
+    seen: list[int] = []
+    token = None
+    with anyio.fail_after(60):
+        while True:
+            page = await watcher.messages(room, token, direction="f", types=[T])
+            seen.extend(ev.content["i"] for ev in page.events)
+            if not page.events or page.end is None:
+                break
+            token = page.end
+    assert sorted(seen) == list(range(n)), seen
+    assert seen == list(range(n))  # one lane: order kept too
+
+
+async def test_default_rate_limits_fifty_events_all_arrive(make_user, make_client):
+    """Synapse's default limits (0.2/s, burst 10): the outbox waits out every 429."""
+    a_creds = await make_user("limited")  # not relaxed
+    b_creds = await make_user("reader2", relaxed=True)
+    alice = await make_client(a_creds)
+    room = await alice.create_room("limits", invite=[b_creds.user_id])
+    bob = await make_client(b_creds)
+    await bob.join(room)
+    async with bob.room_events(room, [T]) as recv:
+        handles = await alice.send_many([OutgoingEvent(room, T, {"i": i}) for i in range(50)])
+        got = await collect(recv, 50, deadline=400)
+    for h in handles:
+        await h.wait()
+    assert [ev.content["i"] for ev in got] == list(range(50))
+    assert alice.outbox.rate_limited > 0  # the limit was really hit and honoured
+
+
+async def test_outbox_survives_restart_without_server(hs, make_user, tmp_path):
+    """Enqueued while the server is unreachable, sent once it is reachable again."""
+    creds = await make_user("offline", relaxed=True)
+    store = tmp_path / "off.db"
+    async with Client(hs.url, creds.user_id, password=creds.password, store_path=store) as c:
+        room = await c.create_room("off")
+    # Simulate an outage with a store whose session points at a dead port: the
+    # outbox must keep the events and not spin.
+    assert Path(store).exists()
+    async with Client(hs.url, creds.user_id, password=creds.password, store_path=store) as c:
+        await c.http.nio.close()
+        import aiohttp
+
+        c.nio.client_session = aiohttp.ClientSession()
+        c.nio.homeserver = "http://127.0.0.1:9"
+        handles = await c.send_many([OutgoingEvent(room, T, {"i": i}) for i in range(5)])
+        await anyio.sleep(3)
+        assert not any(h.done for h in handles)
+        assert c.outbox.pending == 5
+        assert c.http.requests < 60  # backoff, not a spin
+    async with Client(hs.url, creds.user_id, password=creds.password, store_path=store) as c:
+        with anyio.fail_after(60):
+            await c.outbox.flush()
+        page = await c.messages(room, types=[T])
+        assert sorted(ev.content["i"] for ev in page.events) == list(range(5))
