@@ -313,7 +313,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping; without PyYAML, the JSON-with-#-comments we write."""
     text = path.read_text()
     try:
-        import yaml  # type: ignore[import-untyped]
+        import yaml
     except ImportError:
         text = "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#"))
         data = json.loads(text or "{}")
@@ -325,10 +325,15 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _write_config(path: Path, header: str, data: dict[str, Any]) -> None:
-    """Write ``data`` as JSON (valid YAML) behind a comment header, atomically."""
+    """Write ``data`` as JSON (valid YAML) behind a comment header, atomically.
+
+    Mode 0600: homeserver.yaml holds the secrets.
+    """
     comments = "".join(f"# {ln}\n" for ln in header.splitlines())
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(comments + json.dumps(data, indent=2) + "\n")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with open(fd, "w", encoding="utf-8") as fh:
+        fh.write(comments + json.dumps(data, indent=2) + "\n")
     tmp.replace(path)
 
 
@@ -391,7 +396,14 @@ class DevServer:
             alice = await hs.register("alice")
             ...  # talk to hs.url with alice.access_token
 
-    Runs on the asyncio backend of anyio (aiohttp is asyncio-only).
+    Runs on the asyncio backend of anyio (aiohttp is asyncio-only). Start it
+    from the thread that runs the event loop: on Linux the child is tied to the
+    lifetime of the thread that started it (``PR_SET_PDEATHSIG``).
+
+    ``register``, ``admin_token`` and ``override_ratelimit`` talk to the admin
+    API with the shared secret kept in the state dir; they raise
+    :class:`~mxsync.errors.MatrixError` for a refusal and
+    :class:`~mxsync.errors.LoginError` when an existing user has another password.
     """
 
     def __init__(

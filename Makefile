@@ -1,0 +1,37 @@
+# A newcomer needs only python3: every target bootstraps .venv by itself.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-dev
+
+.PHONY: demo test test-fast lint bench venv clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## demo: the embedded homeserver, devices, a dashboard and a whiteboard (Ctrl-C stops all)
+demo: $(STAMP)
+	$(BIN)/mxsync demo
+
+## test: the whole suite against a real Synapse started by the tests
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+## test-fast: only the pure protocol tests (no server)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q tests/test_protocol_*.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check mxsync tests bench examples
+	$(BIN)/mypy mxsync
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .mxsync .pytest_cache
