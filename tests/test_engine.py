@@ -76,7 +76,8 @@ async def test_limited_sync_gap_is_filled_in_order_once(make_user, make_client, 
             # Nothing more must come: no duplicates behind the 200.
             with anyio.move_on_after(1.5):
                 extra = await recv.receive()
-                pytest.fail(f"unexpected extra event {extra.content} after {[e.content['i'] for e in got]}")
+                order = [e.content["i"] for e in got]
+                pytest.fail(f"unexpected extra event {extra.content} after {order}")
         assert bob.sync.gap_fills >= 1
     assert [ev.content["i"] for ev in got] == list(range(200))
     assert len({ev.event_id for ev in got}) == 200

@@ -164,7 +164,7 @@ class Series(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     unit: str | None = None
 
 
-class ReadingsBatch(_Content):
+class ReadingsBatch(_Content, kw_only=True):
     """Content of ``org.mxsync.readings``: readings of one device."""
 
     v: int = 1
@@ -190,7 +190,7 @@ class ReadingsBatch(_Content):
         return _unpack(self)
 
 
-class SensorMeta(_Content):
+class SensorMeta(_Content, kw_only=True):
     """Content of ``org.mxsync.sensor`` (state_key = sensor id)."""
 
     v: int = 1
@@ -234,7 +234,7 @@ class SensorMeta(_Content):
         return decode_value(self.kind, self.last, self.last_exp)
 
 
-class DeviceState(_Content):
+class DeviceState(_Content, kw_only=True):
     """Content of ``org.mxsync.device`` (state_key = device id).
 
     A device announces ``online=True`` (birth) and refreshes it every
@@ -355,7 +355,8 @@ def _normalize(value: object) -> Value:
     if isinstance(value, str):
         return str(value)
     raise ConfigError(
-        f"value {_short(value)} has type {type(value).__name__}; a reading is int, float, bool or str"
+        f"value {_short(value)} has type {type(value).__name__};"
+        " a reading is int, float, bool or str"
     )
 
 
@@ -368,7 +369,9 @@ def validate_value(value: object) -> Kind:
     value = _normalize(value)
     if type(value) is float:
         if not math.isfinite(value):
-            raise ConfigError(f"float value {value!r} is not finite; NaN and infinities cannot be sent")
+            raise ConfigError(
+                f"float value {value!r} is not finite; NaN and infinities cannot be sent"
+            )
         return "float"
     return encode_value(value).kind
 
@@ -852,17 +855,14 @@ class _Series:
         self.vals: list[Any] = []
         self.amax = 0
         # JSON bytes of this series' header at its largest (n, precision), comma.
-        self.header = len(
-            _JSON.encode(
-                Series(
-                    sensor=sensor,
-                    kind=kind,
-                    n=MAX_BATCH_READINGS,
-                    precision=MAX_PRECISION if kind == "float" else 0,
-                    unit=unit,
-                )
-            )
-        ) + 1
+        largest = Series(
+            sensor=sensor,
+            kind=kind,
+            n=MAX_BATCH_READINGS,
+            precision=MAX_PRECISION if kind == "float" else 0,
+            unit=unit,
+        )
+        self.header = len(_JSON.encode(largest)) + 1
 
     def worst(self) -> int:
         n = len(self.times)
@@ -1065,8 +1065,7 @@ class BatchEncoder:
 
     def _fits_estimate(self) -> bool:
         return (
-            self.estimated_size() <= self._target
-            and self._estimated_raw() <= MAX_RAW_BYTES - 4096
+            self.estimated_size() <= self._target and self._estimated_raw() <= MAX_RAW_BYTES - 4096
         )
 
     def would_overflow(self) -> bool:

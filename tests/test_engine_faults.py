@@ -1,0 +1,142 @@
+"""Error paths of the engine against a misbehaving HTTP server.
+
+A real Synapse does not answer 500s or garbage on demand, so these tests use a
+tiny aiohttp server that does (fakes are for the engine's error paths only;
+everything else runs against Synapse). Each test counts the requests the
+client makes: backoff, not a spin.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+
+import anyio
+import pytest
+from aiohttp import web
+
+from mxsync import Client, HomeserverUnavailable, OutgoingEvent
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
+
+
+class Misbehaving:
+    def __init__(self, sync_mode: str, send_mode: str = "ok") -> None:
+        self.sync_mode = sync_mode
+        self.send_mode = send_mode
+        self.hits: Counter[str] = Counter()
+        self.sent_txns: list[str] = []
+
+    async def whoami(self, request: web.Request) -> web.Response:
+        self.hits["whoami"] += 1
+        return web.json_response({"user_id": "@x:fake", "device_id": "DEV"})
+
+    async def sync(self, request: web.Request) -> web.Response:
+        self.hits["sync"] += 1
+        if self.sync_mode == "500":
+            return web.Response(status=500, text="boom")
+        if self.sync_mode == "garbage":
+            return web.Response(status=200, text="{not json", content_type="application/json")
+        if self.sync_mode == "wrong-shape":
+            return web.json_response({"rooms": "nope"})
+        # "instant": a valid, empty answer that ignores the long-poll timeout.
+        return web.json_response({"next_batch": f"s{self.hits['sync']}"})
+
+    async def send(self, request: web.Request) -> web.Response:
+        self.hits["send"] += 1
+        if self.send_mode == "429" and self.hits["send"] <= 3:
+            return web.json_response(
+                {"errcode": "M_LIMIT_EXCEEDED", "error": "slow down", "retry_after_ms": 300},
+                status=429,
+            )
+        if self.send_mode == "500" and self.hits["send"] <= 3:
+            return web.Response(status=502, text="bad gateway")
+        self.sent_txns.append(request.match_info["txn"])
+        return web.json_response({"event_id": f"$e{len(self.sent_txns)}"})
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[Callable[..., anyio.abc.ObjectReceiveStream]]:
+    runners: list[web.AppRunner] = []
+
+    async def start(server: Misbehaving) -> str:
+        app = web.Application()
+        app.router.add_get("/_matrix/client/v3/account/whoami", server.whoami)
+        app.router.add_get("/_matrix/client/v3/sync", server.sync)
+        app.router.add_put("/_matrix/client/v3/rooms/{room}/send/{type}/{txn}", server.send)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = runner.addresses[0][1]
+        return f"http://127.0.0.1:{port}"
+
+    yield start  # type: ignore[misc]
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("mode", ["500", "garbage", "wrong-shape"])
+async def test_failing_sync_backs_off_and_logs_once(fake, mode, caplog):
+    server = Misbehaving(mode)
+    url = await fake(server)
+    caplog.set_level(logging.WARNING, logger="mxsync.sync")
+    async with Client(url, "@x:fake", access_token="secret-token-123") as client:
+        await anyio.sleep(4.0)
+        assert client.status.state == "backing_off"
+        assert client.status.last_error
+        assert "secret-token-123" not in client.status.last_error
+    # Backoff starts at 0.25-0.5 s and doubles: a handful of requests in 4 s.
+    assert 2 <= server.hits["sync"] <= 8, server.hits
+    warnings = [r for r in caplog.records if r.name == "mxsync.sync"]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert all("secret-token-123" not in r.getMessage() for r in caplog.records)
+
+
+async def test_instant_empty_syncs_do_not_spin(fake):
+    server = Misbehaving("instant")
+    url = await fake(server)
+    async with Client(url, "@x:fake", access_token="t") as client:
+        await anyio.sleep(2.0)
+        assert client.status.state == "synced"
+    assert server.hits["sync"] <= 12, server.hits  # min_interval 0.2 s
+
+
+@pytest.mark.parametrize("mode", ["429", "500"])
+async def test_outbox_retries_with_the_same_txn_id(fake, mode):
+    server = Misbehaving("instant", send_mode=mode)
+    url = await fake(server)
+    async with Client(url, "@x:fake", access_token="t") as client:
+        handle = await client.send("!r:fake", "org.mxsync.test", {"a": 1})
+        with anyio.fail_after(20):
+            event_id = await handle.wait()
+    assert event_id == "$e1"
+    assert server.hits["send"] == 4  # three refusals, then the same txn id again
+    assert server.sent_txns == [handle.txn_id]
+
+
+async def test_dead_server_login_fails_clearly_and_quickly():
+    client = Client("http://127.0.0.1:9", "@x:fake", access_token="t", call_attempts=4)
+    with anyio.fail_after(20), pytest.raises(HomeserverUnavailable):
+        async with client:
+            pass
+    assert client.http.requests == 4
+
+
+async def test_bad_arguments_raise_before_any_io(fake):
+    from mxsync import ConfigError
+
+    with pytest.raises(ConfigError, match="user_id"):
+        Client("http://127.0.0.1:9", "alice", password="x")
+    with pytest.raises(ConfigError, match="homeserver"):
+        Client("127.0.0.1:9", "@a:b", password="x")
+    with pytest.raises(ConfigError, match="password"):
+        Client("http://127.0.0.1:9", "@a:b")
+    server = Misbehaving("instant")
+    async with Client(await fake(server), "@x:fake", access_token="t") as c:
+        with pytest.raises(ConfigError, match="room id"):
+            await c.send_many([OutgoingEvent("not-a-room", "t", {})])
+        assert c.outbox.pending == 0
+    assert server.hits["send"] == 0
