@@ -261,3 +261,17 @@ async def test_outbox_survives_restart_without_server(hs, make_user, tmp_path):
             await c.outbox.flush()
         page = await c.messages(room, types=[T])
         assert sorted(ev.content["i"] for ev in page.events) == list(range(5))
+
+
+async def test_own_echo_carries_the_txn_id_other_devices_do_not(hs, make_user, make_client):
+    creds = await make_user("echo", relaxed=True)
+    one = await make_client(creds)
+    two = await make_client(creds)  # same user, another device
+    room = await one.create_room("echo")
+    async with one.room_events(room, [T]) as r1, two.room_events(room, [T]) as r2:
+        handle = await one.send(room, T, {"x": 1})
+        (mine,) = await collect(r1, 1)
+        (theirs,) = await collect(r2, 1)
+    assert mine.txn_id == handle.txn_id
+    assert theirs.txn_id is None
+    assert one.device_id != two.device_id

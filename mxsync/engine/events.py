@@ -25,6 +25,10 @@ class RoomEvent(msgspec.Struct, frozen=True, kw_only=True):
     origin_server_ts: int = 0
     #: Set for state events (possibly ``""``); None for timeline-only events.
     state_key: str | None = None
+    #: ``unsigned.transaction_id``: the homeserver sets it only on events sent by
+    #: this very device, so it marks our own echo (other devices of the same
+    #: user see None).
+    txn_id: str | None = None
 
     @property
     def is_state(self) -> bool:
@@ -50,6 +54,8 @@ def parse_event(room_id: str, raw: Any) -> RoomEvent | None:
         ts = 0
     if state_key is not None and not isinstance(state_key, str):
         return None
+    unsigned = raw.get("unsigned")
+    txn_id = unsigned.get("transaction_id") if isinstance(unsigned, dict) else None
     return RoomEvent(
         room_id=room_id,
         event_id=event_id,
@@ -58,6 +64,7 @@ def parse_event(room_id: str, raw: Any) -> RoomEvent | None:
         content=content,
         origin_server_ts=ts,
         state_key=state_key,
+        txn_id=txn_id if isinstance(txn_id, str) else None,
     )
 
 

@@ -128,6 +128,7 @@ class Http:
         headers = {"Content-Type": "application/json"}
         if auth and self.access_token:
             headers["Authorization"] = f"Bearer {self.access_token}"
+        data: bytes | str | None
         if body is None or isinstance(body, bytes):
             data = body
         else:
