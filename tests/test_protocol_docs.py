@@ -117,7 +117,7 @@ def big_pycrdt_doc(min_bytes: int) -> pycrdt.Doc[Any]:
     rnd = random.Random(1)
     doc: pycrdt.Doc[Any] = pycrdt.Doc(client_id=7)
     doc["text"] = text = pycrdt.Text()
-    doc["items"] = items = pycrdt.Array()
+    doc["items"] = items = pycrdt.Array[Any]()
     while len(doc.get_update()) < min_bytes:
         for _ in range(300):
             text.insert(rnd.randint(0, len(text)), rnd.choice("abcdefgh "))
@@ -184,6 +184,7 @@ def test_other_major_versions_are_refused(v: object) -> None:
         {"v": 1, "doc": "", "update": "AQID"},
         {"v": 1, "doc": "x" * (MAX_DOC_NAME_BYTES + 1), "update": "AQID"},
         {"v": 1, "doc": 5, "update": "AQID"},
+        {"v": 1, "doc": "\ud800", "update": "AQID"},  # a lone surrogate
         {"v": 1, "doc": "d", "update": "AQID", "chunk": {"id": "c"}},
         [],
         None,

@@ -122,7 +122,11 @@ def content_size(content: dict[str, Any]) -> int:
 def _check_doc_name(name: str, exc: type[Exception]) -> None:
     if not name:
         raise exc("document name is empty")
-    if len(name.encode("utf-8", "surrogatepass")) > MAX_DOC_NAME_BYTES:
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise exc("document name is not valid Unicode") from None
+    if len(encoded) > MAX_DOC_NAME_BYTES:
         raise exc(f"document name longer than {MAX_DOC_NAME_BYTES} bytes")
 
 
@@ -153,7 +157,7 @@ class _Value(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Base of the public value objects: immutable, keyword-only, valid once built."""
 
 
-class ChunkInfo(_Value):
+class ChunkInfo(_Value, frozen=True, kw_only=True, omit_defaults=True):
     """The announcement every chunk of a set carries (wire object ``chunk``)."""
 
     #: Chunk set id, chosen at random by the writer; unique per sender.
@@ -190,7 +194,7 @@ class ChunkInfo(_Value):
         return _slice_length(self.size, self.count, self.index)
 
 
-class DocDeclaration(_Value):
+class DocDeclaration(_Value, frozen=True, kw_only=True, omit_defaults=True):
     """Content of ``org.mxsync.doc``: a document exists under its state_key."""
 
     encoding: str = ENCODING_YJS_V1
@@ -205,7 +209,7 @@ class DocDeclaration(_Value):
         return self.encoding == ENCODING_YJS_V1
 
 
-class DocUpdate(_Value):
+class DocUpdate(_Value, frozen=True, kw_only=True, omit_defaults=True):
     """One Yjs v1 update of document ``doc``."""
 
     doc: str
@@ -216,7 +220,7 @@ class DocUpdate(_Value):
         _check_payload(self.update, "update", ProtocolError)
 
 
-class DocSnapshot(_Value):
+class DocSnapshot(_Value, frozen=True, kw_only=True, omit_defaults=True):
     """The full state of document ``doc`` as one Yjs v1 update.
 
     ``covers`` is the id of the last document event its writer had applied: a reader
@@ -237,7 +241,7 @@ class DocSnapshot(_Value):
         _check_payload(self.state, "state", ProtocolError)
 
 
-class DocChunk(_Value):
+class DocChunk(_Value, frozen=True, kw_only=True, omit_defaults=True):
     """One chunk of an update (``kind="update"``) or a snapshot (``kind="snapshot"``).
 
     A snapshot chunk repeats the snapshot's ``sv``, ``covers`` and ``updates_since``
@@ -302,17 +306,17 @@ class _Wire(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     v: int
 
 
-class _DeclarationWire(_Wire):
+class _DeclarationWire(_Wire, frozen=True, kw_only=True, omit_defaults=True):
     encoding: str
 
 
-class _UpdateWire(_Wire):
+class _UpdateWire(_Wire, frozen=True, kw_only=True, omit_defaults=True):
     doc: str
     update: bytes
     chunk: ChunkInfo | None = None
 
 
-class _SnapshotWire(_Wire):
+class _SnapshotWire(_Wire, frozen=True, kw_only=True, omit_defaults=True):
     doc: str
     state: bytes
     sv: bytes | None = None

@@ -397,13 +397,16 @@ def _mantissa(v: float, precision: int | None) -> tuple[int, int]:
     scale = _POW10[precision]
     r = round(v, precision)
     f = r * scale
-    if not -MAX_SAFE_INT <= f <= MAX_SAFE_INT:
+    if not -(2.0**54) <= f <= 2.0**54:
         raise _too_large(v, precision)
     m = round(f)
-    if m / scale != r:
-        # r * scale was off by an ulp (only for mantissas near 2**53): take the
-        # exact decimal route. Any m with m / scale == r is correct.
+    if m / scale != r or not -MAX_SAFE_INT <= m <= MAX_SAFE_INT:
+        # r * scale can be an ulp off for mantissas near 2**53: take the exact
+        # decimal route (any m with m / scale == r is correct, but the limit is
+        # on the exact mantissa).
         m = int(Decimal(v).quantize(_ONE.scaleb(-precision), context=_EXACT).scaleb(precision))
+        if not -MAX_SAFE_INT <= m <= MAX_SAFE_INT:
+            raise _too_large(v, precision)
     return m, precision
 
 
@@ -945,6 +948,7 @@ class BatchEncoder:
         self._headers = 0  # upper bound of the JSON bytes of all series headers
         self._version = 0  # +1 per change; keys the cached rendering
         self._cache: tuple[int, _Rendered] | None = None
+        self._hint = 0  # readings in the last content, if it left some behind
         # The last measurement: readings, content bytes, packed bytes, headers.
         self._m_count = 0
         self._m_size = 0
@@ -1084,7 +1088,7 @@ class BatchEncoder:
         return True
 
     def _measure(self) -> None:
-        r = self._render(self._count)
+        r, _ = self._render(self._count)
         self._m_count = self._count
         self._m_headers = self._headers
         if r is None:
@@ -1113,49 +1117,60 @@ class BatchEncoder:
         if not self._count:
             raise ConfigError("no readings to encode")
         k = min(self._count, self._max_readings)
-        found = self._attempt(k, device, seq, session)
+        if self._hint:
+            # The last content had to leave readings behind: start from its size
+            # rather than from the whole (possibly huge) buffer.
+            k = min(k, 2 * self._hint)
+        found, fill = self._attempt(k, device, seq, session)
         if found is None:
-            found = self._search(k, device, seq, session)
+            found = self._search(k, fill, device, seq, session)
         batch, rendered = found
         content = _builtins(batch)
+        self._hint = rendered.k if rendered.k < self._count else 0
         self._consume(rendered.k)
         return content
 
     def _attempt(
         self, k: int, device: str, seq: int, session: int | None
-    ) -> tuple[ReadingsBatch, _Rendered] | None:
+    ) -> tuple[tuple[ReadingsBatch, _Rendered] | None, float]:
+        """The content of the first k readings if it fits, and how full it is
+        (its size over the limit it would break first; above 1 it does not fit)."""
         cached = self._cache
         if cached is not None and cached[0] == self._version and cached[1].k == k:
-            r: _Rendered | None = cached[1]
+            r, fill = cached[1], 0.0
         else:
-            r = self._render(k)
+            r, fill = self._render(k)
         if r is None:
-            return None
+            return None, fill
         batch = self._batch(r, device, seq, session)
-        if len(_JSON.encode(batch)) > self._max_bytes:
-            return None
-        return batch, r
+        fill = max(fill, len(_JSON.encode(batch)) / self._max_bytes)
+        return ((batch, r) if fill <= 1.0 else None), fill
 
     def _search(
-        self, k: int, device: str, seq: int, session: int | None
+        self, k: int, fill: float, device: str, seq: int, session: int | None
     ) -> tuple[ReadingsBatch, _Rendered]:
-        """The longest prefix that fits, within 1/32, by bisection (k fails)."""
-        best = self._attempt(1, device, seq, session)
-        if best is None:
-            raise AssertionError("internal error: one reading does not fit in a batch")
-        lo, hi = 1, k
+        """The longest prefix that fits, to within 1/32, knowing that k does not.
+
+        Guesses from how full the last attempt was, else bisects.
+        """
+        best = None
+        lo, hi = 0, k  # the prefix lo fits (0: none tried), the prefix hi does not
+        guess = int(k / fill * 0.97)
         while hi - lo > max(1, lo // 32):
-            mid = (lo + hi) // 2
-            found = self._attempt(mid, device, seq, session)
+            mid = guess if lo < guess < hi else (lo + hi + 1) // 2
+            found, fill = self._attempt(mid, device, seq, session)
             if found is None:
                 hi = mid
             else:
                 lo, best = mid, found
+            guess = int(mid / fill * 0.97) if fill > 0 else 0
+        if best is None:
+            raise AssertionError("internal error: one reading does not fit in a content")
         return best
 
-    def _render(self, k: int) -> _Rendered | None:
-        """Pack the first k readings (in series order), or None if they exceed
-        MAX_SERIES or MAX_RAW_BYTES."""
+    def _render(self, k: int) -> tuple[_Rendered | None, float]:
+        """Pack the first k readings (in series order). None, with how far over
+        the limit they are, if they exceed MAX_SERIES or MAX_RAW_BYTES."""
         chosen: list[tuple[_Series, int]] = []
         left = k
         for s in self._order:
@@ -1165,17 +1180,19 @@ class BatchEncoder:
             chosen.append((s, r))
             left -= r
         if len(chosen) > MAX_SERIES:
-            return None
+            return None, len(chosen) / MAX_SERIES
         t0 = min(s.times[0] for s, _ in chosen)
         out = bytearray()
         headers: list[Series] = []
+        done = 0
         for s, r in chosen:
             whole = r == len(s.times)
             times = s.times if whole else s.times[:r]
             vals = s.vals if whole else s.vals[:r]
             _pack_series(out, s.kind, times, vals, t0)
+            done += r
             if len(out) > MAX_RAW_BYTES:
-                return None
+                return None, len(out) / MAX_RAW_BYTES * k / done
             headers.append(
                 Series(
                     sensor=s.sensor,
@@ -1188,8 +1205,8 @@ class BatchEncoder:
         raw = bytes(out)
         packed = zlib.compress(raw, self._level) if self._level else raw
         if len(packed) < len(raw):
-            return _Rendered(k, t0, headers, "zlib", packed, len(raw))
-        return _Rendered(k, t0, headers, "none", raw, len(raw))
+            return _Rendered(k, t0, headers, "zlib", packed, len(raw)), 0.0
+        return _Rendered(k, t0, headers, "none", raw, len(raw)), 0.0
 
     @staticmethod
     def _batch(r: _Rendered, device: str, seq: int, session: int | None) -> ReadingsBatch:
