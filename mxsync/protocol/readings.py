@@ -60,6 +60,9 @@ __all__ = [
     "MAX_PRECISION",
     "MAX_STR_BYTES",
     "MAX_UNIT_BYTES",
+    "MAX_NAME_BYTES",
+    "MAX_DESCRIPTION_BYTES",
+    "MAX_REASON_BYTES",
     "MAX_BATCH_READINGS",
     "MAX_SERIES",
     "MAX_RAW_BYTES",
@@ -114,13 +117,14 @@ MAX_RAW_BYTES: Final = 1 << 20
 MIN_BATCH_BYTES: Final = 4_096
 
 _ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}")
-_POW10: Final = tuple(10**i for i in range(MAX_PRECISION + 1))
+_POW10: Final[tuple[int, ...]] = tuple(10**i for i in range(MAX_PRECISION + 1))
 # The exact decimal value of a double has at most 767 significant digits.
 _EXACT: Final = Context(prec=1_000, rounding=ROUND_HALF_EVEN)
 _ONE: Final = Decimal(1)
+_EXACT_BELOW: Final = 2**52
 # Zigzag decoding of the one-byte varints 0..127, the common case.
 _UNZIGZAG7: Final = tuple((z >> 1) ^ -(z & 1) for z in range(128))
-# Worst-case packed bytes per reading (see the layout in the module's spec):
+# Worst-case packed bytes per reading (layout in docs/PROTOCOL.md):
 # a time code is below 2**45 after zigzag (7 varint bytes), a mantissa delta
 # below 2**55 (8 bytes), a str length below 2**14 (2 bytes).
 _WORST_TIME: Final = 7
@@ -164,7 +168,7 @@ class Series(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     unit: str | None = None
 
 
-class ReadingsBatch(_Content, kw_only=True):
+class ReadingsBatch(_Content, frozen=True, kw_only=True, omit_defaults=True):
     """Content of ``org.mxsync.readings``: readings of one device."""
 
     v: int = 1
@@ -190,7 +194,7 @@ class ReadingsBatch(_Content, kw_only=True):
         return _unpack(self)
 
 
-class SensorMeta(_Content, kw_only=True):
+class SensorMeta(_Content, frozen=True, kw_only=True, omit_defaults=True):
     """Content of ``org.mxsync.sensor`` (state_key = sensor id)."""
 
     v: int = 1
@@ -234,7 +238,7 @@ class SensorMeta(_Content, kw_only=True):
         return decode_value(self.kind, self.last, self.last_exp)
 
 
-class DeviceState(_Content, kw_only=True):
+class DeviceState(_Content, frozen=True, kw_only=True, omit_defaults=True):
     """Content of ``org.mxsync.device`` (state_key = device id).
 
     A device announces ``online=True`` (birth) and refreshes it every
@@ -400,10 +404,11 @@ def _mantissa(v: float, precision: int | None) -> tuple[int, int]:
     if not -(2.0**54) <= f <= 2.0**54:
         raise _too_large(v, precision)
     m = round(f)
-    if m / scale != r or not -MAX_SAFE_INT <= m <= MAX_SAFE_INT:
-        # r * scale can be an ulp off for mantissas near 2**53: take the exact
-        # decimal route (any m with m / scale == r is correct, but the limit is
-        # on the exact mantissa).
+    if m / scale != r or not -_EXACT_BELOW < m < _EXACT_BELOW:
+        # Below 2**52 a wrong m cannot pass the check, because neighbouring
+        # mantissas are different floats. Above, r * scale may be an ulp off and
+        # two mantissas may give the same float: take the exact decimal route so
+        # the mantissa on the wire is always the nearest one.
         m = int(Decimal(v).quantize(_ONE.scaleb(-precision), context=_EXACT).scaleb(precision))
         if not -MAX_SAFE_INT <= m <= MAX_SAFE_INT:
             raise _too_large(v, precision)
@@ -1136,6 +1141,7 @@ class BatchEncoder:
         """The content of the first k readings if it fits, and how full it is
         (its size over the limit it would break first; above 1 it does not fit)."""
         cached = self._cache
+        r: _Rendered | None
         if cached is not None and cached[0] == self._version and cached[1].k == k:
             r, fill = cached[1], 0.0
         else:
@@ -1149,13 +1155,14 @@ class BatchEncoder:
     def _search(
         self, k: int, fill: float, device: str, seq: int, session: int | None
     ) -> tuple[ReadingsBatch, _Rendered]:
-        """The longest prefix that fits, to within 1/32, knowing that k does not.
+        """A prefix that fits and is nearly the longest (within 1/32 of it, or
+        filling 97% of the limit), knowing that the prefix k does not fit.
 
         Guesses from how full the last attempt was, else bisects.
         """
         best = None
         lo, hi = 0, k  # the prefix lo fits (0: none tried), the prefix hi does not
-        guess = int(k / fill * 0.97)
+        guess = int(k / fill * 0.985)
         while hi - lo > max(1, lo // 32):
             mid = guess if lo < guess < hi else (lo + hi + 1) // 2
             found, fill = self._attempt(mid, device, seq, session)
@@ -1163,7 +1170,9 @@ class BatchEncoder:
                 hi = mid
             else:
                 lo, best = mid, found
-            guess = int(mid / fill * 0.97) if fill > 0 else 0
+                if fill >= 0.97:
+                    break
+            guess = int(mid / fill * 0.985) if fill > 0 else 0
         if best is None:
             raise AssertionError("internal error: one reading does not fit in a content")
         return best
