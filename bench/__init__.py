@@ -1,0 +1,1 @@
+"""mxsync benchmarks: ``python -m bench`` runs them all against one fresh devserver."""
