@@ -20,6 +20,7 @@ demo: $(STAMP)
 
 ## test: the whole suite against a real Synapse started by the tests
 test: $(STAMP)
+	scripts/ensure-system-packages
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 ## test-fast: only the pure protocol tests (no server)
@@ -31,6 +32,7 @@ lint: $(STAMP)
 	$(BIN)/mypy mxsync
 
 bench: $(STAMP)
+	scripts/ensure-system-packages
 	$(BIN)/python -m bench
 
 clean:
