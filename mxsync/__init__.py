@@ -4,6 +4,7 @@ CRDT documents (pycrdt, Yjs-compatible) that any number of clients edit at
 once, and sensor streams that devices publish and dashboards watch.
 """
 
+from .docs import SyncedDoc
 from .engine import Client, OutgoingEvent, RoomEvent, SendHandle, Status
 from .errors import (
     ConfigError,
@@ -15,6 +16,7 @@ from .errors import (
     ProtocolError,
     RateLimitedError,
 )
+from .streams import Publisher, Reading, Subscriber
 
 __version__ = "0.1.0"
 
@@ -28,8 +30,12 @@ __all__ = [
     "MxsyncError",
     "OutgoingEvent",
     "ProtocolError",
+    "Publisher",
     "RateLimitedError",
+    "Reading",
     "RoomEvent",
     "SendHandle",
     "Status",
+    "Subscriber",
+    "SyncedDoc",
 ]

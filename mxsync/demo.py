@@ -1,65 +1,352 @@
-"""``mxsync demo``: the embedded homeserver with clients syncing through it.
+"""``mxsync demo`` (``make demo``): the examples running together on an embedded homeserver.
 
-Starts the devserver (state in ``.mxsync/demo``), registers demo users,
-creates a room, and shows two clients keeping data current through it. Ctrl-C
-stops everything, the homeserver included.
+One process tree:
+
+- the embedded Synapse (:class:`~mxsync.devserver.DevServer`, state in
+  ``<state-dir>/devserver``, Synapse's default rate limits);
+- demo users ``alice`` and ``bob`` (whiteboard), ``plant`` (the devices) and
+  ``ops`` (the dashboard, a reader), registered on every start (idempotent);
+- two rooms, created on the first start and reused afterwards: "Whiteboard"
+  and "Plant sensors" (``<state-dir>/demo.json`` keeps their ids and the
+  homeserver's port: the clients' stores are bound to the homeserver's URL);
+- four child processes, each an example run as its users would run it, with
+  the same Python: ``examples.iot_sensor.sensor``, ``examples.iot_sensor.dashboard``
+  and ``examples.whiteboard`` twice (alice's and bob's). Their output goes to
+  ``<state-dir>/logs/``.
+
+It prints one line per page with its URL once every page answers. Ctrl-C (or
+SIGTERM, or ``--seconds``) stops the children first (SIGINT, so that the
+devices mark themselves offline while the homeserver still runs; SIGKILL to
+their process group after a grace period), then the homeserver. Each child
+runs in its own process group and, on Linux, gets SIGTERM if the demo itself
+dies (``PR_SET_PDEATHSIG``): nothing is left behind.
+
+The examples live in the source checkout (``examples/`` next to ``mxsync/``);
+the demo needs one (``pip install -e .``, as ``make`` does).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import json
+import os
 import signal
+import socket
+import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TextIO
 
+import aiohttp
 import anyio
 
-from . import Client, OutgoingEvent
-from .devserver import DevServer
+from .devserver import (
+    Credentials,
+    DevServer,
+    DevServerError,
+    _die_with_parent,
+    _free_port,
+    _prctl,
+    _wait_until,
+)
+from .engine import Client
+from .errors import ConfigError, MxsyncError
 
-__all__ = ["add_demo_parser", "cmd_demo", "run_demo"]
+__all__ = ["DemoError", "add_demo_parser", "cmd_demo", "run_demo"]
 
-_T = "org.mxsync.demo"
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_STATE_DIR = Path(".mxsync/demo")
+STARTUP_SECONDS = 90.0
+STOP_GRACE_SECONDS = 20.0
+#: Demo users whose message rate limit the demo lifts. Under Synapse's default
+#: (0.2 events/s, burst 10) nothing is lost, but a stroke drawn after a burst
+#: waits seconds for its turn, and three devices share one event every 5 s,
+#: so each chart would move every ~15 s instead of every second.
+LIFTED = ("alice", "bob", "plant")
+USERS = ("alice", "bob", "plant", "ops")
 
 
-async def run_demo(state_dir: Path, seconds: float | None) -> None:
-    async with DevServer(state_dir / "devserver", rate_limits="default") as hs:
-        print(f"homeserver  {hs.url}  (Synapse, default rate limits)", flush=True)
-        alice_c = await hs.register("alice")
-        bob_c = await hs.register("bob")
-        async with (
-            Client(hs.url, alice_c.user_id, password=alice_c.password,
-                   store_path=state_dir / "alice.db") as alice,
-            Client(hs.url, bob_c.user_id, password=bob_c.password,
-                   store_path=state_dir / "bob.db") as bob,
-        ):
-            room = await alice.create_room("mxsync demo", invite=[bob.user_id])
-            await bob.join(room)
-            print(f"room        {room}", flush=True)
-            with anyio.move_on_after(seconds if seconds is not None else float("inf")):
-                async with bob.room_events(room, [_T]) as recv, anyio.create_task_group() as tg:
+class DemoError(MxsyncError):
+    """The demo could not start (an example failed; its log says why)."""
 
-                    async def publish() -> None:
-                        n = 0
-                        while True:
-                            await alice.send_many([OutgoingEvent(room, _T, {
-                                "n": n, "sent_ms": int(time.time() * 1000)})])
-                            n += 1
-                            await anyio.sleep(5.0)  # under the default 0.2 events/s
 
-                    tg.start_soon(publish)
-                    async for ev in recv:
-                        lag = int(time.time() * 1000) - int(ev.content.get("sent_ms", 0))
-                        print(f"bob got n={ev.content.get('n')} from {ev.sender} "
-                              f"({lag} ms after alice sent it)", flush=True)
+@dataclass
+class Child:
+    """One example process."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    url: str | None = None
+    reported: bool = False
+
+
+def _examples_root() -> Path:
+    if not (SOURCE_ROOT / "examples" / "whiteboard").is_dir():
+        raise DemoError(
+            f"the examples are not next to the mxsync package ({SOURCE_ROOT}/examples); "
+            "run the demo from a source checkout installed with `pip install -e .`"
+        )
+    return SOURCE_ROOT
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no output)"
+    return "\n".join(text.strip().splitlines()[-lines:]) or "(no output)"
+
+
+class Children:
+    """The demo's child processes: started in their own process group, always stopped."""
+
+    def __init__(self, log_dir: Path, env: dict[str, str]) -> None:
+        self.log_dir = log_dir
+        self.env = env
+        self.children: list[Child] = []
+
+    def start(self, name: str, module: str, args: list[str], password: str) -> Child:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_dir / f"{name.replace(' ', '-').replace('(', '').replace(')', '')}.log"
+        prctl = _prctl()
+        preexec = functools.partial(_die_with_parent, prctl, os.getpid()) if prctl else None
+        # The password goes through the environment: the command line is public.
+        env = {**self.env, "MXSYNC_PASSWORD": password}
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", module, *args],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=preexec,
+            )
+        child = Child(name, proc, log)
+        self.children.append(child)
+        return child
+
+    def check_alive(self) -> None:
+        for child in self.children:
+            code = child.proc.poll()
+            if code is not None:
+                raise DemoError(
+                    f"{child.name} exited with code {code}; end of {child.log}:\n"
+                    f"{_tail(child.log)}"
+                )
+
+    def report_exits(self, say: Callable[[str], None]) -> None:
+        """Say once for each child that exited; the others keep running."""
+        for child in self.children:
+            code = child.proc.poll()
+            if code is not None and not child.reported:
+                child.reported = True
+                say(f"{child.name} exited with code {code} (its log: {child.log}); "
+                    "the rest keeps running")
+
+    async def stop(self) -> None:
+        """SIGINT every child (a clean stop), SIGKILL their groups after a grace period."""
+        with anyio.CancelScope(shield=True):
+            live = [c for c in self.children if c.proc.poll() is None]
+            for child in live:
+                _signal_group(child.proc, signal.SIGINT)
+            await _wait_until(lambda: all(c.proc.poll() is not None for c in live),
+                              STOP_GRACE_SECONDS, 0.1)
+            for child in live:
+                # Also reaps anything the child left in its group.
+                _signal_group(child.proc, signal.SIGKILL, even_if_exited=True)
+                if child.proc.poll() is None:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        child.proc.wait(5)
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals,
+                  *, even_if_exited: bool = False) -> None:
+    if proc.poll() is not None and not even_if_exited:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+async def _wait_page(children: Children, child: Child, deadline: float) -> None:
+    assert child.url is not None
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        while True:
+            children.check_alive()
+            try:
+                async with http.get(child.url + "healthz") as resp:
+                    if resp.status == 200:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise DemoError(f"{child.name} did not answer at {child.url} within "
+                                f"{STARTUP_SECONDS:g} s; end of {child.log}:\n{_tail(child.log)}")
+            await anyio.sleep(0.2)
+
+
+async def _wait_output(children: Children, child: Child, marker: str, deadline: float) -> None:
+    while marker not in child.log.read_text(errors="replace"):
+        children.check_alive()
+        if time.monotonic() > deadline:
+            raise DemoError(f"{child.name} did not start within {STARTUP_SECONDS:g} s; "
+                            f"end of {child.log}:\n{_tail(child.log)}")
+        await anyio.sleep(0.2)
+
+
+def _load_saved(path: Path) -> dict[str, Any]:
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _homeserver_port(state_dir: Path, saved: dict[str, Any]) -> int:
+    """The port of the last run if it is free; else a new one, and the client
+    stores (bound to the old URL) are set aside."""
+    port = saved.get("port")
+    if isinstance(port, int) and 0 < port < 65536 and _port_free(port):
+        return port
+    for name in USERS:
+        for store in state_dir.glob(f"{name}.db*"):
+            store.replace(store.with_name(store.name + ".old"))
+    return _free_port()
+
+
+async def _rooms(
+    hs: DevServer, saved: dict[str, Any], creds: dict[str, Credentials]
+) -> tuple[dict[str, str], set[str]]:
+    """The demo rooms, and which of them are new: reused when the homeserver
+    still has them, else created."""
+    known = saved.get("rooms")
+    if not isinstance(known, dict):
+        known = {}
+    rooms: dict[str, str] = {}
+    created: set[str] = set()
+    for key, owner, guest, writers, title in (
+        ("whiteboard", "alice", "bob", ["alice", "bob"], "Whiteboard"),
+        ("sensors", "plant", "ops", ["plant"], "Plant sensors"),
+    ):
+        c = creds[owner]
+        async with Client(hs.url, c.user_id, access_token=c.access_token) as client:
+            room = known.get(key)
+            if isinstance(room, str):
+                try:
+                    rooms[key] = await client.join(room)
+                    continue
+                except MxsyncError:
+                    pass  # the homeserver's state was reset: make a new room
+            rooms[key] = await client.create_room(
+                title, invite=[creds[guest].user_id],
+                writers=[creds[w].user_id for w in writers], topic="created by mxsync demo",
+            )
+            created.add(key)
+    return rooms, created
+
+
+async def run_demo(state_dir: Path, seconds: float | None = None,
+                   out: TextIO = sys.stdout) -> None:
+    """Run the demo until cancelled, or for ``seconds`` once every page answers."""
+    root = _examples_root()
+    state_dir = Path(await anyio.Path(state_dir).absolute())
+    await anyio.Path(state_dir).mkdir(parents=True, exist_ok=True)
+
+    def say(line: str) -> None:
+        print(line, file=out, flush=True)
+
+    saved_path = state_dir / "demo.json"
+    saved = _load_saved(saved_path)
+    port = _homeserver_port(state_dir, saved)
+    async with DevServer(state_dir / "devserver", port=port, rate_limits="default") as hs:
+        creds = {name: await hs.register(name) for name in USERS}
+        users = {name: c.user_id for name, c in creds.items()}
+        for name in LIFTED:
+            await hs.override_ratelimit(users[name])
+        rooms, created = await _rooms(hs, saved, creds)
+        saved_path.write_text(json.dumps({"port": port, "rooms": rooms}, indent=2))
+        say(f"homeserver          {hs.url}  (Synapse; default rate limits, "
+            f"lifted for {', '.join(LIFTED)}; state in {state_dir})")
+
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(root), env.get("PYTHONPATH", "")) if p
+        )
+        env["PYTHONUNBUFFERED"] = "1"
+        children = Children(state_dir / "logs", env)
+        try:
+            def login(name: str) -> list[str]:
+                return ["--homeserver", hs.url, "--user", users[name],
+                        "--store", str(state_dir / f"{name}.db")]
+
+            # A new sensors room gets an hour of simulated history, so that the
+            # dashboard has something to show at once.
+            backfill = ["--backfill", "60"] if "sensors" in created else []
+            sensors = children.start("sensors", "examples.iot_sensor.sensor",
+                                     [*login("plant"), "--room", rooms["sensors"], *backfill],
+                                     creds["plant"].password)
+            pages: list[Child] = []
+            for title, module, name, room in (
+                ("whiteboard (alice)", "examples.whiteboard", "alice", rooms["whiteboard"]),
+                ("whiteboard (bob)", "examples.whiteboard", "bob", rooms["whiteboard"]),
+                ("dashboard (ops)", "examples.iot_sensor.dashboard", "ops", rooms["sensors"]),
+            ):
+                port = _free_port()
+                child = children.start(title, module,
+                                       [*login(name), "--room", room, "--port", str(port)],
+                                       creds[name].password)
+                child.url = f"http://127.0.0.1:{port}/"
+                pages.append(child)
+            deadline = time.monotonic() + STARTUP_SECONDS
+            await _wait_output(children, sensors, "publishing", deadline)
+            for child in pages:
+                await _wait_page(children, child, deadline)
+            for child in pages:
+                say(f"{child.name:<19} {child.url}")
+            say(f"{'sensors (plant)':<19} office, greenhouse, front-door publishing every 1 s"
+                f" (pid {sensors.proc.pid}; `kill -INT {sensors.proc.pid}` takes them offline)")
+            say(f"{'logs':<19} {children.log_dir}")
+            say("Ctrl-C stops everything." if seconds is None
+                else f"stopping in {seconds:g} s (or Ctrl-C).")
+            with anyio.move_on_after(float("inf") if seconds is None else seconds):
+                while True:
+                    # A child stopped by hand (the sensors, to watch the dashboard)
+                    # is reported; the demo goes on.
+                    children.report_exits(say)
+                    await anyio.sleep(0.5)
+        finally:
+            say("stopping the examples ...")
+            await children.stop()
+            say("stopping the homeserver ...")
 
 
 def add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("demo", help="run the demo on the embedded homeserver")
-    p.add_argument("--state-dir", default=".mxsync/demo", type=Path)
-    p.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    p = sub.add_parser(
+        "demo",
+        help="run the examples (whiteboard, sensors, dashboard) on an embedded homeserver",
+        description="Start an embedded Synapse, the demo users and rooms, simulated "
+        "sensors, a dashboard and two whiteboards; print their URLs. Ctrl-C stops all.",
+    )
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, type=Path,
+                   help="default: %(default)s")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="stop by itself this long after the pages are up")
     p.set_defaults(func=cmd_demo)
 
 
@@ -79,11 +366,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 tg.cancel_scope.cancel()
 
     try:
-        anyio.run(functools.partial(main), backend="asyncio")
+        anyio.run(main, backend="asyncio")
     except KeyboardInterrupt:
         return 130
+    except BaseException as exc:
+        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]
+        if isinstance(exc, DemoError | DevServerError | ConfigError | MxsyncError):
+            print(f"mxsync demo: {exc}", file=sys.stderr)
+            return 1
+        raise
     return 0
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mxsync")
+    add_demo_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["demo", *(sys.argv[1:] if argv is None else argv)])
+    return cmd_demo(args)
+
+
 if __name__ == "__main__":
-    sys.exit(cmd_demo(argparse.Namespace(state_dir=Path(".mxsync/demo"), seconds=None)))
+    sys.exit(main())

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import anyio
@@ -33,6 +33,10 @@ from .http import Backoff, Http, q, retrying
 from .outbox import Outbox, OutgoingEvent, SendHandle
 from .store import Store
 from .sync import Status, SyncLoop
+
+if TYPE_CHECKING:
+    from ..docs import SyncedDoc
+    from ..streams import Publisher, Subscriber
 
 __all__ = ["Client", "MessagesPage"]
 
@@ -460,6 +464,37 @@ class Client:
         pl = await self.get_state(room_id, "m.room.power_levels")
         creators = room_creators(await self.state_event(room_id, "m.room.create"))
         return power_level_allows(pl, sender, event_type, state=state, creators=creators)
+
+    # -- features --------------------------------------------------------------
+
+    def open_doc(self, room_id: str, name: str = "default", **kw: Any) -> SyncedDoc:
+        """``async with client.open_doc(room, name) as sdoc``: a synced CRDT document.
+
+        See :class:`mxsync.docs.SyncedDoc` for the keyword arguments.
+        """
+        from ..docs import open_doc
+
+        return open_doc(self, room_id, name, **kw)
+
+    def publisher(self, room_id: str, *, device: str, **kw: Any) -> Publisher:
+        """``async with client.publisher(room, device="d1") as pub``: publish readings.
+
+        See :class:`mxsync.streams.Publisher` for the keyword arguments.
+        """
+        from ..streams import Publisher
+
+        return Publisher(self, room_id, device, **kw)
+
+    def subscribe(
+        self, room_id: str, sensors: Iterable[str] | None = None, **kw: Any
+    ) -> Subscriber:
+        """``async with client.subscribe(room) as sub``: live readings, history, devices.
+
+        See :class:`mxsync.streams.Subscriber` for the keyword arguments.
+        """
+        from ..streams import Subscriber
+
+        return Subscriber(self, room_id, sensors, **kw)
 
     def statistics(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,241 @@
+"""``mxsync sensor``: publish a reading, tail a room, print a sensor's history.
+
+::
+
+    mxsync sensor publish ROOM SENSOR VALUE [--unit U] [--precision P] [--type T]
+    mxsync sensor tail ROOM [--sensor S ...]
+    mxsync sensor history ROOM SENSOR --since 1h [--until T] [--csv]
+
+ROOM is a room id (``!abc:server``) or an alias (``#name:server``, joined
+first). Login options come from ``mxsync.cli_common`` (flags or MXSYNC_*
+environment variables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import anyio
+
+from .cli_common import add_login_args, client_from_args
+from .engine import Client
+from .errors import ConfigError, MxsyncError
+from .protocol.readings import Reading, Value
+from .streams import DeviceStatus
+
+__all__ = ["add_parser", "parse_value", "parse_time", "format_time"]
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000,
+             "w": 604_800_000}
+
+
+def parse_value(text: str, kind: str = "auto") -> Value:
+    """A reading's value from the command line: ``auto`` reads true/false as a
+    bool, an integer literal as an int, a decimal as a float, anything else as str."""
+    if kind == "str":
+        return text
+    if kind in ("auto", "bool") and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if kind == "bool":
+        raise ConfigError(f"not a bool: {text!r} (true or false)")
+    if kind in ("auto", "int"):
+        try:
+            return int(text)
+        except ValueError:
+            if kind == "int":
+                raise ConfigError(f"not an int: {text!r}") from None
+    try:
+        return float(text)
+    except ValueError:
+        if kind == "float":
+            raise ConfigError(f"not a float: {text!r}") from None
+    return text
+
+
+def parse_time(text: str, now_ms: int | None = None) -> int:
+    """A time in ms since the epoch from ``1h``/``30m``/``2d`` (that long ago),
+    ``now``, an int of ms, or an ISO 8601 time (UTC unless it says otherwise)."""
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    text = text.strip()
+    if text == "now":
+        return now
+    m = _DURATION.fullmatch(text)
+    if m:
+        return now - int(float(m.group(1)) * _UNITS_MS[m.group(2)])
+    if text.isdigit():
+        return int(text)
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(
+            f"not a time: {text!r} (use 1h, 30m, now, ms since the epoch or ISO 8601)"
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+def format_time(t_ms: int) -> str:
+    dt = datetime.fromtimestamp(t_ms / 1000, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t_ms % 1000:03d}Z"
+
+
+def _fmt_value(v: Value) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser("sensor", help="publish and watch sensor readings",
+                            description="Publish and watch sensor readings in a room.")
+    actions = parser.add_subparsers(dest="sensor_command", metavar="ACTION", required=True)
+
+    p = actions.add_parser("publish", help="publish one reading")
+    p.add_argument("room", help="room id or alias")
+    p.add_argument("sensor", help="sensor id, e.g. room1/temp")
+    p.add_argument("value", help="the value (true/false, an int, a decimal, or text)")
+    p.add_argument("--type", dest="kind", default="auto",
+                   choices=["auto", "int", "float", "bool", "str"], help="value type")
+    p.add_argument("--unit", help="unit, e.g. Cel")
+    p.add_argument("--precision", type=int, help="decimals a float is rounded to")
+    p.add_argument("--time", dest="at", help="time of the reading (default now)")
+    p.add_argument("--device", default="cli", help="device id (default: cli)")
+    p.add_argument("--presence", action="store_true",
+                   help="announce the device (birth, then shutdown) around the reading")
+    add_login_args(p)
+    p.set_defaults(func=cmd_publish)
+
+    p = actions.add_parser("tail", help="print the last values, then readings and device "
+                           "changes as they arrive")
+    p.add_argument("room", help="room id or alias")
+    p.add_argument("--sensor", action="append", dest="sensors", help="only this sensor "
+                   "(repeatable)")
+    p.add_argument("--csv", action="store_true", help="CSV output")
+    add_login_args(p)
+    p.set_defaults(func=cmd_tail)
+
+    p = actions.add_parser("history", help="print the readings of one sensor over a time range")
+    p.add_argument("room", help="room id or alias")
+    p.add_argument("sensor", help="sensor id")
+    p.add_argument("--since", default="1h", help="start: 1h, 30m, ISO 8601 or ms (default 1h)")
+    p.add_argument("--until", default="now", help="end, excluded (default now)")
+    p.add_argument("--lag", type=float, default=None,
+                   help="seconds a reading may have reached the server after its time")
+    p.add_argument("--csv", action="store_true", help="CSV output")
+    add_login_args(p)
+    p.set_defaults(func=cmd_history)
+
+
+def _run(main: Any, args: argparse.Namespace) -> int:
+    try:
+        return int(anyio.run(main, args) or 0)
+    except MxsyncError as exc:
+        print(f"mxsync sensor: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _room(client: Client, room: str) -> str:
+    if room.startswith("#"):
+        return await client.join(room)
+    if not room.startswith("!"):
+        raise ConfigError(f"not a room id or alias: {room!r}")
+    return room
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    return _run(_publish, args)
+
+
+async def _publish(args: argparse.Namespace) -> None:
+    value = parse_value(args.value, args.kind)
+    t = None if args.at is None else parse_time(args.at)
+    async with client_from_args(args) as client:
+        room = await _room(client, args.room)
+        async with client.publisher(room, device=args.device, presence=args.presence,
+                                    max_age=0.0) as pub:
+            pub.declare(args.sensor, precision=args.precision, unit=args.unit)
+            pub.publish(args.sensor, value, t=t)
+            await pub.flush()
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    return _run(_tail, args)
+
+
+def _row(r: Reading) -> list[str]:
+    return [str(r.t_ms), format_time(r.t_ms), r.sensor, _fmt_value(r.value), r.unit or "",
+            r.device or ""]
+
+
+async def _tail(args: argparse.Namespace, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    writer = csv.writer(out) if args.csv else None
+    if writer is not None:
+        writer.writerow(["t_ms", "time", "sensor", "value", "unit", "device"])
+    async with client_from_args(args) as client:
+        room = await _room(client, args.room)
+        async with client.subscribe(room, args.sensors) as sub:
+
+            async def devices() -> None:
+                async with sub.device_changes() as changes:
+                    async for st in changes:
+                        _print_device(st, out)
+
+            def show(r: Reading, note: str = "") -> None:
+                if writer is not None:
+                    writer.writerow(_row(r))
+                else:
+                    print(f"{format_time(r.t_ms)} {r.sensor} {_fmt_value(r.value)}"
+                          f"{' ' + r.unit if r.unit else ''} [{r.device}]{note}", file=out)
+                out.flush()
+
+            # Like an MQTT retained message: the last known values first.
+            for sensor in sorted(sub.sensors):
+                if args.sensors and sensor not in args.sensors:
+                    continue
+                last = await sub.latest(sensor)
+                if last is not None:
+                    show(last, " (last)")
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(devices)
+                async for r in sub:
+                    show(r)
+
+
+def _print_device(st: DeviceStatus, out: TextIO) -> None:
+    state = "online" if st.online else "offline"
+    why = f" ({st.reason})" if st.reason else ""
+    print(f"{format_time(st.event_ts)} device {st.device} {state}{why}", file=out, flush=True)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    return _run(_history, args)
+
+
+async def _history(args: argparse.Namespace, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    now = int(time.time() * 1000)
+    start, end = parse_time(args.since, now), parse_time(args.until, now)
+    if end <= start:
+        raise ConfigError("--until must be after --since")
+    async with client_from_args(args) as client:
+        room = await _room(client, args.room)
+        async with client.subscribe(room, live=False) as sub:
+            readings = await sub.history(args.sensor, start, end, lag=args.lag)
+    if args.csv:
+        writer = csv.writer(out)
+        writer.writerow(["t_ms", "time", "sensor", "value", "unit", "device"])
+        writer.writerows(_row(r) for r in readings)
+    else:
+        for r in readings:
+            print(f"{format_time(r.t_ms)}\t{_fmt_value(r.value)}\t{r.unit or ''}", file=out)

@@ -1,0 +1,37 @@
+"""Sensor streams: devices publish readings into a room, dashboards subscribe.
+
+What MQTT/Sparkplug users rely on, through Matrix:
+
+- :class:`Publisher` (``client.publisher(room_id, device=...)``): readings of
+  many sensors packed by the thousand into ``org.mxsync.readings`` events,
+  persisted before they are sent (write-behind, then outbox), numbered per
+  device (``session``, ``seq``), with an explicit overflow policy; sensor
+  state with the last value (the retained message); birth, heartbeat and a
+  server-side last will (MSC4140) in ``org.mxsync.device``.
+- :class:`Subscriber` (``client.subscribe(room_id, sensors=None)``): live
+  readings in order, ``latest``, ``history`` and ``window`` over the room's
+  past, and device presence.
+
+The wire format is ``mxsync.protocol.readings`` (docs/protocol-readings.md).
+Modules: ``publisher`` (the send path), ``buffer`` (its tables in the
+client's store), ``presence`` (birth and last will), ``subscriber`` (the
+receive path) and ``history`` (paging and buckets).
+"""
+
+from ..protocol.readings import Reading, SensorMeta
+from .history import Bucket, HistoryProgress, aggregate
+from .publisher import BufferFull, OverflowPolicy, Publisher
+from .subscriber import DeviceStatus, Subscriber
+
+__all__ = [
+    "Bucket",
+    "BufferFull",
+    "DeviceStatus",
+    "HistoryProgress",
+    "OverflowPolicy",
+    "Publisher",
+    "Reading",
+    "SensorMeta",
+    "Subscriber",
+    "aggregate",
+]

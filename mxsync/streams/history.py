@@ -1,0 +1,268 @@
+"""Reading a room's past: one sensor's readings over a time range, and buckets of them.
+
+``read_history`` jumps near the start of the range with the
+timestamp-to-event API (MSC3030), then pages ``/messages`` forwards, reading
+only ``org.mxsync.readings`` events and unpacking only the batches that carry
+the sensor. ``aggregate`` turns readings into fixed buckets for dashboards.
+
+Where the range ends in the room is a matter of clocks, so two margins bound
+the scan (both in ms):
+
+- ``skew``: a batch may be stored up to this long *before* the time of a reading
+  in it (the device's clock runs ahead of the homeserver's);
+- ``lag``: it may be stored up to this long *after* (batching, rate limits,
+  outages). Readings that reach the homeserver later than ``lag`` after their
+  time are not found; raise it for devices that buffer through long outages.
+
+:class:`BatchReader` is the one place where readings events are judged: the
+sender's power level, the content's validity (a malformed batch is skipped and
+logged once per sender), shared by the live subscriber and history.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable
+from operator import attrgetter
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from ..engine.events import RoomEvent, parse_event
+from ..engine.http import q, retrying
+from ..errors import ConfigError, ProtocolError
+from ..protocol.readings import MAX_T_MS, Reading, ReadingsBatch, parse_batch
+from ..protocol.types import READINGS
+
+if TYPE_CHECKING:
+    from ..engine.client import Client
+
+__all__ = [
+    "Bucket",
+    "HistoryProgress",
+    "BatchReader",
+    "read_history",
+    "aggregate",
+    "bucket_bounds",
+]
+
+log = logging.getLogger("mxsync.streams")
+
+by_time = attrgetter("t_ms")
+
+
+class HistoryProgress(msgspec.Struct, frozen=True, kw_only=True):
+    """How far a history scan is: events read, batches unpacked, readings found,
+    and the homeserver time reached (``fraction`` of the range to scan, 0..1)."""
+
+    events: int
+    batches: int
+    readings: int
+    position_ms: int
+    fraction: float
+
+
+class Bucket(msgspec.Struct, frozen=True, kw_only=True):
+    """Aggregate of the readings with ``start_ms <= t_ms < end_ms``.
+
+    ``min``/``max``/``mean`` cover int and float values (bools count as 0/1);
+    they are None when the bucket has no such value. ``count`` counts every
+    reading, str values included. ``mean`` is ``math.fsum(values) / n``.
+    """
+
+    start_ms: int
+    end_ms: int
+    count: int
+    min: int | float | None = None
+    max: int | float | None = None
+    mean: float | None = None
+
+
+class BatchReader:
+    """Validates ``org.mxsync.readings`` events of one room; logs each bad sender once."""
+
+    def __init__(self, client: Client, room_id: str) -> None:
+        self._client = client
+        self._room = room_id
+        self._warned: set[tuple[str, str]] = set()
+        self.malformed = 0
+        self.forbidden = 0
+
+    async def batch(self, ev: RoomEvent) -> ReadingsBatch | None:
+        """The batch of ``ev``, or None if it is not a batch we may trust."""
+        if ev.type != READINGS or ev.state_key is not None:
+            return None
+        if not await self._client.may_send(self._room, ev.sender, READINGS):
+            self.forbidden += 1
+            self._once("forbidden", ev.sender,
+                       "ignoring readings of %s in %s: no power level for %s",
+                       ev.sender, self._room, READINGS)
+            return None
+        try:
+            return parse_batch(ev.content)
+        except ProtocolError as exc:
+            self.bad(ev, exc)
+            return None
+
+    def readings(self, ev: RoomEvent, batch: ReadingsBatch) -> list[Reading] | None:
+        try:
+            return batch.readings()
+        except ProtocolError as exc:
+            self.bad(ev, exc)
+            return None
+
+    def bad(self, ev: RoomEvent, exc: Exception) -> None:
+        self.malformed += 1
+        self._once("malformed", ev.sender,
+                   "skipping a malformed %s event %s from %s in %s: %s "
+                   "(further ones from this sender are logged at debug level)",
+                   ev.type, ev.event_id, ev.sender, self._room, exc)
+        log.debug("skipping malformed event %s: %s", ev.event_id, exc)
+
+    def _once(self, kind: str, sender: str, msg: str, *args: object) -> None:
+        if (kind, sender) not in self._warned:
+            if len(self._warned) < 10_000:
+                self._warned.add((kind, sender))
+            log.warning(msg, *args)
+
+
+def check_range(start_ms: int, end_ms: int) -> None:
+    for name, v in (("start_ms", start_ms), ("end_ms", end_ms)):
+        if type(v) is not int or not 0 <= v <= MAX_T_MS:
+            raise ConfigError(f"{name} must be an int time in ms, got {v!r}")
+
+
+async def _context(
+    client: Client, room_id: str, event_id: str
+) -> tuple[RoomEvent | None, str | None]:
+    """The event itself and a /messages token just after it."""
+    answer = await retrying(
+        lambda: client.http.request(
+            "GET",
+            f"/_matrix/client/v3/rooms/{q(room_id)}/context/{q(event_id)}",
+            query={"limit": 0},
+        ),
+        homeserver=client.homeserver,
+        what="context",
+    )
+    end = answer.get("end")
+    return parse_event(room_id, answer.get("event")), end if isinstance(end, str) else None
+
+
+async def read_history(
+    client: Client,
+    room_id: str,
+    sensor: str,
+    start_ms: int,
+    end_ms: int,
+    *,
+    reader: BatchReader,
+    skew_ms: int,
+    lag_ms: int,
+    page_size: int = 50,
+    progress: Callable[[HistoryProgress], object] | None = None,
+) -> list[Reading]:
+    """The readings of ``sensor`` with ``start_ms <= t_ms < end_ms``, by time
+    (readings of one time keep the room's order). Each batch counts once even
+    if the homeserver holds it twice."""
+    check_range(start_ms, end_ms)
+    if end_ms <= start_ms:
+        return []
+    scan_from = max(0, start_ms - skew_ms)
+    stop_at = end_ms + lag_ms
+    jump = await client.timestamp_to_event(room_id, scan_from, "f")
+    if jump is None:
+        return []
+    first, token = await _context(client, room_id, jump[0])
+    events: list[RoomEvent] = [first] if first is not None else []
+    seen: set[tuple[str, str, int | None, int]] = set()
+    found: list[Reading] = []
+    n_events = n_batches = 0
+    position = scan_from
+    done = False
+    while True:
+        for ev in events:
+            if ev.origin_server_ts >= stop_at:
+                done = True
+                break
+            position = max(position, ev.origin_server_ts)
+            n_events += 1
+            batch = await reader.batch(ev)
+            if batch is None:
+                continue
+            key = (ev.sender, batch.device, batch.session, batch.seq)
+            if key in seen:
+                continue
+            seen.add(key)
+            if not any(s.sensor == sensor for s in batch.series):
+                continue
+            readings = reader.readings(ev, batch)
+            if readings is None:
+                continue
+            n_batches += 1
+            found.extend(
+                r for r in readings if r.sensor == sensor and start_ms <= r.t_ms < end_ms
+            )
+        if progress is not None:
+            span = max(1, stop_at - scan_from)
+            progress(HistoryProgress(
+                events=n_events, batches=n_batches, readings=len(found),
+                position_ms=position,
+                fraction=1.0 if done else min(1.0, (position - scan_from) / span),
+            ))
+        if done or token is None:
+            break
+        page = await client.messages(room_id, token, direction="f", limit=page_size,
+                                     types=[READINGS])
+        if not page.events or page.end == token:
+            break
+        events, token = page.events, page.end
+    found.sort(key=by_time)
+    return found
+
+
+def bucket_bounds(start_ms: int, end_ms: int, buckets: int) -> list[int]:
+    """The ``buckets + 1`` edges of equal buckets over [start_ms, end_ms), in ms.
+
+    Edge i is ``start_ms + ceil(i * (end_ms - start_ms) / buckets)``, so that a
+    time t falls in bucket ``(t - start_ms) * buckets // (end_ms - start_ms)``.
+    """
+    if type(buckets) is not int or buckets < 1:
+        raise ConfigError(f"buckets must be an int >= 1, got {buckets!r}")
+    check_range(start_ms, end_ms)
+    if end_ms <= start_ms:
+        raise ConfigError("end_ms must be after start_ms")
+    width = end_ms - start_ms
+    return [start_ms + -(-i * width // buckets) for i in range(buckets + 1)]
+
+
+def aggregate(
+    readings: Iterable[Reading], start_ms: int, end_ms: int, buckets: int
+) -> list[Bucket]:
+    """min/max/mean/count per bucket (see :class:`Bucket`); readings outside
+    [start_ms, end_ms) are ignored."""
+    edges = bucket_bounds(start_ms, end_ms, buckets)
+    width = end_ms - start_ms
+    counts = [0] * buckets
+    values: list[list[int | float]] = [[] for _ in range(buckets)]
+    for r in readings:
+        if not start_ms <= r.t_ms < end_ms:
+            continue
+        i = (r.t_ms - start_ms) * buckets // width
+        counts[i] += 1
+        v = r.value
+        if type(v) is bool:
+            values[i].append(int(v))
+        elif type(v) is int or type(v) is float:
+            values[i].append(v)  # type: ignore[arg-type]
+    out = []
+    for i in range(buckets):
+        vs = values[i]
+        out.append(Bucket(
+            start_ms=edges[i], end_ms=edges[i + 1], count=counts[i],
+            min=min(vs) if vs else None,
+            max=max(vs) if vs else None,
+            mean=math.fsum(vs) / len(vs) if vs else None,
+        ))
+    return out

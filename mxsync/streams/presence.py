@@ -1,0 +1,279 @@
+"""A device's birth, heartbeat and last will: its ``org.mxsync.device`` state.
+
+Two modes, chosen once per run:
+
+- ``"will"`` (the homeserver serves MSC4140 delayed events, unstable prefix
+  ``org.matrix.msc4140``): after the birth (``online: true``, no heartbeat
+  promised) the device schedules a delayed ``online: false`` /
+  ``reason: "last-will"`` update of its own state and restarts that timer
+  every ``offline_after / 3`` seconds. Restarts go through Synapse's cheap
+  delayed-event management limiter, not the message limiter. If the device
+  dies, the homeserver itself marks it offline ``offline_after`` seconds
+  after the last restart.
+- ``"heartbeat"`` (no delayed events): the birth promises ``heartbeat_ms``
+  and the device refreshes its state whenever no batch of it was stored for
+  most of that interval; subscribers infer "offline" after two missed intervals.
+
+Invariants:
+- A clean shutdown sends ``online: false`` / ``reason: "shutdown"`` first and
+  cancels the will afterwards, so a failure between the two leaves the device
+  offline (twice), never online.
+- A will left by a previous run of the same device (``kill -9``) is cancelled
+  before the new birth, so it cannot mark the new run offline.
+- A will that fired while the device was alive (a network partition longer
+  than ``offline_after``) is noticed on the next restart (M_NOT_FOUND) and
+  answered with a new birth and a new will.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Literal
+
+import anyio
+from anyio.abc import TaskStatus
+
+from ..engine.http import Backoff, TransientError, q
+from ..errors import HomeserverUnavailable, MatrixError, RateLimitedError
+from ..protocol.readings import DeviceState, to_content
+from ..protocol.types import DEVICE
+
+if TYPE_CHECKING:
+    from ..engine.client import Client
+
+__all__ = ["Presence", "PresenceMode"]
+
+log = logging.getLogger("mxsync.streams.presence")
+
+PresenceMode = Literal["will", "heartbeat"]
+
+_DELAYED = "/_matrix/client/unstable/org.matrix.msc4140/delayed_events"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Presence:
+    """Announces one device in one room and keeps its last will armed."""
+
+    def __init__(
+        self,
+        client: Client,
+        room_id: str,
+        device: str,
+        *,
+        session: int,
+        description: str | None,
+        last_will: bool,
+        offline_after: float,
+        heartbeat: float,
+        last_activity: Callable[[], float],
+        last_seq: Callable[[], int | None],
+    ) -> None:
+        self._client = client
+        self._room = room_id
+        self._device = device
+        self._session = session
+        self._description = description
+        self._want_will = last_will
+        self._offline_after_ms = int(offline_after * 1000)
+        self._heartbeat = heartbeat
+        self._last_activity = last_activity
+        self._last_seq = last_seq
+        self._lane = f"device/{device}"
+        self._delay_id: str | None = None
+        self._last_refresh = time.monotonic()
+        #: "will" or "heartbeat" once known.
+        self.mode: PresenceMode | None = None
+        #: Set once the birth is stored on the homeserver (and the will armed).
+        self.ready = anyio.Event()
+        self.restarts = 0
+        self.rebirths = 0
+
+    @property
+    def will_armed(self) -> bool:
+        return self._delay_id is not None
+
+    # -- running ----------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Announce the device, then keep it alive until cancelled."""
+        task_status.started()
+        await self._until_done(self._announce)
+        self.ready.set()
+        while True:
+            if self.mode == "will":
+                await anyio.sleep(max(1.0, self._offline_after_ms / 3000))
+                await self._restart()
+            else:
+                await anyio.sleep(min(1.0, self._heartbeat / 4))
+                await self._maybe_refresh()
+
+    async def _until_done(self, step: Callable[[], Awaitable[None]]) -> None:
+        backoff = Backoff(base=0.5, cap=10.0)
+        while True:
+            try:
+                await step()
+                return
+            except RateLimitedError as exc:
+                await anyio.sleep((exc.retry_after_ms or 1000) / 1000)
+            except (TransientError, HomeserverUnavailable) as exc:
+                delay = backoff.next_delay()
+                log.debug("announcing %s failed (%s); retry in %.1fs", self._device, exc, delay)
+                await anyio.sleep(delay)
+
+    async def _announce(self) -> None:
+        if self.mode is None:
+            self.mode = "will" if self._want_will and await self._will_supported() else "heartbeat"
+        handle = await self._client.send(
+            self._room, DEVICE, self._state(online=True, reason="birth"),
+            state_key=self._device, lane=self._lane,
+        )
+        if self.mode == "will":
+            await self._arm()
+        try:
+            await handle.wait()
+        except MatrixError as exc:
+            log.error("the homeserver refused the birth of device %s in %s: %s",
+                      self._device, self._room, exc)
+        self._last_refresh = time.monotonic()
+
+    def _state(self, *, online: bool, reason: str) -> dict[str, object]:
+        will = self.mode == "will"
+        return to_content(
+            DeviceState(
+                online=online,
+                since_ms=_now_ms(),
+                heartbeat_ms=0 if (will or not online) else int(self._heartbeat * 1000),
+                session=self._session,
+                last_seq=self._last_seq() if reason == "shutdown" else None,
+                reason=reason,
+                description=self._description if online else None,
+            )
+        )
+
+    # -- last will (MSC4140) ------------------------------------------------
+
+    async def _will_supported(self) -> bool:
+        """Probe the delayed-events API and cancel wills a previous run left behind."""
+        try:
+            answer = await self._client.http.request("GET", _DELAYED)
+        except MatrixError as exc:
+            if isinstance(exc, RateLimitedError):
+                raise
+            log.info("no delayed events on this homeserver (%s); using heartbeats", exc.errcode)
+            return False
+        pending = answer.get("delayed_events")
+        for ev in pending if isinstance(pending, list) else []:
+            if (
+                isinstance(ev, dict)
+                and ev.get("room_id") == self._room
+                and ev.get("type") == DEVICE
+                and ev.get("state_key") == self._device
+                and isinstance(ev.get("delay_id"), str)
+            ):
+                log.info("cancelling the last will of a previous run of %s", self._device)
+                await self._manage(ev["delay_id"], "cancel")
+        return True
+
+    async def _arm(self) -> None:
+        path = f"/_matrix/client/v3/rooms/{q(self._room)}/state/{q(DEVICE)}/{q(self._device)}"
+        will = self._state(online=False, reason="last-will")
+        try:
+            answer = await self._client.http.request(
+                "PUT", path, will, query={"org.matrix.msc4140.delay": self._offline_after_ms}
+            )
+        except MatrixError as exc:
+            if isinstance(exc, RateLimitedError):
+                raise
+            log.warning("the homeserver refused a last will (%s: %s); using heartbeats",
+                        exc.errcode, exc.error)
+            await self._fall_back()
+            return
+        delay_id = answer.get("delay_id")
+        if not isinstance(delay_id, str):
+            # A homeserver that ignores the delay parameter sent the will at once.
+            log.warning("the homeserver ignored the delay of the last will; using heartbeats")
+            await self._fall_back()
+            return
+        self._delay_id = delay_id
+
+    async def _fall_back(self) -> None:
+        self.mode = "heartbeat"
+        self._delay_id = None
+        await self._client.send(
+            self._room, DEVICE, self._state(online=True, reason="birth"),
+            state_key=self._device, lane=self._lane,
+        )
+
+    async def _manage(self, delay_id: str, action: str) -> None:
+        try:
+            await self._client.http.request("POST", f"{_DELAYED}/{q(delay_id)}", {"action": action})
+        except MatrixError as exc:
+            if exc.errcode != "M_NOT_FOUND":
+                raise
+
+    async def _restart(self) -> None:
+        if self._delay_id is None:
+            await self._until_done(self._announce)
+            return
+        try:
+            await self._client.http.request(
+                "POST", f"{_DELAYED}/{q(self._delay_id)}", {"action": "restart"}
+            )
+            self.restarts += 1
+        except RateLimitedError as exc:
+            await anyio.sleep((exc.retry_after_ms or 1000) / 1000)
+        except TransientError as exc:
+            # Keep trying; if the homeserver stays unreachable past the delay, the
+            # will fires, which is the truth: the device is unreachable.
+            log.debug("restarting the last will of %s failed: %s", self._device, exc)
+        except MatrixError as exc:
+            if exc.errcode != "M_NOT_FOUND":
+                log.warning("restarting the last will of %s failed: %s", self._device, exc)
+                return
+            log.warning("the last will of %s fired while it was alive; announcing it again",
+                        self._device)
+            self._delay_id = None
+            self.rebirths += 1
+            await self._until_done(self._announce)
+
+    # -- heartbeat ---------------------------------------------------------------
+
+    async def _maybe_refresh(self) -> None:
+        idle = time.monotonic() - max(self._last_refresh, self._last_activity())
+        if idle < self._heartbeat * 0.8:
+            return
+        handle = await self._client.send(
+            self._room, DEVICE, self._state(online=True, reason="heartbeat"),
+            state_key=self._device, lane=self._lane,
+        )
+        self._last_refresh = time.monotonic()
+        try:
+            await handle.wait()
+        except MatrixError as exc:
+            log.warning("heartbeat of %s refused: %s", self._device, exc)
+
+    # -- shutdown ---------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Mark the device offline ("shutdown") and cancel its will. Call once the
+        :meth:`run` task is stopped."""
+        handle = await self._client.send(
+            self._room, DEVICE, self._state(online=False, reason="shutdown"),
+            state_key=self._device, lane=self._lane,
+        )
+        try:
+            await handle.wait()
+        except MatrixError as exc:
+            log.warning("the homeserver refused the shutdown state of %s: %s", self._device, exc)
+        if self._delay_id is not None:
+            delay_id, self._delay_id = self._delay_id, None
+            try:
+                await self._manage(delay_id, "cancel")
+            except (MatrixError, TransientError) as exc:
+                log.warning("could not cancel the last will of %s (%s); it will fire later",
+                            self._device, exc)

@@ -1,0 +1,489 @@
+"""Subscriber: live readings, last values, history and device presence of one room.
+
+``async with client.subscribe(room_id) as sub`` waits for the client's first
+sync, registers with its sync loop and only then reads the room's state, so
+nothing that happens in between is missed; ``async for reading in sub`` then
+yields the readings that arrive from that moment on (the past is ``history``).
+
+Invariants:
+- Readings come out batch by batch in the order the homeserver stores them,
+  each batch sorted by ``t_ms`` (stable): a publisher whose times do not go
+  back (the default clock) gives every sensor its readings in time order.
+- Per (sender, device, session) a batch whose ``seq`` is not above the last
+  one is a duplicate and is skipped; a jump counts as a gap (``statistics()``).
+  The engine already fills gaps of the sync itself, so a gap here means the
+  publisher dropped batches (overflow policy) or lost them.
+- Batches from senders without the power level to send them, and malformed
+  ones, are skipped and logged once per sender; nothing stops the loop.
+- Live readings go through a bounded stream (``buffer`` batches): a consumer
+  that does not iterate slows the client's sync loop down. A subscriber used
+  only for ``latest``/``history``/devices passes ``live=False``.
+- A device is offline when its state says so (shutdown, last will) or, for a
+  device that promised heartbeats, when neither a refresh nor a batch of it
+  arrived for twice ``heartbeat_ms`` (``inferred=True``, reason
+  "heartbeat-timeout"); a batch or refresh brings it back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ..engine.events import RoomEvent
+from ..errors import ConfigError, ProtocolError
+from ..protocol.readings import (
+    Reading,
+    SensorMeta,
+    decode_device_state,
+    decode_sensor_meta,
+    validate_device_id,
+    validate_sensor_id,
+)
+from ..protocol.types import DEVICE, READINGS, SENSOR
+from .history import (
+    BatchReader,
+    Bucket,
+    HistoryProgress,
+    aggregate,
+    by_time,
+    read_history,
+)
+
+if TYPE_CHECKING:
+    from ..engine.client import Client
+
+__all__ = ["Subscriber", "DeviceStatus"]
+
+log = logging.getLogger("mxsync.streams.subscriber")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class DeviceStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """What a subscriber knows about a device.
+
+    ``since_ms`` is the device's own time of the change; ``event_ts`` the
+    homeserver's time of the event that said so (for a last will: when the
+    homeserver sent it), or the subscriber's clock for an inferred change.
+    """
+
+    device: str
+    sender: str
+    online: bool
+    since_ms: int
+    event_ts: int
+    reason: str | None = None
+    heartbeat_ms: int = 0
+    session: int | None = None
+    last_seq: int | None = None
+    description: str | None = None
+    #: True when the subscriber inferred the state (missed heartbeats).
+    inferred: bool = False
+
+
+class Subscriber:
+    """Live readings and queries of one room; an async context manager.
+
+    Use ``client.subscribe(room_id, sensors=None)``; ``sensors`` limits the live
+    readings to those sensor ids. Keyword arguments (durations in seconds):
+
+    - ``live`` (True): keep a stream of live readings (iterate it, or pass False).
+    - ``buffer`` (64): batches the live stream holds before it slows the sync.
+    - ``check_interval`` (0.5): how often missed heartbeats are looked for.
+    - ``history_skew`` (60.0) / ``history_lag`` (120.0): how far a batch may have
+      been stored before / after the time of its readings (see ``history``).
+    - ``page_size`` (50): events per /messages page in history scans.
+    - ``latest_scan`` (50): newest batches ``latest`` looks through at most.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        room_id: str,
+        sensors: Iterable[str] | None = None,
+        *,
+        live: bool = True,
+        buffer: int = 64,
+        check_interval: float = 0.5,
+        history_skew: float = 60.0,
+        history_lag: float = 120.0,
+        page_size: int = 50,
+        latest_scan: int = 50,
+    ) -> None:
+        if not isinstance(room_id, str) or not room_id.startswith("!"):
+            raise ConfigError(f"not a room id: {room_id!r}")
+        if isinstance(sensors, str):
+            raise ConfigError("sensors must be a collection of sensor ids, not one str")
+        self._filter = None if sensors is None else {validate_sensor_id(s) for s in sensors}
+        if type(buffer) is not int or buffer < 1:
+            raise ConfigError(f"buffer must be an int >= 1, got {buffer!r}")
+        if type(page_size) is not int or not 1 <= page_size <= 1000:
+            raise ConfigError(f"page_size must be within 1..1000, got {page_size!r}")
+        for name, v in (("check_interval", check_interval), ("history_skew", history_skew),
+                        ("history_lag", history_lag)):
+            if not isinstance(v, int | float) or v < 0:
+                raise ConfigError(f"{name} must be a number >= 0, got {v!r}")
+        self._client = client
+        self._room = room_id
+        self._live = live
+        self._buffer = buffer
+        self._check_interval = max(0.05, float(check_interval))
+        self._skew_ms = int(history_skew * 1000)
+        self._lag_ms = int(history_lag * 1000)
+        self._page_size = page_size
+        self._latest_scan = latest_scan
+        self._reader = BatchReader(client, room_id)
+        self._send: MemoryObjectSendStream[list[Reading]] | None = None
+        self._recv: MemoryObjectReceiveStream[list[Reading]] | None = None
+        self._current: list[Reading] = []
+        self._pos = 0
+        self._seqs: dict[tuple[str, str, int | None], int] = {}
+        self._last: dict[str, Reading] = {}
+        self._scanned: set[str] = set()
+        self._meta: dict[str, tuple[int, SensorMeta]] = {}
+        self._devices: dict[str, DeviceStatus] = {}
+        self._device_ts: dict[str, int] = {}
+        self._device_seen: dict[str, int] = {}
+        self._watchers: list[MemoryObjectSendStream[DeviceStatus]] = []
+        self._device_changed = anyio.Event()
+        self._stack: AsyncExitStack | None = None
+        # Counters (statistics()).
+        self._batches = 0
+        self._readings = 0
+        self._duplicates = 0
+        self._gaps = 0
+        self._missing = 0
+        self._lost_changes = 0
+
+    def __repr__(self) -> str:
+        return f"<Subscriber of {self._room}>"
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def __aenter__(self) -> Subscriber:
+        async with AsyncExitStack() as stack:
+            if self._live:
+                self._send, self._recv = anyio.create_memory_object_stream[list[Reading]](
+                    self._buffer
+                )
+                stack.enter_context(self._send)
+                stack.enter_context(self._recv)
+            # Live means from now on: the first sync of a new client (recent history)
+            # is not live. Then registered before the state is read, so that nothing
+            # falls between the two. Errors (not joined, ...) are raised unwrapped.
+            await self._client.wait_synced()
+            recv = await stack.enter_async_context(
+                self._client.room_events(self._room, (READINGS, SENSOR, DEVICE))
+            )
+            await self._load_state()
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(tg.cancel_scope.cancel)
+            tg.start_soon(self._run, recv)
+            tg.start_soon(self._watch_heartbeats)
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        stack, self._stack = self._stack, None
+        for w in self._watchers:
+            w.close()
+        if stack is not None:
+            return await stack.__aexit__(exc_type, exc, tb)
+        return None
+
+    async def _run(self, recv: MemoryObjectReceiveStream[RoomEvent]) -> None:
+        async for ev in recv:
+            await self._on_event(ev)
+        if self._send is not None:
+            self._send.close()
+
+    async def _load_state(self) -> None:
+        for ev in await self._client.room_state(self._room):
+            if ev.type == SENSOR or ev.type == DEVICE:
+                await self._on_state(ev, seen_ms=ev.origin_server_ts)
+
+    # -- events ------------------------------------------------------------------
+
+    async def _on_event(self, ev: RoomEvent) -> None:
+        if ev.type == READINGS and ev.state_key is None:
+            await self._on_batch(ev)
+        elif ev.state_key is not None and (ev.type == SENSOR or ev.type == DEVICE):
+            await self._on_state(ev, seen_ms=_now_ms())
+
+    async def _on_batch(self, ev: RoomEvent) -> None:
+        batch = await self._reader.batch(ev)
+        if batch is None:
+            return
+        key = (ev.sender, batch.device, batch.session)
+        last = self._seqs.get(key)
+        if last is not None and batch.seq <= last:
+            self._duplicates += 1
+            return
+        readings = self._reader.readings(ev, batch)
+        if readings is None:
+            return
+        if last is not None and batch.seq > last + 1:
+            self._gaps += 1
+            self._missing += batch.seq - last - 1
+            log.warning("device %s of %s: batches %d..%d are missing", batch.device, ev.sender,
+                        last + 1, batch.seq - 1)
+        self._seqs[key] = batch.seq
+        self._batches += 1
+        self._alive(batch.device, ev.sender)
+        readings.sort(key=by_time)
+        newest: dict[str, Reading] = {}
+        for r in readings:
+            newest[r.sensor] = r
+        for sensor, r in newest.items():
+            old = self._last.get(sensor)
+            if old is None or r.t_ms >= old.t_ms:
+                self._last[sensor] = r
+        if self._filter is not None:
+            readings = [r for r in readings if r.sensor in self._filter]
+        if readings:
+            self._readings += len(readings)
+            if self._send is not None:
+                await self._send.send(readings)
+
+    async def _on_state(self, ev: RoomEvent, *, seen_ms: int) -> None:
+        assert ev.state_key is not None
+        if not await self._client.may_send(self._room, ev.sender, ev.type, state=True):
+            return
+        try:
+            if ev.type == SENSOR:
+                validate_sensor_id(ev.state_key)
+                meta = decode_sensor_meta(ev.content)
+                old = self._meta.get(ev.state_key)
+                if old is None or ev.origin_server_ts >= old[0]:
+                    self._meta[ev.state_key] = (ev.origin_server_ts, meta)
+                return
+            validate_device_id(ev.state_key)
+            state = decode_device_state(ev.content)
+        except (ProtocolError, ConfigError) as exc:
+            self._reader.bad(ev, exc)
+            return
+        device = ev.state_key
+        if ev.origin_server_ts < self._device_ts.get(device, -1):
+            return  # older than what we know (the state fetch raced the sync)
+        self._device_ts[device] = ev.origin_server_ts
+        if state.online:
+            self._device_seen[device] = max(self._device_seen.get(device, 0), seen_ms)
+        self._set_device(DeviceStatus(
+            device=device, sender=ev.sender, online=state.online, since_ms=state.since_ms,
+            event_ts=ev.origin_server_ts, reason=state.reason, heartbeat_ms=state.heartbeat_ms,
+            session=state.session, last_seq=state.last_seq, description=state.description,
+        ))
+
+    def _alive(self, device: str, sender: str) -> None:
+        now = _now_ms()
+        self._device_seen[device] = now
+        st = self._devices.get(device)
+        if st is not None and not st.online and st.inferred and st.sender == sender:
+            self._set_device(msgspec.structs.replace(
+                st, online=True, since_ms=now, event_ts=now, reason="batch", inferred=True
+            ))
+
+    async def _watch_heartbeats(self) -> None:
+        while True:
+            await anyio.sleep(self._check_interval)
+            now = _now_ms()
+            for device, st in list(self._devices.items()):
+                if not st.online or st.heartbeat_ms <= 0:
+                    continue
+                seen = self._device_seen.get(device, st.event_ts)
+                if now - seen > 2 * st.heartbeat_ms:
+                    self._set_device(msgspec.structs.replace(
+                        st, online=False, since_ms=now, event_ts=now,
+                        reason="heartbeat-timeout", inferred=True,
+                    ))
+
+    def _set_device(self, status: DeviceStatus) -> None:
+        old = self._devices.get(status.device)
+        self._devices[status.device] = status
+        if old is not None and (old.online, old.session) == (status.online, status.session):
+            return  # a refresh, or a second word for the same state: not a change
+        for w in list(self._watchers):
+            try:
+                w.send_nowait(status)
+            except anyio.WouldBlock:
+                self._lost_changes += 1
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._watchers.remove(w)
+        self._device_changed.set()
+        self._device_changed = anyio.Event()
+
+    # -- live readings -----------------------------------------------------------------
+
+    def __aiter__(self) -> Subscriber:
+        return self
+
+    async def __anext__(self) -> Reading:
+        while self._pos >= len(self._current):
+            if self._recv is None:
+                raise RuntimeError("this subscriber is not live (live=False) or not running")
+            try:
+                self._current = await self._recv.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                raise StopAsyncIteration from None
+            self._pos = 0
+        r = self._current[self._pos]
+        self._pos += 1
+        return r
+
+    # -- last values --------------------------------------------------------------------
+
+    @property
+    def sensors(self) -> dict[str, SensorMeta]:
+        """The sensors the room's state describes (``org.mxsync.sensor``), by id."""
+        return {k: v for k, (_, v) in self._meta.items()}
+
+    async def latest(self, sensor: str) -> Reading | None:
+        """The newest reading of ``sensor`` this subscriber knows of: seen live,
+        in the sensor's state, or in the newest batches of the room."""
+        validate_sensor_id(sensor)
+        best = self._last.get(sensor)
+        entry = self._meta.get(sensor)
+        meta = None if entry is None else entry[1]
+        if meta is not None and meta.last_t_ms is not None:
+            try:
+                value = meta.last_value()
+            except ProtocolError:
+                value = None
+            if value is not None:
+                best = _newer(best, Reading(sensor, meta.last_t_ms, value, meta.unit,
+                                            meta.device))
+        if sensor not in self._scanned:
+            best = _newer(best, await self._scan_latest(sensor, best))
+            self._scanned.add(sensor)
+        return best
+
+    async def _scan_latest(self, sensor: str, known: Reading | None) -> Reading | None:
+        """The newest reading of ``sensor`` in the last ``latest_scan`` batches."""
+        token: str | None = None
+        scanned = 0
+        while scanned < self._latest_scan:
+            page = await self._client.messages(
+                self._room, token, direction="b", limit=min(20, self._latest_scan),
+                types=[READINGS],
+            )
+            for ev in page.events:
+                scanned += 1
+                if known is not None and ev.origin_server_ts < known.t_ms - self._skew_ms:
+                    return None
+                batch = await self._reader.batch(ev)
+                if batch is None or not any(s.sensor == sensor for s in batch.series):
+                    continue
+                readings = self._reader.readings(ev, batch)
+                if readings:
+                    mine = [r for r in readings if r.sensor == sensor]
+                    return max(mine, key=by_time) if mine else None
+            if not page.events or page.end is None:
+                return None
+            token = page.end
+        return None
+
+    # -- history ------------------------------------------------------------------------
+
+    async def history(
+        self,
+        sensor: str,
+        start_ms: int,
+        end_ms: int,
+        *,
+        progress: Callable[[HistoryProgress], object] | None = None,
+        lag: float | None = None,
+    ) -> list[Reading]:
+        """The readings of ``sensor`` with ``start_ms <= t_ms < end_ms``, by time.
+
+        ``progress`` is called after each page with a :class:`HistoryProgress`.
+        ``lag`` (seconds) overrides ``history_lag``: how long after its time a
+        reading may have reached the homeserver.
+        """
+        validate_sensor_id(sensor)
+        return await read_history(
+            self._client, self._room, sensor, start_ms, end_ms,
+            reader=self._reader, skew_ms=self._skew_ms,
+            lag_ms=self._lag_ms if lag is None else int(lag * 1000),
+            page_size=self._page_size, progress=progress,
+        )
+
+    async def window(
+        self,
+        sensor: str,
+        start_ms: int,
+        end_ms: int,
+        buckets: int,
+        *,
+        progress: Callable[[HistoryProgress], object] | None = None,
+        lag: float | None = None,
+    ) -> list[Bucket]:
+        """``buckets`` equal buckets over [start_ms, end_ms) with min/max/mean/count."""
+        aggregate([], start_ms, max(end_ms, start_ms + 1), buckets)  # check the arguments
+        readings = await self.history(sensor, start_ms, end_ms, progress=progress, lag=lag)
+        return aggregate(readings, start_ms, end_ms, buckets)
+
+    # -- devices --------------------------------------------------------------------------
+
+    @property
+    def devices(self) -> dict[str, DeviceStatus]:
+        """The devices of the room, by device id, as this subscriber knows them now."""
+        return dict(self._devices)
+
+    async def wait_device(self, device: str, *, online: bool) -> DeviceStatus:
+        """Return the device's status once it is ``online`` (or offline)."""
+        validate_device_id(device)
+        while True:
+            st = self._devices.get(device)
+            if st is not None and st.online is online:
+                return st
+            await self._device_changed.wait()
+
+    @asynccontextmanager
+    async def device_changes(self, buffer: int = 256) -> AsyncIterator[
+        MemoryObjectReceiveStream[DeviceStatus]
+    ]:
+        """A stream of device status changes (online/offline, new sessions) from now on."""
+        send, recv = anyio.create_memory_object_stream[DeviceStatus](buffer)
+        self._watchers.append(send)
+        try:
+            async with recv:
+                yield recv
+        finally:
+            if send in self._watchers:
+                self._watchers.remove(send)
+            send.close()
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "batches": self._batches,
+            "readings": self._readings,
+            "duplicates": self._duplicates,
+            "gaps": self._gaps,
+            "missing_batches": self._missing,
+            "malformed": self._reader.malformed,
+            "forbidden": self._reader.forbidden,
+            "lost_device_changes": self._lost_changes,
+        }
+
+
+def _newer(a: Reading | None, b: Reading | None) -> Reading | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return b if b.t_ms > a.t_ms else a

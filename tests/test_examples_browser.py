@@ -1,0 +1,287 @@
+"""The example web apps in a real browser (headless Chromium), against a real Synapse.
+
+- Whiteboard: alice's and bob's pages, each served by its own whiteboard server
+  and client; what one draws, undoes, erases or clears shows on the other (the
+  app's state and the canvas pixels), and each sees who is present.
+- Dashboard: a reading published during the test shows on the page with its
+  unit, the last hour comes from the room's history on open, and a device
+  stopped during the test turns offline: a publisher closed in the test, and
+  the sensor example run as a process and stopped with Ctrl-C (SIGINT).
+
+Chromium is Debian's (``apt-get install chromium chromium-driver``), driven by
+Playwright from PyPI with ``executable_path``; ``playwright install`` is never
+needed. Without /usr/bin/chromium these tests are skipped, saying so.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # ``examples`` is a folder of the checkout, not installed
+    sys.path.insert(0, str(REPO))
+
+from examples.iot_sensor.dashboard import run_dashboard  # noqa: E402
+from examples.whiteboard.server import run_whiteboard  # noqa: E402
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.timeout(240),
+    pytest.mark.skipif(not CHROMIUM.exists(),
+                       reason="needs Debian's chromium at /usr/bin/chromium "
+                              "(apt-get install chromium chromium-driver)"),
+]
+
+WAIT_MS = 30_000
+
+
+@asynccontextmanager
+async def chromium() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    try:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=str(CHROMIUM),
+                                               args=CHROMIUM_ARGS)
+            try:
+                yield browser
+            finally:
+                await browser.close()
+    finally:
+        # Playwright's driver pipe is closed when collected: collect it while the
+        # event loop still runs, not at interpreter exit (an unraisable warning).
+        gc.collect()
+        await anyio.lowlevel.checkpoint()
+
+
+async def open_page(browser: Any, url: str) -> Any:
+    context = await browser.new_context(viewport={"width": 1280, "height": 800})
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.errors = errors
+    await page.goto(url)
+    return page
+
+
+async def draw(page: Any, points: list[tuple[int, int]]) -> None:
+    """Drag the mouse through board points, as a user draws."""
+    # Input reaches a background tab late: bring the page to the front first.
+    await page.bring_to_front()
+    x, y = await page.evaluate("([x, y]) => whiteboard.clientPoint(x, y)", list(points[0]))
+    await page.mouse.move(x, y)
+    await page.mouse.down()
+    for p in points[1:]:
+        x, y = await page.evaluate("([x, y]) => whiteboard.clientPoint(x, y)", list(p))
+        await page.mouse.move(x, y, steps=5)
+    await page.mouse.up()
+
+
+async def strokes(page: Any) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = await page.evaluate("whiteboard.strokes()")
+    return result
+
+
+def is_colour(pixel: list[int], rgb: tuple[int, int, int], tolerance: int = 40) -> bool:
+    return all(abs(p - c) <= tolerance for p, c in zip(pixel[:3], rgb, strict=True))
+
+
+RED = (0xE1, 0x1D, 0x48)
+BLUE = (0x25, 0x63, 0xEB)
+WHITE = (255, 255, 255)
+
+
+async def test_whiteboard_pages_share_strokes_undo_erase_clear_and_presence(
+    make_user, make_client
+):
+    a_creds = await make_user("alice", relaxed=True)
+    b_creds = await make_user("bob", relaxed=True)
+    alice = await make_client(a_creds)
+    bob = await make_client(b_creds)
+    room = await alice.create_room("whiteboard", invite=[bob.user_id])
+
+    async with anyio.create_task_group() as tg, chromium() as browser:
+        a_url = await tg.start(lambda task_status: run_whiteboard(alice, room,
+                                                                  task_status=task_status))
+        b_url = await tg.start(lambda task_status: run_whiteboard(bob, room,
+                                                                  task_status=task_status))
+        a_page = await open_page(browser, a_url)
+        b_page = await open_page(browser, b_url)
+        both = [alice.user_id, bob.user_id]
+        for page, me in ((a_page, alice.user_id), (b_page, bob.user_id)):
+            await page.wait_for_function("whiteboard.connected() && whiteboard.boards() > 0",
+                                         timeout=WAIT_MS)
+            assert await page.evaluate("whiteboard.me()") == me
+            # Presence: each page shows both users once both have a page open.
+            await page.wait_for_function(
+                "users => users.every(u => whiteboard.presence().includes(u))", arg=both,
+                timeout=WAIT_MS)
+        presence_chips = await a_page.locator("#presence li").count()
+        assert presence_chips == 2
+
+        # Alice draws a red stroke; it appears on Bob's page, point for point.
+        await a_page.evaluate("whiteboard.setColor('#e11d48')")
+        line = [(200, 200), (400, 300), (600, 260), (800, 420)]
+        await draw(a_page, line)
+        await b_page.wait_for_function("whiteboard.strokes().length === 1", timeout=WAIT_MS)
+        (a_stroke,) = await strokes(a_page)
+        (b_stroke,) = await strokes(b_page)
+        assert b_stroke == a_stroke
+        assert b_stroke["author"] == alice.user_id
+        assert b_stroke["color"] == "#e11d48"
+        assert b_stroke["points"][:2] == [200, 200] and b_stroke["points"][-2:] == [800, 420]
+        assert all(isinstance(v, int) for v in b_stroke["points"])
+        # ... and on Bob's canvas: red where the stroke runs, white elsewhere.
+        assert is_colour(await b_page.evaluate("whiteboard.pixel(200, 200)"), RED)
+        assert is_colour(await b_page.evaluate("whiteboard.pixel(800, 420)"), RED)
+        assert is_colour(await b_page.evaluate("whiteboard.pixel(1200, 700)"), WHITE)
+
+        # Bob draws a blue stroke below it; Alice sees it, on top in z-order.
+        await b_page.evaluate("whiteboard.setColor('#2563eb'); whiteboard.setWidth(8)")
+        await draw(b_page, [(300, 600), (900, 650)])
+        await a_page.wait_for_function("whiteboard.strokes().length === 2", timeout=WAIT_MS)
+        a_ids = [s["author"] for s in await strokes(a_page)]
+        assert a_ids == [alice.user_id, bob.user_id]
+        assert is_colour(await a_page.evaluate("whiteboard.pixel(600, 625)"), BLUE)
+
+        # Undo on Alice's page takes back her own stroke only, for both pages.
+        await a_page.click("#undo")
+        for page in (a_page, b_page):
+            await page.wait_for_function(
+                "me => whiteboard.strokes().length === 1"
+                " && whiteboard.strokes()[0].author !== me", arg=alice.user_id, timeout=WAIT_MS)
+        assert is_colour(await b_page.evaluate("whiteboard.pixel(200, 200)"), WHITE)
+
+        # Alice erases Bob's stroke with the eraser.
+        await a_page.evaluate("whiteboard.setTool('eraser')")
+        await draw(a_page, [(600, 560), (600, 700)])
+        await b_page.wait_for_function("whiteboard.strokes().length === 0", timeout=WAIT_MS)
+        assert is_colour(await b_page.evaluate("whiteboard.pixel(600, 625)"), WHITE)
+
+        # Bob draws twice, Alice clears (two clicks: the button asks first).
+        await b_page.evaluate("whiteboard.setColor('#16a34a')")
+        await draw(b_page, [(100, 100), (300, 120)])
+        await draw(b_page, [(100, 800), (300, 820)])
+        await a_page.wait_for_function("whiteboard.strokes().length === 2", timeout=WAIT_MS)
+        await a_page.bring_to_front()
+        await a_page.click("#clear")
+        await a_page.click("#clear")
+        await b_page.wait_for_function("whiteboard.strokes().length === 0", timeout=WAIT_MS)
+
+        # Bob closes his page: Alice sees him leave.
+        await b_page.close()
+        await a_page.wait_for_function(
+            "u => !whiteboard.presence().includes(u)", arg=bob.user_id, timeout=WAIT_MS)
+        assert a_page.errors == [] and b_page.errors == []
+        tg.cancel_scope.cancel()
+
+
+async def test_dashboard_shows_history_live_readings_and_a_device_going_offline(
+    make_user, make_client, hs, tmp_path
+):
+    plant_creds = await make_user("plant", relaxed=True)
+    ops_creds = await make_user("ops")
+    plant = await make_client(plant_creds)
+    ops = await make_client(ops_creds)
+    # ops only reads: it is invited but not a writer.
+    room = await plant.create_room("sensors", invite=[ops.user_id], writers=[plant.user_id])
+    device = f"probe-{uuid.uuid4().hex[:6]}"
+    sensor = f"{device}/temperature"
+
+    async with anyio.create_task_group() as tg, chromium() as browser:
+        url = await tg.start(lambda task_status: run_dashboard(ops, room,
+                                                               task_status=task_status))
+        async with plant.publisher(room, device=device, offline_after=30) as pub:
+            pub.declare(sensor, precision=2, unit="Cel")
+            # Half an hour of history, one reading a minute, stored before the page opens.
+            now = int(time.time() * 1000)
+            past = [round(20 + i / 10, 2) for i in range(30)]
+            for i, value in enumerate(past):
+                pub.publish(sensor, value, t=now - (30 - i) * 60_000)
+            await pub.flush()
+            await pub.wait_online()
+
+            page = await open_page(browser, url)
+            await page.wait_for_function(
+                "s => dashboard.snapshots() > 0 && s in dashboard.sensors()", arg=sensor,
+                timeout=WAIT_MS)
+            shown = (await page.evaluate("dashboard.sensors()"))[sensor]
+            # One point per reading: they came through window() on open.
+            assert shown["points"] >= len(past)
+            assert shown["value"] == past[-1]
+            assert shown["unit"] == "Cel"
+            await page.wait_for_function(
+                "d => (dashboard.devices()[d] || {}).badge === 'online'", arg=device,
+                timeout=WAIT_MS)
+
+            # A reading published now shows as the last value, with its unit.
+            pub.publish(sensor, 23.45)
+            await page.wait_for_function(
+                "s => (dashboard.sensors()[s] || {}).value === 23.45", arg=sensor,
+                timeout=WAIT_MS)
+            card = page.locator(f'article.card[data-sensor="{sensor}"] .value')
+            assert (await card.inner_text()).replace("\n", "") == "23.45°C"
+        # The publisher stopped cleanly: the device turns offline on the page.
+        await page.wait_for_function(
+            "d => (dashboard.devices()[d] || {}).badge === 'offline'", arg=device,
+            timeout=WAIT_MS)
+        section = page.locator(f'section.device[data-device="{device}"]')
+        assert await section.get_attribute("data-online") == "false"
+
+        # The sensor example itself, as a user runs it, then stopped with Ctrl-C.
+        lab = f"lab-{uuid.uuid4().hex[:6]}"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "examples.iot_sensor.sensor", "--homeserver", hs.url,
+             "--user", plant.user_id, "--store", str(tmp_path / "sensor.db"),
+             "--room", room, "--devices", f"{lab}:climate", "--interval", "0.5"],
+            env={**os.environ, "MXSYNC_PASSWORD": plant_creds.password,
+                 "PYTHONPATH": str(REPO)},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        )
+        try:
+            for quantity in ("temperature", "humidity"):
+                await page.wait_for_function(
+                    "s => (dashboard.sensors()[s] || {}).value !== undefined",
+                    arg=f"{lab}/{quantity}", timeout=WAIT_MS)
+            await page.wait_for_function(
+                "d => (dashboard.devices()[d] || {}).badge === 'online'", arg=lab,
+                timeout=WAIT_MS)
+            shown = (await page.evaluate("dashboard.sensors()"))[f"{lab}/temperature"]
+            assert shown["unit"] == "Cel" and 10 < shown["value"] < 35
+            proc.send_signal(signal.SIGINT)
+            await page.wait_for_function(
+                "d => (dashboard.devices()[d] || {}).badge === 'offline'", arg=lab,
+                timeout=WAIT_MS)
+            with anyio.fail_after(30):
+                while proc.poll() is None:  # noqa: ASYNC110
+                    await anyio.sleep(0.1)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            output = proc.communicate(timeout=30)[0]
+        assert proc.returncode == 0, output
+        assert f"sensors: {lab} is offline (shutdown)" in output
+        devices = await page.evaluate("dashboard.devices()")
+        assert devices[lab]["reason"] == "shutdown"
+        assert page.errors == []
+        tg.cancel_scope.cancel()
