@@ -5,7 +5,7 @@ The naive way is what a straightforward Matrix CRDT binding does: one Matrix eve
 per pycrdt update (each transaction's ``update``), sent as soon as it happens
 (eight sends in flight, which helps it), applied by the reader as it arrives.
 
-Figures (all on relaxed users, i.e. without Synapse's message rate limit):
+Figures on relaxed users (Synapse's message rate limit lifted per user):
 
 - ``doc_edits_per_s``: single-character edits typed as fast as possible by one
   writer, divided by the time until another client's document has all of them.
@@ -17,6 +17,23 @@ Figures (all on relaxed users, i.e. without Synapse's message rate limit):
   document with N single-edit update events of history (10,000; 2,000 quick),
   first with no snapshot in the room (it replays every update), then after the
   first opener posted its snapshot.
+
+Figures with the writer under Synapse's default message limit (``rc_message``:
+0.2 events/s, burst 10; the reader is relaxed), after the writer's burst is spent:
+
+- ``doc_latency_p50_ms_default`` / ``_p99_ms_default``: a person typing 10
+  characters/s for 8 s (30 s in full runs); each character until the other client has it (the
+  first 2 s, while the burst lasts, are left out). An isolated edit with tokens
+  left in the bucket has the relaxed latency; continuous typing is what the
+  limit changes. ``doc_latency_p50_ms_typing`` (full runs) is the same typing
+  by a relaxed writer, for comparison.
+- ``doc_edits_per_s_default``: the writer then types as fast as it can for a
+  fixed time (5 s; 20 s in full runs); all edits typed divided by the time until the
+  other client's document has all of them.
+- ``doc_edits_per_s_naive_default``: the naive way under the default limit
+  (full runs only; it is the limiter's rate): 14 edits at once, the rate over
+  the arrivals after the burst. ``doc_edits_per_s_naive_default_ceiling`` is
+  that rate as Synapse configures it (0.2/s), in every run.
 """
 
 from __future__ import annotations
@@ -45,6 +62,8 @@ from mxsync.protocol.types import DOC, DOC_UPDATE
 __all__ = ["run"]
 
 NAIVE = "org.mxsync.bench.naive"
+#: Synapse's default rc_message: what one event per edit (or reading) can sustain.
+RC_MESSAGE_PER_SECOND = 0.2
 
 
 def say(msg: str) -> None:
@@ -75,6 +94,7 @@ class Naive:
         self.wdoc.observe(lambda e: self.send.send_nowait(e.update))
         self.bytes = 0
         self.events = 0
+        self.arrived: list[float] = []  # perf_counter() of each event at the reader
 
     async def sender(self) -> None:
         async with self.recv:
@@ -88,14 +108,17 @@ class Naive:
         async with self.reader.room_events(self.room, [NAIVE]) as events:
             task_status.started()
             async for ev in events:
+                self.arrived.append(time.perf_counter())
                 self.rdoc.apply_update(base64.b64decode(ev.content["update"]))
 
 
-async def _users(hs: DevServer, stack: AsyncExitStack, n: int, tag: str) -> list[Client]:
+async def _users(hs: DevServer, stack: AsyncExitStack, n: int, tag: str,
+                 *, relaxed: bool = True) -> list[Client]:
     clients = []
     for i in range(n):
         creds = await hs.register(f"bench{tag}{i}x{int(time.time() * 1000) % 10**8}")
-        await hs.override_ratelimit(creds.user_id)
+        if relaxed:
+            await hs.override_ratelimit(creds.user_id)
         clients.append(await stack.enter_async_context(
             Client(hs.url, creds.user_id, password=creds.password)))
     return clients
@@ -188,6 +211,107 @@ async def latency_naive(w: Client, r: Client, n: int) -> dict[str, float]:
             "doc_latency_p99_ms_naive": percentile(samples, 99)}
 
 
+class Arrivals:
+    """Polls a Text's length (every 2 ms) and records when each index first appears."""
+
+    def __init__(self, text: pycrdt.Text) -> None:
+        self.text = text
+        self.at: list[float] = []
+
+    async def run(self) -> None:
+        while True:
+            n = len(self.text)
+            if n > len(self.at):
+                now = time.perf_counter()
+                self.at.extend([now] * (n - len(self.at)))
+            await anyio.sleep(0.002)
+
+
+async def typing_latency(w: Client, r: Client, seconds: float, warmup: float = 2.0,
+                         rate: float = 10.0) -> list[float]:
+    """A person typing ``rate`` characters/s: each one's latency (ms) after ``warmup``."""
+    room = await _room(w, [r])
+    async with w.open_doc(room, "typing") as dw, r.open_doc(room, "typing") as dr:
+        with anyio.fail_after(60):
+            await dw.wait_synced()
+            await dr.wait_synced()
+        t = dw.doc.get("t", type=pycrdt.Text)
+        arrivals = Arrivals(dr.doc.get("t", type=pycrdt.Text))
+        typed: list[float] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(arrivals.run)
+            start = time.perf_counter()
+            while (now := time.perf_counter()) - start < seconds:
+                await anyio.sleep(max(0.0, start + len(typed) / rate - now))
+                typed.append(time.perf_counter())
+                t += "x"
+            await until(lambda: len(arrivals.at) == len(typed), 120)
+            tg.cancel_scope.cancel()
+    return [(arrivals.at[i] - at) * 1000 for i, at in enumerate(typed) if at - start >= warmup]
+
+
+async def default_limits(hs: DevServer, stack: AsyncExitStack, typing_s: float,
+                         burst_s: float) -> dict[str, float]:
+    """The writer under the default limit: typing latency, then sustained throughput."""
+    (w,) = await _users(hs, stack, 1, "dflt", relaxed=False)
+    (r,) = await _users(hs, stack, 1, "dfltr")
+    samples = await typing_latency(w, r, typing_s)
+    say(f"default limits, typing 10/s: p50 {statistics.median(samples):.0f} ms, "
+        f"p99 {percentile(samples, 99):.0f} ms ({len(samples)} characters)")
+    out = {"doc_latency_p50_ms_default": statistics.median(samples),
+           "doc_latency_p99_ms_default": percentile(samples, 99)}
+    # The burst is spent by now: type as fast as possible for burst_s seconds.
+    room = await _room(w, [r])
+    async with w.open_doc(room, "tpd") as dw, r.open_doc(room, "tpd") as dr:
+        with anyio.fail_after(60):
+            await dw.wait_synced()
+            await dr.wait_synced()
+        t = dw.doc.get("t", type=pycrdt.Text)
+        rt = dr.doc.get("t", type=pycrdt.Text)
+        n = 0
+        started = time.perf_counter()
+        while time.perf_counter() - started < burst_s:
+            t += string.ascii_lowercase[n % 26]
+            n += 1
+            await anyio.lowlevel.checkpoint()
+        typed_s = time.perf_counter() - started
+        await until(lambda: len(rt) == n, 600)
+        elapsed = time.perf_counter() - started
+        st = dw.statistics()
+    say(f"default limits, mxsync: {n} edits typed in {typed_s:.1f} s, all at the reader "
+        f"after {elapsed:.1f} s, {st['update_events_sent']} events")
+    out.update({
+        "doc_edits_per_s_default": n / elapsed,
+        "doc_events_per_1000_edits_default": 1000 * st["update_events_sent"] / n,
+    })
+    return out
+
+
+async def naive_default(hs: DevServer, stack: AsyncExitStack, burst: int = 10,
+                        extra: int = 4) -> dict[str, float]:
+    """One event per edit under the default limit: the rate after the burst."""
+    (w,) = await _users(hs, stack, 1, "ndflt", relaxed=False)
+    (r,) = await _users(hs, stack, 1, "ndfltr")
+    room = await _room(w, [r])
+    naive = Naive(w, r, room)
+    n = burst + extra
+    async with anyio.create_task_group() as tg:
+        await tg.start(naive.applier)
+        tg.start_soon(naive.sender)
+        started = time.perf_counter()
+        for i in range(n):
+            naive.wtext += string.ascii_lowercase[i % 26]
+            await anyio.lowlevel.checkpoint()
+        await until(lambda: len(naive.rtext) == n, 300)
+        tg.cancel_scope.cancel()
+    at = [a - started for a in naive.arrived]
+    # The events after the burst each waited for a token: rate over their arrivals.
+    rate = (len(at) - burst) / (at[-1] - at[burst - 1])
+    say(f"default limits, naive: {n} edits, arrivals at " + " ".join(f"{a:.1f}" for a in at)
+        + f" s: {rate:.3f} edits/s after the burst")
+    return {"doc_edits_per_s_naive_default": rate}
+
+
 async def open_times(hs: DevServer, stack: AsyncExitStack, n: int) -> dict[str, float]:
     x, f1, f2 = await _users(hs, stack, 3, "open")
     room = await _room(x, [f1, f2])
@@ -232,6 +356,7 @@ async def run(hs: DevServer, *, quick: bool) -> dict[str, float]:
     n_naive = 200 if quick else 600
     n_latency = 30 if quick else 100
     n_history = 2000 if quick else 10_000
+    typing_s, burst_s = (8.0, 5.0) if quick else (30.0, 20.0)
     results: dict[str, float] = {}
     async with AsyncExitStack() as stack:
         w, r = await _users(hs, stack, 2, "doc")
@@ -239,6 +364,13 @@ async def run(hs: DevServer, *, quick: bool) -> dict[str, float]:
         results.update(await latency_naive(w, r, n_latency))
         results.update(await throughput(w, r, n_edits))
         results.update(await throughput_naive(w, r, n_naive))
+        results.update(await default_limits(hs, stack, typing_s, burst_s))
+        results["doc_edits_per_s_naive_default_ceiling"] = RC_MESSAGE_PER_SECOND
+        if not quick:
+            samples = await typing_latency(w, r, typing_s)
+            results["doc_latency_p50_ms_typing"] = statistics.median(samples)
+            results["doc_latency_p99_ms_typing"] = percentile(samples, 99)
+            results.update(await naive_default(hs, stack))
         results.update(await open_times(hs, stack, n_history))
     return results
 

@@ -275,3 +275,22 @@ async def test_own_echo_carries_the_txn_id_other_devices_do_not(hs, make_user, m
     assert mine.txn_id == handle.txn_id
     assert theirs.txn_id is None
     assert one.device_id != two.device_id
+
+
+async def test_first_sync_of_a_new_store_is_not_delivered_as_live(make_user, make_client, hs):
+    """Recent history in a brand-new client's first sync is not news."""
+    a_creds = await make_user("alice", relaxed=True)
+    b_creds = await make_user("bob", relaxed=True)
+    alice = await make_client(a_creds)
+    room = await alice.create_room("old", invite=[b_creds.user_id])
+    async with Client(hs.url, b_creds.user_id, password=b_creds.password) as joiner:
+        await joiner.join(room)
+    await (await alice.send(room, T, {"old": True})).wait()
+    bob = Client(hs.url, b_creds.user_id, password=b_creds.password)
+    async with bob, bob.room_events(room, [T]) as recv:
+        with anyio.fail_after(30):
+            await bob.wait_synced()
+        await (await alice.send(room, T, {"new": True})).wait()
+        (ev,) = await collect(recv, 1)
+        assert ev.content == {"new": True}
+        assert bob.sync.state[room][("m.room.create", "")].sender == alice.user_id

@@ -98,7 +98,7 @@ def assert_canonical_json(x: object) -> None:
 
 
 # ---------------------------------------------------------------------------
-# An independent packer written from docs/protocol-readings.md, so the tests
+# An independent packer written from docs/PROTOCOL.md section 3, so the tests
 # check the spec and not only that the decoder mirrors the encoder.
 # ---------------------------------------------------------------------------
 
@@ -1178,7 +1178,7 @@ def test_to_content_checks_structs_built_by_hand() -> None:
 
 
 # ---------------------------------------------------------------------------
-# The worked example of docs/protocol-readings.md, as a frozen wire vector
+# The worked example of docs/PROTOCOL.md section 3, as a frozen wire vector
 # ---------------------------------------------------------------------------
 
 WORKED_EXAMPLE = {

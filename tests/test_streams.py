@@ -243,6 +243,46 @@ async def test_clean_exit_marks_offline_at_once_and_cancels_the_will(make_user, 
     assert pending["delayed_events"] == []
 
 
+async def test_a_cancelled_publisher_still_says_goodbye_at_once(make_user, make_client):
+    """Ctrl-C under anyio is a cancellation: the device must not wait for its will."""
+    dash, dev, room, *_ = await sensor_room(make_user, make_client)
+    async with dash.subscribe(room) as sub, sub.device_changes() as changes:
+        with anyio.CancelScope() as scope:
+            async with dev.publisher(room, device="fan", offline_after=60.0) as pub:
+                with anyio.fail_after(30):
+                    await pub.wait_online()
+                    birth = await changes.receive()
+                pub.publish("rpm", 900)
+                closing = time.monotonic()
+                scope.cancel()
+                await anyio.sleep(1)  # a checkpoint: the cancellation lands here
+        with anyio.fail_after(10):
+            death = await changes.receive()
+        assert time.monotonic() - closing < 10
+    assert (birth.online, death.online, death.reason) == (True, False, "shutdown")
+
+
+async def test_a_will_that_fired_while_alive_is_answered_with_a_new_birth(
+    make_user, make_client
+):
+    """As after a partition longer than the delay: the homeserver sent the will."""
+    dash, dev, room, *_ = await sensor_room(make_user, make_client)
+    delayed = "/_matrix/client/unstable/org.matrix.msc4140/delayed_events"
+    async with dash.subscribe(room) as sub:
+        async with dev.publisher(room, device="cam", offline_after=3.0) as pub:
+            with anyio.fail_after(30):
+                await pub.wait_online()
+                await sub.wait_device("cam", online=True)
+            (will,) = (await dev.http.request("GET", delayed))["delayed_events"]
+            await dev.http.request("POST", f"{delayed}/{will['delay_id']}", {"action": "send"})
+            with anyio.fail_after(30):
+                dead = await sub.wait_device("cam", online=False)
+                alive = await sub.wait_device("cam", online=True)
+            assert (dead.reason, alive.reason) == ("last-will", "birth")
+            (again,) = (await dev.http.request("GET", delayed))["delayed_events"]
+            assert again["delay_id"] != will["delay_id"]
+
+
 async def test_missed_heartbeats_mark_a_device_offline_and_a_batch_revives_it(
     make_user, make_client
 ):

@@ -13,7 +13,8 @@ Invariants:
 - The since-token and the last delivered event per room are persisted together,
   after the batch they cover has been handed to the consumers. History from
   before a client first saw a room is the features' job (they load snapshots
-  and page /messages themselves).
+  and page /messages themselves): the very first sync of a new store (no
+  since-token) only seeds the state cache and positions, it delivers nothing.
 - It never spins: errors back off exponentially with jitter (capped), rate
   limits wait ``retry_after_ms``, and a server that answers an empty long-poll
   at once is polled at most ``1 / min_interval`` times a second.
@@ -255,11 +256,14 @@ class SyncLoop:
                 state_events, timeline_events = await self._room_events(
                     room_id, room, resumed=since is not None
                 )
+                # The first sync of a client without a since-token returns recent
+                # history, not news: it only seeds the state cache and positions.
+                live = since is not None
                 for ev in state_events:
-                    if await self._deliver(ev, timeline=False):
+                    if await self._deliver(ev, timeline=False, dispatch=live):
                         delivered.append([room_id, ev.event_id])
                 for ev in timeline_events:
-                    if await self._deliver(ev, timeline=True):
+                    if await self._deliver(ev, timeline=True, dispatch=live):
                         delivered.append([room_id, ev.event_id])
                 mem = self._rooms.get(room_id)
                 if mem is not None and mem.last_event_id is not None:
@@ -367,7 +371,7 @@ class SyncLoop:
         log.debug("filled a gap of %d event(s) in %s", len(collected), room_id)
         return collected
 
-    async def _deliver(self, ev: RoomEvent, *, timeline: bool) -> bool:
+    async def _deliver(self, ev: RoomEvent, *, timeline: bool, dispatch: bool = True) -> bool:
         mem = self._rooms.setdefault(ev.room_id, _RoomMemory())
         if ev.event_id in mem.seen:
             return False
@@ -381,6 +385,8 @@ class SyncLoop:
             self.state.setdefault(ev.room_id, {})[(ev.type, ev.state_key)] = ev
             self._state_changed.set()
             self._state_changed = anyio.Event()
+        if not dispatch:
+            return True
         self.events_delivered += 1
         for consumer in list(self._consumers):
             if not consumer.wants(ev):

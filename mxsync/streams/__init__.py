@@ -12,7 +12,7 @@ What MQTT/Sparkplug users rely on, through Matrix:
   readings in order, ``latest``, ``history`` and ``window`` over the room's
   past, and device presence.
 
-The wire format is ``mxsync.protocol.readings`` (docs/protocol-readings.md).
+The wire format is ``mxsync.protocol.readings`` (docs/PROTOCOL.md section 3).
 Modules: ``publisher`` (the send path), ``buffer`` (its tables in the
 client's store), ``presence`` (birth and last will), ``subscriber`` (the
 receive path) and ``history`` (paging and buckets).

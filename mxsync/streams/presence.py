@@ -102,7 +102,7 @@ class Presence:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Announce the device, then keep it alive until cancelled."""
         task_status.started()
-        await self._until_done(self._announce)
+        await self._announce()
         self.ready.set()
         while True:
             if self.mode == "will":
@@ -125,15 +125,19 @@ class Presence:
                 log.debug("announcing %s failed (%s); retry in %.1fs", self._device, exc, delay)
                 await anyio.sleep(delay)
 
-    async def _announce(self) -> None:
+    async def _detect(self) -> None:
         if self.mode is None:
             self.mode = "will" if self._want_will and await self._will_supported() else "heartbeat"
+
+    async def _announce(self) -> None:
+        """Birth (through the outbox: enqueued once), then the will (retried)."""
+        await self._until_done(self._detect)
         handle = await self._client.send(
             self._room, DEVICE, self._state(online=True, reason="birth"),
             state_key=self._device, lane=self._lane,
         )
         if self.mode == "will":
-            await self._arm()
+            await self._until_done(self._arm)
         try:
             await handle.wait()
         except MatrixError as exc:
@@ -218,7 +222,7 @@ class Presence:
 
     async def _restart(self) -> None:
         if self._delay_id is None:
-            await self._until_done(self._announce)
+            await self._announce()
             return
         try:
             await self._client.http.request(
@@ -239,7 +243,7 @@ class Presence:
                         self._device)
             self._delay_id = None
             self.rebirths += 1
-            await self._until_done(self._announce)
+            await self._announce()
 
     # -- heartbeat ---------------------------------------------------------------
 

@@ -69,6 +69,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Publisher", "BufferFull", "OverflowPolicy"]
 
+#: How long a cancelled publisher tries to announce "shutdown" before giving up.
+_GOODBYE_TIMEOUT = 5.0
+
 log = logging.getLogger("mxsync.streams.publisher")
 
 OverflowPolicy = Literal["block", "drop_oldest"]
@@ -312,6 +315,17 @@ class Publisher:
                         " the rest stays in the store for the next run", self._device,
                         self._close_timeout,
                     )
+            elif self._presence is not None:
+                # Cancelled (Ctrl-C under anyio) or failed: unsent readings stay in the
+                # store, but the device still says goodbye at once rather than waiting
+                # for its last will. Shielded and bounded: the client's own tasks may
+                # be going down in the same cancellation.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(
+                    min(_GOODBYE_TIMEOUT, self._close_timeout)
+                ):
+                    if self._presence_scope is not None:
+                        self._presence_scope.cancel()
+                    await self._presence.shutdown()
         finally:
             if self._presence_scope is not None:
                 self._presence_scope.cancel()

@@ -1,0 +1,401 @@
+"""Soak: mixed load against a real Synapse for a long time; does the client's memory stay flat?
+
+    python -m bench.soak --minutes 30 [--interval 30] [--out docs/soak.md]
+
+One process runs four mxsync clients against an embedded Synapse (DevServer,
+Synapse's default rate limits, lifted per user for the writers, as an
+operator does for bots and bridges):
+
+- two editors of one document (``SyncedDoc``), each typing a few characters
+  ``--edit-hz`` times a second at random places and deleting about as much, so
+  the text stays around ``--text-len`` characters while its history grows;
+- one device (``Publisher``) publishing ``--readings-hz`` readings a second over
+  five sensors (float, int, bool, str);
+- one dashboard (``Subscriber``) that consumes every live reading and checks
+  that each (session, seq) comes once and in order.
+
+Every ``--interval`` seconds it samples the RSS of this process (all four
+clients; Synapse is another process and is sampled separately), the Python
+heap as tracemalloc does not see it (``gc`` object count), the document's
+encoded state size and the counters. At the end it checks convergence (both
+editors equal, a fresh client's cold open equal) and that the dashboard saw
+every published reading once, prints a table and writes ``--out`` (Markdown)
+and ``--json``.
+
+The verdict on memory is the least-squares slope of RSS over the second half of
+the run (after warm-up: imports, caches, the bounded LRUs of event ids filling),
+in MB per hour, next to the first, last and highest samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import random
+import string
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pycrdt
+
+from mxsync import Client
+from mxsync.devserver import DevServer
+
+__all__ = ["main", "run"]
+
+SENSORS = ("temp", "count", "door", "mode", "power")
+
+
+def rss_mb(pid: int | None = None) -> float | None:
+    """Resident set size of ``pid`` (this process by default), in MB, from /proc."""
+    try:
+        with open(f"/proc/{pid or 'self'}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+@dataclass
+class Sample:
+    t_s: float
+    rss_mb: float
+    synapse_rss_mb: float | None
+    gc_objects: int
+    doc_state_bytes: int
+    text_len: int
+    edits: int
+    update_events: int
+    snapshots: int
+    published: int
+    received: int
+    requests: int
+
+
+@dataclass
+class Tally:
+    """What the dashboard saw (one publisher session): batch numbers only go up."""
+
+    received: int = 0
+    batches: int = 0
+    out_of_order: int = 0
+    last_seq: int = -1
+
+
+def slope_mb_per_h(samples: list[Sample]) -> float:
+    """Least-squares slope of RSS against time, MB per hour."""
+    if len(samples) < 2:
+        return 0.0
+    xs = [s.t_s for s in samples]
+    ys = [s.rss_mb for s in samples]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    if den == 0:
+        return 0.0
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den * 3600
+
+
+async def _editor(sdoc: Any, seed: int, hz: float, text_len: int, stop: anyio.Event,
+                  counter: list[int]) -> None:
+    rng = random.Random(seed)
+    text = sdoc.doc.get("t", type=pycrdt.Text)
+    tag = string.ascii_letters[seed % 52]
+    period = 1.0 / hz
+    next_at = time.monotonic()
+    while not stop.is_set():
+        n = len(text)
+        if n > text_len and rng.random() < 0.6:
+            at = rng.randrange(0, n - 3)
+            del text[at : at + rng.randint(1, 3)]
+        else:
+            piece = tag + rng.choice(string.ascii_lowercase) * rng.randint(0, 2)
+            text.insert(rng.randint(0, n), piece)
+        counter[0] += 1
+        next_at += period
+        await anyio.sleep(max(0.0, next_at - time.monotonic()))
+
+
+async def _device(pub: Any, hz: float, stop: anyio.Event, counter: list[int]) -> None:
+    rng = random.Random(99)
+    temp, count = 20.0, 0
+    period = 10 / hz  # five sensors, two readings each per tick
+    next_at = time.monotonic()
+    while not stop.is_set():
+        for _ in range(2):
+            temp += rng.uniform(-0.05, 0.05)
+            count += rng.randrange(5)
+            pub.publish("temp", round(temp, 2))
+            pub.publish("count", count)
+            pub.publish("door", rng.random() < 0.05)
+            pub.publish("mode", rng.choice(("auto", "eco", "boost")))
+            pub.publish("power", rng.randrange(0, 4000))
+            counter[0] += 5
+        next_at += period
+        await anyio.sleep(max(0.0, next_at - time.monotonic()))
+
+
+async def _dashboard(sub: Any, tally: Tally) -> None:
+    async for r in sub:
+        tally.received += 1
+        if r.seq != tally.last_seq:
+            if r.seq < tally.last_seq:
+                tally.out_of_order += 1
+            tally.last_seq = r.seq
+            tally.batches += 1
+
+
+async def _until(cond: Any) -> None:
+    while not cond():  # noqa: ASYNC110 - a predicate over several objects, polled
+        await anyio.sleep(0.1)
+
+
+def _doc_values(doc: pycrdt.Doc) -> str:
+    return str(doc.get("t", type=pycrdt.Text))
+
+
+async def run(
+    *,
+    minutes: float,
+    interval: float,
+    edit_hz: float,
+    readings_hz: float,
+    text_len: int,
+    drain_timeout: float = 300.0,
+    log: Any = sys.stdout,
+) -> dict[str, Any]:
+    started_wall = time.time()
+    samples: list[Sample] = []
+    with tempfile.TemporaryDirectory(prefix="mxsync-soak-") as tmp:
+        state = Path(tmp)
+        async with DevServer(state / "hs", rate_limits="default") as hs:
+            tag = uuid.uuid4().hex[:6]
+            users = {}
+            for role in ("ed1", "ed2", "dev", "dash"):
+                users[role] = await hs.register(f"soak{role}{tag}")
+            for role in ("ed1", "ed2", "dev"):
+                await hs.override_ratelimit(users[role].user_id)
+
+            def client(role: str) -> Client:
+                c = users[role]
+                return Client(hs.url, c.user_id, password=c.password,
+                              store_path=state / f"{role}.db")
+
+            stop = anyio.Event()
+            edits = [[0], [0]]
+            published = [0]
+            tally = Tally()
+            async with (
+                client("ed1") as ed1, client("ed2") as ed2,
+                client("dev") as dev, client("dash") as dash,
+            ):
+                clients = (ed1, ed2, dev, dash)
+                room = await ed1.create_room(
+                    "soak", invite=[users[r].user_id for r in ("ed2", "dev", "dash")],
+                    writers=[users[r].user_id for r in ("ed1", "ed2", "dev")],
+                )
+                for c in (ed2, dev, dash):
+                    await c.join(room)
+                async with (
+                    ed1.open_doc(room, "soak") as d1,
+                    ed2.open_doc(room, "soak") as d2,
+                    dash.subscribe(room) as sub,
+                    dev.publisher(room, device="soak-dev", precision=2) as pub,
+                ):
+                    with anyio.fail_after(60):
+                        await d1.wait_synced()
+                        await d2.wait_synced()
+                    t0 = time.monotonic()
+                    end = t0 + minutes * 60
+
+                    def sample() -> Sample:
+                        st1 = d1.statistics()
+                        st2 = d2.statistics()
+                        return Sample(
+                            t_s=round(time.monotonic() - t0, 1),
+                            rss_mb=round(rss_mb() or 0.0, 1),
+                            synapse_rss_mb=(None if hs.pid is None
+                                            else round(rss_mb(hs.pid) or 0.0, 1)),
+                            gc_objects=len(gc.get_objects()),
+                            doc_state_bytes=len(d1.doc.get_update()),
+                            text_len=len(_doc_values(d1.doc)),
+                            edits=edits[0][0] + edits[1][0],
+                            update_events=st1["update_events_sent"] + st2["update_events_sent"],
+                            snapshots=st1["snapshots_sent"] + st2["snapshots_sent"],
+                            published=published[0],
+                            received=tally.received,
+                            requests=sum(c.http.requests for c in clients),
+                        )
+
+                    def show(s: Sample) -> None:
+                        print(f"{s.t_s:7.0f}s rss {s.rss_mb:6.1f} MB  synapse "
+                              f"{s.synapse_rss_mb or 0:6.1f} MB  gc {s.gc_objects:8d}  "
+                              f"doc {s.doc_state_bytes:8d} B  edits {s.edits:7d}  "
+                              f"upd {s.update_events:6d}  snaps {s.snapshots:4d}  "
+                              f"pub {s.published:8d}  recv {s.received:8d}",
+                              file=log, flush=True)
+
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(_editor, d1, 1, edit_hz, text_len, stop, edits[0])
+                        tg.start_soon(_editor, d2, 2, edit_hz, text_len, stop, edits[1])
+                        tg.start_soon(_device, pub, readings_hz, stop, published)
+                        tg.start_soon(_dashboard, sub, tally)
+                        samples.append(sample())
+                        show(samples[-1])
+                        while time.monotonic() < end:
+                            await anyio.sleep(min(interval, max(0.0, end - time.monotonic())))
+                            samples.append(sample())
+                            show(samples[-1])
+                        stop.set()
+                        # Drain: everything published and edited reaches the others.
+                        try:
+                            with anyio.fail_after(drain_timeout):
+                                await pub.flush()
+                                await d1.flush()
+                                await d2.flush()
+                                await _until(lambda: tally.received >= published[0]
+                                             and _doc_values(d1.doc) == _doc_values(d2.doc)
+                                             and d1.doc.get_state() == d2.doc.get_state())
+                        except TimeoutError:
+                            print("DRAIN TIMED OUT", json.dumps({
+                                "published": published[0], "received": tally.received,
+                                "pub": pub.statistics(), "sub": sub.statistics(),
+                                "d1": d1.statistics(), "d2": d2.statistics(),
+                                "d1_sv": d1.doc.get_state().hex(),
+                                "d2_sv": d2.doc.get_state().hex(),
+                                "texts_equal": _doc_values(d1.doc) == _doc_values(d2.doc),
+                                "outbox": [c.outbox.statistics() for c in clients],
+                                "status": [str(c.status) for c in clients],
+                            }, default=str), file=log, flush=True)
+                            raise
+                        tg.cancel_scope.cancel()
+                    expected = _doc_values(d1.doc)
+                    final_doc = {
+                        "text_len": len(expected),
+                        "state_bytes": len(d1.doc.get_update()),
+                        "d1": d1.statistics(),
+                        "d2": d2.statistics(),
+                    }
+                    sub_stats = sub.statistics()
+                    pub_stats = pub.statistics()
+            # A fresh client opens the document cold: snapshot plus the updates after it.
+            fresh_user = await hs.register(f"soakfresh{tag}")
+            async with Client(hs.url, users["ed1"].user_id,
+                              password=users["ed1"].password) as owner:
+                await owner.invite(room, fresh_user.user_id)
+            async with Client(hs.url, fresh_user.user_id, password=fresh_user.password) as fc:
+                await fc.join(room)
+                async with fc.open_doc(room, "soak", read_only=True) as df:
+                    with anyio.fail_after(120):
+                        await df.wait_synced()
+                    fresh_equal = _doc_values(df.doc) == expected
+                    fresh_stats = df.statistics()
+    half = [s for s in samples if s.t_s >= samples[-1].t_s / 2]
+    rss = [s.rss_mb for s in samples]
+    return {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started_wall)),
+        "minutes": minutes,
+        "interval_s": interval,
+        "edit_hz_per_editor": edit_hz,
+        "readings_hz": readings_hz,
+        "samples": [s.__dict__ for s in samples],
+        "rss_first_mb": rss[0],
+        "rss_last_mb": rss[-1],
+        "rss_max_mb": max(rss),
+        "rss_slope_mb_per_h": round(slope_mb_per_h(samples), 2),
+        "rss_slope_second_half_mb_per_h": round(slope_mb_per_h(half), 2),
+        "edits": samples[-1].edits,
+        "published": published[0],
+        "received": tally.received,
+        "batches": tally.batches,
+        "duplicates": sub_stats["duplicates"],
+        "gaps": sub_stats["gaps"],
+        "out_of_order": tally.out_of_order,
+        "publisher": pub_stats,
+        "doc": final_doc,
+        "fresh_open_equal": fresh_equal,
+        "fresh_open_stats": {k: fresh_stats[k] for k in
+                             ("load_ms", "load_events", "snapshots_applied", "updates_applied",
+                              "skipped")},
+        "pid": os.getpid(),
+    }
+
+
+def markdown(res: dict[str, Any]) -> str:
+    lines = [
+        "# Soak: mixed load, memory over time",
+        "",
+        f"`python -m bench.soak --minutes {res['minutes']:g}` started {res['started']}: "
+        f"two editors of one document ({res['edit_hz_per_editor']:g} edits/s each), one "
+        f"device publishing {res['readings_hz']:g} readings/s, one dashboard subscribed; "
+        "four clients in one process against an embedded Synapse (default rate limits, "
+        "lifted for the three writers). RSS is the clients' process; Synapse is sampled "
+        "apart.",
+        "",
+        "| t (s) | client RSS (MB) | Synapse RSS (MB) | gc objects | doc state (B) "
+        "| edits | update events | snapshots | readings published | readings received |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in res["samples"]:
+        lines.append(
+            f"| {s['t_s']:.0f} | {s['rss_mb']:.1f} | {s['synapse_rss_mb'] or 0:.1f} "
+            f"| {s['gc_objects']:,} | {s['doc_state_bytes']:,} | {s['edits']:,} "
+            f"| {s['update_events']:,} | {s['snapshots']:,} | {s['published']:,} "
+            f"| {s['received']:,} |"
+        )
+    lines += [
+        "",
+        f"- Client RSS: first {res['rss_first_mb']:.1f} MB, last {res['rss_last_mb']:.1f} MB, "
+        f"max {res['rss_max_mb']:.1f} MB; slope {res['rss_slope_mb_per_h']:+.2f} MB/h over "
+        f"the whole run, {res['rss_slope_second_half_mb_per_h']:+.2f} MB/h over the second "
+        "half.",
+        f"- Edits: {res['edits']:,}; both editors and a fresh cold open converged: "
+        f"{'yes' if res['fresh_open_equal'] else 'NO'} (fresh open: "
+        f"{res['fresh_open_stats']['load_events']} events read, "
+        f"{res['fresh_open_stats']['load_ms']:.0f} ms).",
+        f"- Readings: {res['published']:,} published, {res['received']:,} received live in "
+        f"{res['batches']:,} batches; duplicates {res['duplicates']}, gaps {res['gaps']}, "
+        f"out of order {res['out_of_order']}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.soak")
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--interval", type=float, default=30.0, help="seconds between samples")
+    parser.add_argument("--edit-hz", type=float, default=5.0, help="edits/s per editor")
+    parser.add_argument("--readings-hz", type=float, default=100.0)
+    parser.add_argument("--text-len", type=int, default=2000)
+    parser.add_argument("--out", default="docs/soak.md", help="Markdown report ('' for none)")
+    parser.add_argument("--json", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    res = anyio.run(
+        lambda: run(minutes=args.minutes, interval=args.interval, edit_hz=args.edit_hz,
+                    readings_hz=args.readings_hz, text_len=args.text_len),
+        backend="asyncio",
+    )
+    report = markdown(res)
+    print(report)
+    if args.out:
+        Path(args.out).write_text(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2, default=str))
+    ok = (res["fresh_open_equal"] and res["received"] == res["published"]
+          and res["duplicates"] == 0)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
