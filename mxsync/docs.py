@@ -73,6 +73,7 @@ from .engine.store import OutboxRow, Store
 from .errors import ConfigError, HomeserverUnavailable, MatrixError, MxsyncError, ProtocolError
 from .protocol import docs as proto
 from .protocol.types import DOC, DOC_SNAPSHOT, DOC_UPDATE
+from .protocol.yjs import DeleteSet, encode_state_vector
 
 if TYPE_CHECKING:
     from .engine.client import Client
@@ -126,84 +127,6 @@ CREATE INDEX IF NOT EXISTS mxsync_doc_log_doc ON mxsync_doc_log (room_id, name, 
 # Documents open per client: two SyncedDocs of one (room, name) on one client
 # would share a Yjs client id and issue the same clocks twice.
 _OPEN: weakref.WeakKeyDictionary[Client, set[tuple[str, str]]] = weakref.WeakKeyDictionary()
-
-
-# ----------------------------------------------------------------- Yjs v1 bytes
-
-
-def _varuint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _encode_sv(clocks: dict[int, int]) -> bytes:
-    """Yjs v1 state vector: varuint count, then (client, clock) pairs."""
-    parts = [_varuint(len(clocks))]
-    for client, clock in sorted(clocks.items()):
-        parts.append(_varuint(client))
-        parts.append(_varuint(clock))
-    return b"".join(parts)
-
-
-class _DeleteSet:
-    """Deleted ranges per Yjs client id, accumulated from local transactions."""
-
-    __slots__ = ("ranges",)
-
-    def __init__(self) -> None:
-        self.ranges: dict[int, list[tuple[int, int]]] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self.ranges)
-
-    def clear(self) -> None:
-        self.ranges.clear()
-
-    def add(self, encoded: bytes) -> None:
-        """Add a Yjs v1 delete set (``TransactionEvent.delete_set``)."""
-        pos = 0
-
-        def read() -> int:
-            nonlocal pos
-            value = shift = 0
-            while True:
-                byte = encoded[pos]
-                pos += 1
-                value |= (byte & 0x7F) << shift
-                if byte < 0x80:
-                    return value
-                shift += 7
-
-        for _ in range(read()):
-            client = read()
-            target = self.ranges.setdefault(client, [])
-            for _ in range(read()):
-                clock = read()
-                target.append((clock, read()))
-
-    def encode(self) -> bytes:
-        parts = [_varuint(len(self.ranges))]
-        for client, ranges in sorted(self.ranges.items()):
-            merged: list[list[int]] = []
-            for clock, length in sorted(ranges):
-                if merged and clock <= merged[-1][0] + merged[-1][1]:
-                    last = merged[-1]
-                    last[1] = max(last[1], clock + length - last[0])
-                else:
-                    merged.append([clock, length])
-            parts.append(_varuint(client))
-            parts.append(_varuint(len(merged)))
-            for clock, length in merged:
-                parts.append(_varuint(clock))
-                parts.append(_varuint(length))
-        return b"".join(parts)
 
 
 def _is_panic(exc: BaseException) -> bool:
@@ -303,8 +226,8 @@ class SyncedDoc:
         self._local_clients: set[int] = set()
         self._sent: dict[int, int] = {}
         self._persisted: dict[int, int] = {}
-        self._ds_unsent = _DeleteSet()
-        self._ds_unpersisted = _DeleteSet()
+        self._ds_unsent = DeleteSet()
+        self._ds_unpersisted = DeleteSet()
         self._full_ds = False
         self._edit_seq = 0
         self._persisted_seq = 0
@@ -614,7 +537,7 @@ class SyncedDoc:
                 return
 
     def _diff(
-        self, since: dict[int, int], ds: _DeleteSet, *, full_ds: bool
+        self, since: dict[int, int], ds: DeleteSet, *, full_ds: bool
     ) -> tuple[bytes | None, dict[int, int]]:
         """This device's changes since ``since`` as one Yjs v1 update, and the new clocks."""
         sv_bytes = self.doc.get_state()
@@ -631,7 +554,7 @@ class SyncedDoc:
                 del baseline[c]
         if not fresh and not ds and not full_ds:
             return None, clocks
-        full = self.doc.get_update(_encode_sv(baseline))
+        full = self.doc.get_update(encode_state_vector(baseline))
         if full_ds:
             return full, clocks
         # get_update(sv) ends with the document's whole delete set, which is what

@@ -51,6 +51,7 @@ import msgspec
 
 from mxsync.errors import ConfigError, ProtocolError
 from mxsync.protocol import types
+from mxsync.protocol.yjs import decode_state_vector
 
 __all__ = [
     "VERSION",
@@ -102,7 +103,6 @@ _HEX_DIGITS: Final = frozenset("0123456789abcdef")
 # A writer refuses to chunk when the fixed fields leave less room than this per slice.
 _MIN_WRITER_SLICE: Final = 8192
 # Yjs v1 varints never exceed 64 bits; 10 bytes of 7 bits hold them.
-_MAX_VARINT_BYTES: Final = 10
 
 _JSON = msgspec.json.Encoder()
 
@@ -449,41 +449,6 @@ def _encode(
 
 
 # ---------------------------------------------------------------------------- Yjs
-
-
-def decode_state_vector(sv: bytes) -> dict[int, int]:
-    """Decode a Yjs v1 state vector: varuint count, then (client, clock) varuint pairs.
-
-    Raises ProtocolError on truncated input, oversized varints or trailing bytes.
-    A client listed twice keeps its highest clock.
-    """
-    pos = 0
-
-    def varuint() -> int:
-        nonlocal pos
-        value = shift = 0
-        for _ in range(_MAX_VARINT_BYTES):
-            if pos >= len(sv):
-                raise ProtocolError("state vector truncated")
-            byte = sv[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                return value
-            shift += 7
-        raise ProtocolError("state vector varint longer than 10 bytes")
-
-    count = varuint()
-    if count > (len(sv) - pos) // 2:
-        raise ProtocolError(f"state vector announces {count} clients in {len(sv)} bytes")
-    clocks: dict[int, int] = {}
-    for _ in range(count):
-        client = varuint()
-        clock = varuint()
-        clocks[client] = max(clock, clocks.get(client, 0))
-    if pos != len(sv):
-        raise ProtocolError(f"{len(sv) - pos} trailing bytes after the state vector")
-    return clocks
 
 
 def state_vector_covers(sv_a: bytes, sv_b: bytes) -> bool:
