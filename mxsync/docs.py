@@ -70,6 +70,7 @@ from .engine.events import RoomEvent, power_level_allows, room_creators
 from .engine.http import Backoff, TransientError
 from .engine.outbox import SendHandle, new_txn_id
 from .engine.store import OutboxRow, Store
+from .engine.taskgroups import exit_stack
 from .errors import ConfigError, HomeserverUnavailable, MatrixError, MxsyncError, ProtocolError
 from .protocol import docs as proto
 from .protocol.types import DOC, DOC_SNAPSHOT, DOC_UPDATE
@@ -379,7 +380,7 @@ class SyncedDoc:
         stack, self._stack = self._stack, None
         try:
             if stack is not None:
-                return await stack.__aexit__(exc_type, exc, tb)
+                return await exit_stack(stack, exc_type, exc, tb)
             return None
         finally:
             self._tg = None

@@ -33,6 +33,7 @@ from .http import Backoff, Http, q, retrying
 from .outbox import Outbox, OutgoingEvent, SendHandle
 from .store import Store
 from .sync import Status, SyncLoop
+from .taskgroups import exit_stack
 
 if TYPE_CHECKING:
     from ..docs import SyncedDoc
@@ -143,7 +144,7 @@ class Client:
         stack, self._stack = self._stack, None
         self._tg = None
         if stack is not None:
-            return await stack.__aexit__(exc_type, exc, tb)
+            return await exit_stack(stack, exc_type, exc, tb)
         return None
 
     @staticmethod

@@ -9,7 +9,9 @@ Invariants:
 - No event is skipped: when a room's timeline comes back ``limited``, the loop
   pages /messages backwards from ``prev_batch`` to the last event it delivered
   in that room and delivers the gap, oldest first, before the timeline.
-- No event is delivered twice: event ids are remembered per room (bounded LRU).
+- No event is delivered twice: event ids are remembered per room (bounded LRU;
+  it only has to span one batch and its gap fill, which never overlap, plus
+  the in-flight record of a batch interrupted by a stop).
 - The since-token and the last delivered event per room are persisted together,
   after the batch they cover has been handed to the consumers. History from
   before a client first saw a room is the features' job (they load snapshots
@@ -98,7 +100,7 @@ class SyncLoop:
         timeout_ms: int = 30_000,
         min_interval: float = 0.2,
         backoff: Backoff | None = None,
-        seen_per_room: int = 20_000,
+        seen_per_room: int = 4_096,
         max_gap_events: int = 1_000_000,
     ) -> None:
         self._http = http

@@ -49,6 +49,7 @@ from anyio.abc import TaskGroup
 
 from ..engine.outbox import SendHandle
 from ..engine.store import OutboxRow
+from ..engine.taskgroups import exit_stack
 from ..errors import ConfigError, MatrixError, MxsyncError
 from ..protocol.readings import (
     MIN_BATCH_BYTES,
@@ -336,7 +337,7 @@ class Publisher:
                 except RuntimeError as e:  # the store is closed: the client exited first
                     log.error("publisher %s: could not save its buffer: %s", self._device, e)
             if stack is not None:
-                await stack.__aexit__(exc_type, exc, tb)
+                await exit_stack(stack, exc_type, exc, tb)
         if error is not None:
             raise error
         return None

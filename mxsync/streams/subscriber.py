@@ -38,6 +38,7 @@ import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..engine.events import RoomEvent
+from ..engine.taskgroups import exit_stack
 from ..errors import ConfigError, ProtocolError
 from ..protocol.readings import (
     Reading,
@@ -203,7 +204,7 @@ class Subscriber:
         for w in self._watchers:
             w.close()
         if stack is not None:
-            return await stack.__aexit__(exc_type, exc, tb)
+            return await exit_stack(stack, exc_type, exc, tb)
         return None
 
     async def _run(self, recv: MemoryObjectReceiveStream[RoomEvent]) -> None:
