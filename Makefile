@@ -31,9 +31,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check mxsync tests bench examples
 	$(BIN)/mypy mxsync
 
+## bench: every benchmark against a fresh devserver (BENCH_ARGS="--quick --json FILE")
 bench: $(STAMP)
 	scripts/ensure-system-packages
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mxsync .pytest_cache

@@ -27,23 +27,61 @@ from mxsync.devserver import DevServer
 
 MODULES = {"docs": "bench.bench_docs", "streams": "bench.bench_streams", "rss": "bench.bench_rss"}
 
-#: (figure, baseline, target ratio, higher is better)
-RATIOS = [
+#: Keys every full run writes, each a number (issue #6).
+REQUIRED = (
+    "doc_edits_per_s", "doc_edits_per_s_naive", "doc_latency_p50_ms", "doc_latency_p99_ms",
+    "doc_bytes_per_edit", "doc_open_ms_snapshot", "doc_open_ms_replay", "readings_per_s",
+    "readings_per_s_naive", "readings_per_s_mqtt", "bytes_per_reading", "client_rss_mb",
+)
+
+#: (figure, baseline, target ratio or None): figure / baseline, higher is better.
+RATIOS: list[tuple[str, str, float | None]] = [
     ("doc_edits_per_s", "doc_edits_per_s_naive", 100.0),
     ("doc_open_ms_replay", "doc_open_ms_snapshot", 10.0),
     ("readings_per_s", "readings_per_s_naive", 200.0),
     ("readings_per_s", "readings_per_s_mqtt", 1.0),
+    # Under Synapse's default message limit (no target: for the record).
+    ("doc_edits_per_s_default", "doc_edits_per_s_naive_default", None),
+    ("doc_edits_per_s_default", "doc_edits_per_s_naive_default_ceiling", None),
+    ("readings_per_s_default", "readings_per_s_naive_default_ceiling", None),
+]
+
+#: (figure, upper bound): absolute targets.
+LIMITS = [
+    ("doc_latency_p50_ms", 100.0),
+    ("bytes_per_reading", 4.0),
 ]
 
 
+def _first(path: str, prefix: str) -> str:
+    try:
+        with open(path) as fh:
+            for line in fh:
+                if line.startswith(prefix):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
+
+
 def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    try:
+        from importlib.metadata import version
+
+        synapse = version("matrix-synapse")
+    except Exception:  # informational only
+        synapse = "?"
+    mem_kb = _first("/proc/meminfo", "MemTotal").split()[0]
     return {
+        "cpu": _first("/proc/cpuinfo", "model name"),
         "cpus": os.cpu_count(),
+        "ram_gb": round(int(mem_kb) / 1024**2, 1) if mem_kb.isdigit() else "?",
+        "kernel": platform.release(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "cpu": next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                     if line.startswith("model name")), "?") if os.path.exists("/proc/cpuinfo")
-        else "?",
+        "synapse": synapse,
+        "loadavg": os.getloadavg(),
     }
 
 
@@ -70,17 +108,22 @@ def print_table(results: dict[str, Any]) -> None:
     for key, value in sorted(results.items()):
         if isinstance(value, (int, float)):
             table.add_row(key, f"{value:,.2f}")
-    ratios = Table(title="ratios (same run)")
-    for col in ("figure / baseline", "ratio", "target", "met"):
-        ratios.add_column(col)
+    targets = Table(title="targets (same run)")
+    for col in ("figure", "value", "target", "met"):
+        targets.add_column(col)
     for fig, base, target in RATIOS:
         if fig in results and base in results and results[base]:
             r = results[fig] / results[base]
-            ratios.add_row(f"{fig} / {base}", f"{r:,.1f}x", f"{target:g}x",
-                           "yes" if r >= target else "NO")
+            targets.add_row(f"{fig} / {base}", f"{r:,.1f}x",
+                            "-" if target is None else f">= {target:g}x",
+                            "-" if target is None else "yes" if r >= target else "NO")
+    for fig, bound in LIMITS:
+        if fig in results:
+            v = results[fig]
+            targets.add_row(fig, f"{v:,.2f}", f"<= {bound:g}", "yes" if v <= bound else "NO")
     console = Console()
     console.print(table)
-    console.print(ratios)
+    console.print(targets)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,15 +137,31 @@ def main(argv: list[str] | None = None) -> int:
     for s in selected:
         if s not in MODULES:
             parser.error(f"unknown benchmark {s!r}")
+    if "streams" in selected:
+        from bench.bench_streams import MOSQUITTO
+
+        if not os.access(MOSQUITTO, os.X_OK):
+            parser.error(f"{MOSQUITTO} is missing (the MQTT baseline): run "
+                         "scripts/ensure-system-packages, as `make bench` does")
     started = time.monotonic()
+    load_before = os.getloadavg()
     results = anyio.run(run_all, selected, args.quick, backend="asyncio")
     results["bench_seconds"] = round(time.monotonic() - started, 1)
     print_table(results)
+    missing = []
+    if set(selected) == set(MODULES):
+        missing = [k for k in REQUIRED
+                   if not isinstance(results.get(k), (int, float)) or results[k] != results[k]]
+        if missing:
+            print(f"missing or not a number: {', '.join(missing)}", file=sys.stderr)
     if args.json:
+        info = {**machine(), "loadavg_before": load_before}
+        info["loadavg_after"] = info.pop("loadavg")
         with open(args.json, "w") as fh:
-            json.dump({**results, "machine": machine(), "quick": args.quick}, fh, indent=2,
+            json.dump({**results, "machine": info, "quick": args.quick,
+                       "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, fh, indent=2,
                       sort_keys=True)
-    return 0
+    return 1 if missing else 0
 
 
 if __name__ == "__main__":

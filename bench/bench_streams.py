@@ -287,7 +287,7 @@ def mqtt_baseline(n: int, tmp: Path) -> dict[str, float]:
 async def run(hs: DevServer, *, quick: bool) -> dict[str, float]:
     """All measurements; ``quick`` shortens each (for CI smoke runs)."""
     n_e2e, n_naive, n_mqtt, seconds = (
-        (200_000, 200, 20_000, 30.0) if quick else (1_000_000, 1_000, 100_000, 90.0)
+        (200_000, 200, 20_000, 25.0) if quick else (1_000_000, 1_000, 100_000, 90.0)
     )
     with tempfile.TemporaryDirectory(prefix="mxsync-bench-") as d:
         tmp = Path(d)
