@@ -7,6 +7,11 @@ and measures its baselines in the same run on the same server, so that every
 figure can be read as a ratio. The devserver keeps Synapse's default message
 rate limits; the benchmarks lift them per user (admin API) for the "relaxed"
 figures and keep them for the ``*_default`` ones.
+
+Prints every figure, then the targets of issue #6 (ratios and bounds, same run).
+``--json`` writes every figure as a number, with the machine, the load average
+before and after, and the date. A full run exits 1 if a required key is missing.
+Results and method: docs/benchmarks.md.
 """
 
 from __future__ import annotations
