@@ -30,11 +30,13 @@ in MB per hour, next to the first, last and highest samples.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import os
 import random
 import string
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,6 +59,40 @@ __all__ = ["main", "run"]
 SENSORS = ("temp", "count", "door", "mode", "power")
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def _mallinfo2() -> Any:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        fn = libc.mallinfo2
+    except (OSError, AttributeError):  # not glibc >= 2.33
+        return None
+    fn.restype = _MallInfo2
+    return fn
+
+
+_MALLINFO2 = _mallinfo2()
+
+
+def malloc_mb() -> float | None:
+    """Bytes glibc malloc has handed out and not got back, in MB.
+
+    That is the live native heap: pycrdt's Rust structures, SQLite's page cache
+    and Python's large objects (pymalloc's small-object arenas are mmap'd apart
+    and show in the gc object count instead). Unlike RSS it does not count
+    memory freed but kept by the allocator (fragmentation), so a leak shows here
+    and a fragmented heap does not.
+    """
+    if _MALLINFO2 is None:
+        return None
+    mi = _MALLINFO2()
+    return (mi.uordblks + mi.hblkhd) / 2**20
+
+
 def rss_mb(pid: int | None = None) -> float | None:
     """Resident set size of ``pid`` (this process by default), in MB, from /proc."""
     try:
@@ -73,6 +109,7 @@ def rss_mb(pid: int | None = None) -> float | None:
 class Sample:
     t_s: float
     rss_mb: float
+    malloc_mb: float | None
     synapse_rss_mb: float | None
     gc_objects: int
     doc_state_bytes: int
@@ -95,17 +132,30 @@ class Tally:
     last_seq: int = -1
 
 
-def slope_mb_per_h(samples: list[Sample]) -> float:
-    """Least-squares slope of RSS against time, MB per hour."""
+def slope_mb_per_h(samples: list[Sample], field: str = "rss_mb") -> float:
+    """Least-squares slope of ``field`` (RSS by default) against time, MB per hour."""
+    samples = [s for s in samples if getattr(s, field) is not None]
     if len(samples) < 2:
         return 0.0
     xs = [s.t_s for s in samples]
-    ys = [s.rss_mb for s in samples]
+    ys = [getattr(s, field) for s in samples]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     den = sum((x - mx) ** 2 for x in xs)
     if den == 0:
         return 0.0
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den * 3600
+
+
+def _edit_once(text: pycrdt.Text, rng: random.Random, tag: str, text_len: int) -> None:
+    """One edit: insert 1-3 characters at a random place, or (above ``text_len``)
+    often delete 1-3, so the text stays near ``text_len`` while its history grows."""
+    n = len(text)
+    if n > text_len and rng.random() < 0.6:
+        at = rng.randrange(0, n - 3)
+        del text[at : at + rng.randint(1, 3)]
+    else:
+        piece = tag + rng.choice(string.ascii_lowercase) * rng.randint(0, 2)
+        text.insert(rng.randint(0, n), piece)
 
 
 async def _editor(sdoc: Any, seed: int, hz: float, text_len: int, stop: anyio.Event,
@@ -116,16 +166,36 @@ async def _editor(sdoc: Any, seed: int, hz: float, text_len: int, stop: anyio.Ev
     period = 1.0 / hz
     next_at = time.monotonic()
     while not stop.is_set():
-        n = len(text)
-        if n > text_len and rng.random() < 0.6:
-            at = rng.randrange(0, n - 3)
-            del text[at : at + rng.randint(1, 3)]
-        else:
-            piece = tag + rng.choice(string.ascii_lowercase) * rng.randint(0, 2)
-            text.insert(rng.randint(0, n), piece)
+        _edit_once(text, rng, tag, text_len)
         counter[0] += 1
         next_at += period
         await anyio.sleep(max(0.0, next_at - time.monotonic()))
+
+
+def crdt_alone(edits: int, text_len: int) -> dict[str, float]:
+    """The CRDT's own growth, without mxsync: the soak's two editors' edits
+    (same generator, same seeds) on two bare pycrdt documents that exchange
+    every update, as the two replicas in the soak do. Run in a fresh process
+    (``--calibrate``) so that nothing else shares its heap."""
+    docs = [pycrdt.Doc(), pycrdt.Doc()]
+    queue: list[tuple[int, bytes]] = []
+    for i, d in enumerate(docs):
+        d.observe(lambda ev, i=i: queue.append((i, ev.update)))
+    texts = [d.get("t", type=pycrdt.Text) for d in docs]
+    rngs = [random.Random(1), random.Random(2)]
+    tags = [string.ascii_letters[1], string.ascii_letters[2]]
+    m0, r0 = malloc_mb() or 0.0, rss_mb() or 0.0
+    for k in range(edits):
+        i = k % 2
+        _edit_once(texts[i], rngs[i], tags[i], text_len)
+        while queue:
+            src, update = queue.pop()
+            docs[1 - src].apply_update(update)
+    gc.collect()
+    m1, r1 = malloc_mb() or 0.0, rss_mb() or 0.0
+    return {"edits": edits, "malloc_mb": round(m1 - m0, 2), "rss_mb": round(r1 - r0, 2),
+            "kb_per_edit": round((m1 - m0) * 1024 / max(edits, 1), 4),
+            "state_bytes": len(docs[0].get_update())}
 
 
 async def _device(pub: Any, hz: float, stop: anyio.Event, counter: list[int]) -> None:
@@ -254,6 +324,7 @@ async def run(
                         return Sample(
                             t_s=round(time.monotonic() - t0, 1),
                             rss_mb=round(rss_mb() or 0.0, 1),
+                            malloc_mb=(None if (m := malloc_mb()) is None else round(m, 1)),
                             synapse_rss_mb=(None if hs.pid is None
                                             else round(rss_mb(hs.pid) or 0.0, 1)),
                             gc_objects=len(gc.get_objects()),
@@ -268,7 +339,8 @@ async def run(
                         )
 
                     def show(s: Sample) -> None:
-                        print(f"{s.t_s:7.0f}s rss {s.rss_mb:6.1f} MB  synapse "
+                        print(f"{s.t_s:7.0f}s rss {s.rss_mb:6.1f} MB  malloc "
+                              f"{s.malloc_mb or 0:6.1f} MB  synapse "
                               f"{s.synapse_rss_mb or 0:6.1f} MB  gc {s.gc_objects:8d}  "
                               f"doc {s.doc_state_bytes:8d} B  edits {s.edits:7d}  "
                               f"upd {s.update_events:6d}  snaps {s.snapshots:4d}  "
@@ -354,6 +426,11 @@ async def run(
         "rss_max_mb": max(rss),
         "rss_slope_mb_per_h": round(slope_mb_per_h(samples), 2),
         "rss_slope_second_half_mb_per_h": round(slope_mb_per_h(half), 2),
+        "malloc_first_mb": samples[0].malloc_mb,
+        "malloc_last_mb": samples[-1].malloc_mb,
+        "malloc_slope_second_half_mb_per_h": round(slope_mb_per_h(half, "malloc_mb"), 2),
+        "edits_per_h_second_half": round(
+            (half[-1].edits - half[0].edits) / max(half[-1].t_s - half[0].t_s, 1e-9) * 3600),
         "edits": samples[-1].edits,
         "published": published[0],
         "received": tally.received,
@@ -386,13 +463,15 @@ def markdown(res: dict[str, Any]) -> str:
         + ("" if res.get("seen_cap") is None else
            f" Event-id LRUs capped at {res['seen_cap']:,} (`--seen-cap`)."),
         "",
-        "| t (s) | client RSS (MB) | Synapse RSS (MB) | gc objects | doc state (B) "
-        "| edits | update events | snapshots | readings published | readings received |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| t (s) | client RSS (MB) | client malloc (MB) | Synapse RSS (MB) | gc objects "
+        "| doc state (B) | edits | update events | snapshots | readings published "
+        "| readings received |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in res["samples"]:
         lines.append(
-            f"| {s['t_s']:.0f} | {s['rss_mb']:.1f} | {s['synapse_rss_mb'] or 0:.1f} "
+            f"| {s['t_s']:.0f} | {s['rss_mb']:.1f} | {s['malloc_mb'] or 0:.1f} "
+            f"| {s['synapse_rss_mb'] or 0:.1f} "
             f"| {s['gc_objects']:,} | {s['doc_state_bytes']:,} | {s['edits']:,} "
             f"| {s['update_events']:,} | {s['snapshots']:,} | {s['published']:,} "
             f"| {s['received']:,} |"
@@ -403,6 +482,10 @@ def markdown(res: dict[str, Any]) -> str:
         f"max {res['rss_max_mb']:.1f} MB; slope {res['rss_slope_mb_per_h']:+.2f} MB/h over "
         f"the whole run, {res['rss_slope_second_half_mb_per_h']:+.2f} MB/h over the second "
         "half.",
+        f"- Client malloc (live native heap, see `malloc_mb`): first "
+        f"{res['malloc_first_mb'] or 0:.1f} MB, last {res['malloc_last_mb'] or 0:.1f} MB; "
+        f"slope {res['malloc_slope_second_half_mb_per_h']:+.2f} MB/h over the second half.",
+        *_crdt_lines(res),
         f"- Edits: {res['edits']:,}; both editors and a fresh cold open converged: "
         f"{'yes' if res['fresh_open_equal'] else 'NO'} (fresh open: "
         f"{res['fresh_open_stats']['load_events']} events read, "
@@ -417,6 +500,36 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _crdt_lines(res: dict[str, Any]) -> list[str]:
+    cal = res.get("crdt_alone")
+    if not cal:
+        return []
+    crdt_slope = cal["kb_per_edit"] * res["edits_per_h_second_half"] / 1024
+    own = res["malloc_slope_second_half_mb_per_h"] - crdt_slope
+    res["crdt_slope_mb_per_h"] = round(crdt_slope, 2)
+    res["own_malloc_slope_mb_per_h"] = round(own, 2)
+    return [
+        f"- The CRDT alone (`--calibrate`: the same {cal['edits']:,} edits on two bare pycrdt "
+        f"documents in a fresh process): malloc +{cal['malloc_mb']:.1f} MB, "
+        f"{cal['kb_per_edit']:.3f} KB per edit for the two replicas, i.e. "
+        f"{crdt_slope:+.2f} MB/h at this run's {res['edits_per_h_second_half']:,} edits/h; "
+        f"what is left of the malloc slope for mxsync itself: **{own:+.2f} MB/h**.",
+    ]
+
+
+def calibrate(edits: int, text_len: int) -> dict[str, float] | None:
+    """``crdt_alone`` in a fresh interpreter, so the soak's heap does not blur it."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.soak", "--calibrate", str(edits),
+         "--text-len", str(text_len)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    if proc.returncode != 0:
+        print(f"calibration failed: {proc.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(proc.stdout)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.soak")
     parser.add_argument("--minutes", type=float, default=30.0)
@@ -429,13 +542,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain-timeout", type=float, default=300.0,
                         help="seconds the final drain may take")
     parser.add_argument("--seen-cap", type=int, default=None,
-                        help="cap the event-id LRUs (sync: 20,000 per room; documents: "
-                             "50,000) at this many, so that they are full early")
+                        help="cap the event-id LRUs (sync: 4,096 per room; documents: "
+                             "8,192) at this many, so that they are full early")
     parser.add_argument("--trace", action="store_true",
                         help="tracemalloc (slow): print what grew on the heap each sample")
     parser.add_argument("--out", default="docs/soak.md", help="Markdown report ('' for none)")
     parser.add_argument("--json", help="also write the results as JSON")
+    parser.add_argument("--calibrate", type=int, metavar="EDITS",
+                        help="only measure the CRDT alone for EDITS edits; print JSON")
     args = parser.parse_args(argv)
+    if args.calibrate is not None:
+        print(json.dumps(crdt_alone(args.calibrate, args.text_len)))
+        return 0
     if args.trace:
         import tracemalloc
 
@@ -447,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
                     trace=args.trace),
         backend="asyncio",
     )
+    if res["edits"]:
+        res["crdt_alone"] = calibrate(res["edits"], args.text_len)
     report = markdown(res)
     print(report)
     if args.out:

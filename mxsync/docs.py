@@ -101,7 +101,12 @@ _PAGE: Final = 1000
 _CHUNK_LOOKBACK: Final = 4096
 #: A burst of edits closer than this is one batch (bounded by ``batch_delay``).
 _QUIET: Final = 0.005
-_SEEN_MAX: Final = 50_000
+#: Event ids remembered to drop duplicates. The sync loop already deduplicates
+#: live events; a document needs this only at the seam between its load (paged
+#: from /messages) and the live events buffered meanwhile, which the stream buffer
+#: bounds (_STREAM_BUFFER). Each id costs ~200 bytes for the life of the document,
+#: so this is kept to the seam's size (the soak measured 50,000 here as ~10 MB).
+_SEEN_MAX: Final = 2 * 4096
 #: Updates applied but still waiting for structs they depend on, tracked at most.
 _PENDING_MAX: Final = 4096
 _PENDING_BYTES: Final = 32 * 1024 * 1024
