@@ -33,6 +33,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from mxsync import Client, ForbiddenError, Reading, RoomEvent
+from mxsync.engine.client import MessagesPage
 from mxsync.engine.http import q
 from mxsync.protocol.docs import decode_state_vector
 from mxsync.protocol.readings import (
@@ -51,6 +52,7 @@ from mxsync.protocol.types import (
     READINGS,
     SENSOR,
 )
+from mxsync.streams.history import BatchReader, levels_backwards
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(240)]
 
@@ -584,6 +586,57 @@ async def test_events_from_senders_without_the_level_are_ignored_even_if_deliver
         assert r.device == "real"
         assert "rogue" not in sub.devices and sub.devices["real"].online
         assert sub.statistics()["forbidden"] == 1
+
+
+async def test_each_batch_counts_by_the_levels_in_force_where_it_stands(
+    make_user, make_client
+):
+    """Forged events and pages (a homeserver that failed to check): a batch counts
+    if its sender had the level under the newest ``m.room.power_levels`` before it,
+    whatever the levels are now: live, for a subscriber following the levels in
+    timeline order, and for a page of history read newest first."""
+    owner = await make_client(await make_user("owner", relaxed=True))
+    dash_c = await make_user("dash", relaxed=True)
+    room = await owner.create_room("levels", invite=[dash_c.user_id], writers=[])
+    dash = await make_client(dash_c)
+    await dash.join(room)
+    now = int(time.time() * 1000)
+    pl = await owner.get_state(room, "m.room.power_levels")
+    assert pl is not None and dash.user_id not in pl["users"]  # a reader, now and at the end
+    up = {**pl, "users": {**pl["users"], dash.user_id: 50}}
+
+    def forged(etype: str, content: dict[str, Any], sender: str = dash.user_id,
+               state_key: str | None = None) -> RoomEvent:
+        return RoomEvent(room_id=room, event_id=f"$forged{uuid.uuid4().hex}", sender=sender,
+                         type=etype, content=content, origin_server_ts=now,
+                         state_key=state_key)
+
+    # Oldest first: before the promotion, during it, after the demotion.
+    timeline = [
+        forged(READINGS, valid_batch("d", 0, now)),
+        forged("m.room.power_levels", up, owner.user_id, ""),
+        forged(READINGS, valid_batch("d", 1, now)),
+        forged("m.room.power_levels", pl, owner.user_id, ""),
+        forged(READINGS, valid_batch("d", 2, now)),
+    ]
+    async with owner.subscribe(room) as sub:
+        for ev in timeline:
+            await sub._on_event(ev)
+        with anyio.fail_after(10):
+            got = [await sub.__anext__() for _ in range(10)]
+        with anyio.move_on_after(0.5):
+            r = await sub.__anext__()
+            pytest.fail(f"a reading sent without the level came out: {r}")
+        assert sub.statistics()["forbidden"] == 2
+    assert [r.value for r in got] == list(range(10)) and {r.device for r in got} == {"d"}
+    # The same events as a page of history read backwards, from the room's start (no
+    # older levels to look up: the oldest batch is judged by the current ones).
+    page = MessagesPage(timeline[::-1], None, None)
+    levels = await levels_backwards(dash, room, page, frozenset())
+    reader = BatchReader(dash, room)
+    taken = [b.seq for ev, lv in zip(page.events, levels, strict=True)
+             if (b := reader.batch(ev, lv)) is not None]
+    assert taken == [1] and reader.forbidden == 2
 
 
 # ----------------------------------------------------------------------- secrets

@@ -19,8 +19,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from mxsync import Client, ConfigError, Reading
-from mxsync.protocol.readings import DeviceState, decode_batch, to_content
+from mxsync import Client, ConfigError, Reading, RoomEvent
+from mxsync.protocol.readings import BatchEncoder, DeviceState, decode_batch, to_content
 from mxsync.protocol.types import DEVICE, READINGS
 from mxsync.sensor_cli import parse_time, parse_value
 from mxsync.streams import BufferFull, aggregate
@@ -166,6 +166,87 @@ async def test_history_returns_exactly_the_range_and_window_agrees(make_user, ma
             with anyio.fail_after(30):
                 r = await sub2.latest("power")
     assert r is not None and (r.t_ms, r.value) == (power[-1].t_ms, power[-1].value)
+
+
+async def test_a_demoted_device_keeps_what_it_published_while_it_could(make_user, make_client):
+    """Events count by the power levels in force where they stand in the timeline,
+    not by the room's current ones (PROTOCOL.md 1.3). A device publishes three
+    batches and its sensor and device state, then is demoted. A live subscriber
+    that joined before, and judges the last batch and the states only after the
+    demotion has reached its client, keeps them all; so does a dashboard that
+    joins afterwards, in history, window, latest, sensors and devices. A batch or
+    state of the demoted device that reaches the live subscriber anyway is ignored."""
+    dash, dev, room, *_ = await sensor_room(make_user, make_client, relaxed=True)
+    t0 = now_ms() - 10_000
+    published = [Reading("power", t0 + j * 100, j, "W", "meter") for j in range(15)]
+    # buffer=1 and nobody iterating: the subscriber judges the first two batches,
+    # then waits to hand the second one out; the third and the states wait unjudged.
+    async with dash.subscribe(room, buffer=1) as live:
+        async with dev.publisher(room, device="meter") as pub:
+            pub.declare("power", unit="W")
+            for k in range(3):
+                for r in published[k * 5:(k + 1) * 5]:
+                    pub.publish("power", r.value, t=r.t_ms)
+                with anyio.fail_after(60):
+                    await pub.flush()
+        await dash.set_power_level(room, dev.user_id, 0)
+
+        async def demoted() -> bool:
+            pl = await dash.get_state(room, "m.room.power_levels") or {}
+            return pl.get("users", {}).get(dev.user_id) == 0
+
+        with anyio.fail_after(30):  # the client's sync loop is past every event of dev
+            while not await demoted():  # noqa: ASYNC110 - the state cache, polled
+                await anyio.sleep(0.02)
+        assert live.statistics()["batches"] <= 2  # the third is judged from here on
+        got = await take(live, 15, deadline=30)
+        assert [(r.t_ms, r.value, r.device) for r in got] == [
+            (r.t_ms, r.value, r.device) for r in published
+        ]
+        # A batch of the owner after the demotion: once it is out, the subscriber
+        # has followed the demotion too.
+        async with dash.publisher(room, device="marker", presence=False) as mark:
+            mark.publish("tick", 1)
+        assert [r.device for r in await take(live, 1, deadline=30)] == ["marker"]
+        assert live.devices["meter"].sender == dev.user_id
+        assert live.sensors["power"].last_value() == 14
+        # The demoted device's events are ignored should they reach the client.
+        now = now_ms()
+        forged = {"room_id": room, "sender": dev.user_id, "origin_server_ts": now}
+        await live._on_event(RoomEvent(event_id="$forged-batch", type=READINGS,
+                                       content=one_reading("meter", now), **forged))
+        alive = to_content(DeviceState(online=True, since_ms=now, reason="birth"))
+        await live._on_event(RoomEvent(event_id="$forged-state", type=DEVICE, content=alive,
+                                       state_key="rogue", **forged))
+        stats = live.statistics()
+        assert (stats["forbidden"], stats["batches"]) == (1, 4)
+        assert "rogue" not in live.devices
+        with anyio.move_on_after(0.5):
+            r = await live.__anext__()
+            pytest.fail(f"a reading of the demoted device came out: {r}")
+    # A dashboard that joins after the demotion reads the past the same way.
+    late = await make_client(await make_user("late", relaxed=True))
+    await dash.invite(room, late.user_id)
+    await late.join(room)
+    async with late.subscribe(room, live=False, page_size=2) as cold:
+        with anyio.fail_after(60):
+            history = await cold.history("power", t0, t0 + 1_500)
+            buckets = await cold.window("power", t0, t0 + 1_500, 3)
+            latest = await cold.latest("power")
+        stats = cold.statistics()
+        assert [(r.t_ms, r.value) for r in history] == [(r.t_ms, r.value) for r in published]
+        assert [(b.count, b.min, b.max) for b in buckets] == [(5, 0, 4), (5, 5, 9), (5, 10, 14)]
+        assert latest is not None and (latest.t_ms, latest.value) == (t0 + 1_400, 14)
+        assert cold.sensors["power"].last_value() == 14
+        assert cold.devices["meter"].sender == dev.user_id
+        assert stats["forbidden"] == 0
+
+
+def one_reading(device: str, t_ms: int) -> dict[str, object]:
+    """A valid batch content of one reading (seq far ahead: not a duplicate)."""
+    enc = BatchEncoder()
+    enc.add("power", t_ms, 99, unit="W")
+    return enc.encode(device, 1_000, session=1)
 
 
 DEVICE_SCRIPT = textwrap.dedent(

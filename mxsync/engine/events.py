@@ -1,17 +1,39 @@
-"""RoomEvent, the one shape in which room events reach features, and its parser.
+"""RoomEvent, the one shape in which room events reach features, its parser, and
+the power levels that say whose events count.
 
 The homeserver hands us JSON objects; anything that does not have the shape of
 a room event (missing ids, wrong types) is refused here, once, so that no
 feature has to check the envelope again.
+
+An event counts only if its sender had the level for its type under the power
+levels in force *at the event's place in the timeline* (the homeserver's own
+rule), never the room's current ones: :class:`PowerLevels` follows the levels
+through a timeline, :func:`power_levels_before` looks them up before a
+``/messages`` token.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-__all__ = ["RoomEvent", "parse_event", "power_level_allows", "room_creators"]
+if TYPE_CHECKING:
+    from .client import Client
+
+__all__ = [
+    "CREATE",
+    "POWER_LEVELS",
+    "PowerLevels",
+    "RoomEvent",
+    "parse_event",
+    "power_level_allows",
+    "power_levels_before",
+    "room_creators",
+]
+
+POWER_LEVELS = "m.room.power_levels"
+CREATE = "m.room.create"
 
 
 class RoomEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -131,3 +153,44 @@ def power_level_allows(
     else:
         needed = _int(pl.get("events_default"), 0)
     return user_level >= needed
+
+
+class PowerLevels(msgspec.Struct, frozen=True):
+    """The power levels in force at one place of a room's timeline.
+
+    Walk the timeline forwards with ``levels = levels.after(ev)``; judge each
+    event with ``levels.allows(ev)`` before taking it into account.
+    """
+
+    #: ``m.room.power_levels`` content (None: the room has none, spec defaults).
+    content: dict[str, Any] | None = None
+    creators: frozenset[str] = frozenset()
+
+    def after(self, ev: RoomEvent) -> PowerLevels:
+        """The levels in force after ``ev``: these, unless ``ev`` sets new ones."""
+        if ev.state_key == "":
+            if ev.type == POWER_LEVELS:
+                return msgspec.structs.replace(self, content=ev.content)
+            if ev.type == CREATE:
+                return msgspec.structs.replace(self, creators=room_creators(ev))
+        return self
+
+    def allows(self, ev: RoomEvent) -> bool:
+        """Could ``ev``'s sender send it where these levels are in force?"""
+        return power_level_allows(self.content, ev.sender, ev.type, state=ev.is_state,
+                                  creators=self.creators)
+
+
+async def power_levels_before(
+    client: Client, room_id: str, token: str | None
+) -> dict[str, Any] | None:
+    """The ``m.room.power_levels`` content in force just before ``token`` (a
+    ``/messages`` token), with one backward request; the room's current levels
+    when none is visible before it or ``token`` is None."""
+    if token is not None:
+        page = await client.messages(room_id, token, direction="b", limit=1,
+                                     types=[POWER_LEVELS])
+        for ev in page.events:
+            if ev.state_key == "":
+                return ev.content
+    return await client.get_state(room_id, POWER_LEVELS)

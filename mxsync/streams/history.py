@@ -1,9 +1,10 @@
 """Reading a room's past: one sensor's readings over a time range, and buckets of them.
 
 ``read_history`` jumps near the start of the range with the
-timestamp-to-event API (MSC3030), then pages ``/messages`` forwards, reading
-only ``org.mxsync.readings`` events and unpacking only the batches that carry
-the sensor. ``aggregate`` turns readings into fixed buckets for dashboards.
+timestamp-to-event API (MSC3030), looks up the power levels in force there, then
+pages ``/messages`` forwards, reading only ``org.mxsync.readings`` and
+``m.room.power_levels`` events and unpacking only the batches that carry the
+sensor. ``aggregate`` turns readings into fixed buckets for dashboards.
 
 Where the range ends in the room is a matter of clocks, so two margins bound
 the scan (both in ms):
@@ -15,8 +16,12 @@ the scan (both in ms):
   time are not found; raise it for devices that buffer through long outages.
 
 :class:`BatchReader` is the one place where readings events are judged: the
-sender's power level, the content's validity (a malformed batch is skipped and
-logged once per sender), shared by the live subscriber and history.
+sender's power level under the levels in force at the event's place in the
+timeline (PROTOCOL.md 1.3; the caller follows them and passes them in), the
+content's validity (a malformed batch is skipped and logged once per sender),
+shared by the live subscriber and history. :func:`levels_backwards` and
+:func:`judge_state` find those levels for a page read backwards and for the
+room's current state.
 """
 
 from __future__ import annotations
@@ -25,23 +30,34 @@ import logging
 import math
 from collections.abc import Callable, Iterable
 from operator import attrgetter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..engine.events import RoomEvent, parse_event
+from ..engine.events import (
+    CREATE,
+    POWER_LEVELS,
+    PowerLevels,
+    RoomEvent,
+    parse_event,
+    power_level_allows,
+    power_levels_before,
+    room_creators,
+)
 from ..engine.http import q, retrying
-from ..errors import ConfigError, ProtocolError
+from ..errors import ConfigError, MatrixError, ProtocolError
 from ..protocol.readings import MAX_T_MS, Reading, ReadingsBatch, parse_batch
 from ..protocol.types import READINGS
 
 if TYPE_CHECKING:
-    from ..engine.client import Client
+    from ..engine.client import Client, MessagesPage
 
 __all__ = [
     "Bucket",
     "HistoryProgress",
     "BatchReader",
+    "judge_state",
+    "levels_backwards",
     "read_history",
     "aggregate",
     "bucket_bounds",
@@ -89,15 +105,18 @@ class BatchReader:
         self.malformed = 0
         self.forbidden = 0
 
-    async def batch(self, ev: RoomEvent) -> ReadingsBatch | None:
-        """The batch of ``ev``, or None if it is not a batch we may trust."""
+    def batch(self, ev: RoomEvent, levels: PowerLevels) -> ReadingsBatch | None:
+        """The batch of ``ev``, or None if it is not a batch we may trust.
+
+        ``levels`` are the power levels in force at ``ev``'s place in the timeline.
+        """
         if ev.type != READINGS or ev.state_key is not None:
             return None
-        if not await self._client.may_send(self._room, ev.sender, READINGS):
+        if not levels.allows(ev):
             self.forbidden += 1
-            self._once("forbidden", ev.sender,
-                       "ignoring readings of %s in %s: no power level for %s",
-                       ev.sender, self._room, READINGS)
+            self.warn_once("forbidden", ev.sender,
+                           "ignoring readings of %s in %s: no power level for %s where "
+                           "they stand", ev.sender, self._room, READINGS)
             return None
         try:
             return parse_batch(ev.content)
@@ -114,17 +133,90 @@ class BatchReader:
 
     def bad(self, ev: RoomEvent, exc: Exception) -> None:
         self.malformed += 1
-        self._once("malformed", ev.sender,
-                   "skipping a malformed %s event %s from %s in %s: %s "
-                   "(further ones from this sender are logged at debug level)",
-                   ev.type, ev.event_id, ev.sender, self._room, exc)
+        self.warn_once("malformed", ev.sender,
+                       "skipping a malformed %s event %s from %s in %s: %s "
+                       "(further ones from this sender are logged at debug level)",
+                       ev.type, ev.event_id, ev.sender, self._room, exc)
         log.debug("skipping malformed event %s: %s", ev.event_id, exc)
 
-    def _once(self, kind: str, sender: str, msg: str, *args: object) -> None:
+    def warn_once(self, kind: str, sender: str, msg: str, *args: object) -> None:
+        """Log ``msg`` at warning level the first time ``sender`` does ``kind``."""
         if (kind, sender) not in self._warned:
             if len(self._warned) < 10_000:
                 self._warned.add((kind, sender))
             log.warning(msg, *args)
+
+
+async def levels_backwards(
+    client: Client, room_id: str, page: MessagesPage, creators: frozenset[str]
+) -> list[PowerLevels]:
+    """The power levels in force at each event of ``page``, a page of
+    ``m.room.power_levels`` and other events read backwards (newest first)."""
+    levels = [PowerLevels(None, creators)] * len(page.events)
+    if not page.events:
+        return levels
+    oldest = page.events[-1]
+    if oldest.type == POWER_LEVELS and oldest.state_key == "":
+        now = PowerLevels(oldest.content, creators)  # only the events after it need levels
+    else:
+        now = PowerLevels(await power_levels_before(client, room_id, page.end), creators)
+    for i in range(len(page.events) - 1, -1, -1):
+        levels[i] = now
+        now = now.after(page.events[i])
+    return levels
+
+
+async def judge_state(
+    client: Client, room_id: str, events: Iterable[RoomEvent], creators: frozenset[str]
+) -> list[RoomEvent]:
+    """The state events among ``events`` (from the room's current state) whose
+    senders had the level for them where they stand in the timeline.
+
+    The room's levels rarely change: an event that every ``m.room.power_levels``
+    the room has had (one request lists them) allows, or none does, is judged
+    at once; only the others are looked up where they stand (two requests each).
+    """
+    states = [ev for ev in events if ev.is_state]
+    if not states:
+        return []
+    past: list[dict[str, Any] | None] | None = [await client.get_state(room_id, POWER_LEVELS)]
+    token: str | None = None
+    while past is not None:
+        page = await client.messages(room_id, token, direction="b", limit=_PAST_LEVELS,
+                                     types=[POWER_LEVELS])
+        past.extend(ev.content for ev in page.events if ev.state_key == "")
+        if not page.events or page.end is None or page.end == token:
+            break
+        if len(past) > _PAST_LEVELS:
+            past = None  # too many to list: look every event up instead
+        token = page.end
+    out = []
+    for ev in states:
+        verdicts = {True, False} if past is None else {
+            power_level_allows(pl, ev.sender, ev.type, state=True, creators=creators)
+            for pl in past
+        }
+        if len(verdicts) == 1:
+            allowed = verdicts.pop()
+        else:
+            try:
+                after = await client.context_token(room_id, ev.event_id)
+            except MatrixError as exc:  # not visible to us: judge by the current levels
+                log.debug("cannot place %s in the timeline: %s", ev.event_id, exc)
+                after = None
+            # The event itself does not set levels: those before it are those after it.
+            pl = await power_levels_before(client, room_id, after)
+            allowed = power_level_allows(pl, ev.sender, ev.type, state=True, creators=creators)
+        if allowed:
+            out.append(ev)
+        else:
+            log.warning("ignoring %s %r of %s in %s: no power level for it where it stands",
+                        ev.type, ev.state_key, ev.sender, room_id)
+    return out
+
+
+#: ``m.room.power_levels`` events that ``judge_state`` lists at most.
+_PAST_LEVELS = 100
 
 
 def check_range(start_ms: int, end_ms: int) -> None:
@@ -176,6 +268,11 @@ async def read_history(
         return []
     first, token = await _context(client, room_id, jump[0])
     events: list[RoomEvent] = [first] if first is not None else []
+    # The levels in force right after the first event (before it, unless it sets them).
+    levels = PowerLevels(
+        await power_levels_before(client, room_id, token),
+        room_creators(await client.state_event(room_id, CREATE)),
+    )
     seen: set[tuple[str, str, int | None, int]] = set()
     found: list[Reading] = []
     n_events = n_batches = 0
@@ -188,7 +285,8 @@ async def read_history(
                 break
             position = max(position, ev.origin_server_ts)
             n_events += 1
-            batch = await reader.batch(ev)
+            levels = levels.after(ev)
+            batch = reader.batch(ev, levels)
             if batch is None:
                 continue
             key = (ev.sender, batch.device, batch.session, batch.seq)
@@ -214,7 +312,7 @@ async def read_history(
         if done or token is None:
             break
         page = await client.messages(room_id, token, direction="f", limit=page_size,
-                                     types=[READINGS])
+                                     types=[READINGS, POWER_LEVELS])
         if not page.events or page.end == token:
             break
         events, token = page.events, page.end

@@ -13,8 +13,12 @@ Invariants:
   one is a duplicate and is skipped; a jump counts as a gap (``statistics()``).
   The engine already fills gaps of the sync itself, so a gap here means the
   publisher dropped batches (overflow policy) or lost them.
-- Batches from senders without the power level to send them, and malformed
-  ones, are skipped and logged once per sender; nothing stops the loop.
+- Batches, sensor and device states from senders without the power level to
+  send them *where they stand in the timeline* (not by the room's current
+  levels, PROTOCOL.md 1.3), and malformed ones, are skipped and logged once
+  per sender; nothing stops the loop. Live, the subscriber follows the
+  ``m.room.power_levels`` events the sync loop delivers in timeline order,
+  starting from the levels in force when it registered.
 - Live readings go through a bounded stream (``buffer`` batches): a consumer
   that does not iterate slows the client's sync loop down. A subscriber used
   only for ``latest``/``history``/devices passes ``live=False``.
@@ -37,7 +41,7 @@ import anyio
 import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ..engine.events import RoomEvent
+from ..engine.events import CREATE, POWER_LEVELS, PowerLevels, RoomEvent, room_creators
 from ..engine.taskgroups import exit_stack
 from ..errors import ConfigError, ProtocolError
 from ..protocol.readings import (
@@ -55,6 +59,8 @@ from .history import (
     HistoryProgress,
     aggregate,
     by_time,
+    judge_state,
+    levels_backwards,
     read_history,
 )
 
@@ -144,6 +150,8 @@ class Subscriber:
         self._page_size = page_size
         self._latest_scan = latest_scan
         self._reader = BatchReader(client, room_id)
+        #: The levels in force after the last live event taken into account.
+        self._levels = PowerLevels()
         self._send: MemoryObjectSendStream[list[Reading]] | None = None
         self._recv: MemoryObjectReceiveStream[list[Reading]] | None = None
         self._current: list[Reading] = []
@@ -183,8 +191,15 @@ class Subscriber:
             # is not live. Then registered before the state is read, so that nothing
             # falls between the two. Errors (not joined, ...) are raised unwrapped.
             await self._client.wait_synced()
+            creators = room_creators(await self._client.state_event(self._room, CREATE))
             recv = await stack.enter_async_context(
-                self._client.room_events(self._room, (READINGS, SENSOR, DEVICE))
+                self._client.room_events(self._room, (READINGS, SENSOR, DEVICE, POWER_LEVELS))
+            )
+            # The state is cached now (state_event above), so no checkpoint separates
+            # registering from this read: these are the levels the sync loop had
+            # reached, in force right before the first event the stream will bring.
+            self._levels = PowerLevels(
+                await self._client.get_state(self._room, POWER_LEVELS), creators
             )
             await self._load_state()
             tg = await stack.enter_async_context(anyio.create_task_group())
@@ -214,20 +229,29 @@ class Subscriber:
             self._send.close()
 
     async def _load_state(self) -> None:
-        for ev in await self._client.room_state(self._room):
-            if ev.type == SENSOR or ev.type == DEVICE:
-                await self._on_state(ev, seen_ms=ev.origin_server_ts)
+        mine = [ev for ev in await self._client.room_state(self._room)
+                if ev.type == SENSOR or ev.type == DEVICE]
+        for ev in await judge_state(self._client, self._room, mine, self._levels.creators):
+            await self._on_state(ev, seen_ms=ev.origin_server_ts)
 
     # -- events ------------------------------------------------------------------
 
     async def _on_event(self, ev: RoomEvent) -> None:
-        if ev.type == READINGS and ev.state_key is None:
+        """Take one live event into account, in timeline order."""
+        if ev.type == POWER_LEVELS:
+            self._levels = self._levels.after(ev)
+        elif ev.type == READINGS and ev.state_key is None:
             await self._on_batch(ev)
         elif ev.state_key is not None and (ev.type == SENSOR or ev.type == DEVICE):
-            await self._on_state(ev, seen_ms=_now_ms())
+            if self._levels.allows(ev):
+                await self._on_state(ev, seen_ms=_now_ms())
+            else:
+                self._reader.warn_once("forbidden " + ev.type, ev.sender,
+                                       "ignoring %s events of %s in %s: no power level for them",
+                                       ev.type, ev.sender, self._room)
 
     async def _on_batch(self, ev: RoomEvent) -> None:
-        batch = await self._reader.batch(ev)
+        batch = self._reader.batch(ev, self._levels)
         if batch is None:
             return
         key = (ev.sender, batch.device, batch.session)
@@ -262,9 +286,8 @@ class Subscriber:
                 await self._send.send(readings)
 
     async def _on_state(self, ev: RoomEvent, *, seen_ms: int) -> None:
+        """A sensor or device state whose sender had the level for it."""
         assert ev.state_key is not None
-        if not await self._client.may_send(self._room, ev.sender, ev.type, state=True):
-            return
         try:
             if ev.type == SENSOR:
                 validate_sensor_id(ev.state_key)
@@ -380,13 +403,15 @@ class Subscriber:
         while scanned < self._latest_scan:
             page = await self._client.messages(
                 self._room, token, direction="b", limit=min(20, self._latest_scan),
-                types=[READINGS],
+                types=[READINGS, POWER_LEVELS],
             )
-            for ev in page.events:
+            levels = await levels_backwards(self._client, self._room, page,
+                                            self._levels.creators)
+            for ev, in_force in zip(page.events, levels, strict=True):
                 scanned += 1
                 if known is not None and ev.origin_server_ts < known.t_ms - self._skew_ms:
                     return None
-                batch = await self._reader.batch(ev)
+                batch = self._reader.batch(ev, in_force)
                 if batch is None or not any(s.sensor == sensor for s in batch.series):
                     continue
                 readings = self._reader.readings(ev, batch)
