@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from mxsync import Client, HomeserverUnavailable, OutgoingEvent
+from mxsync.engine.http import Backoff
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
@@ -25,8 +26,16 @@ class Misbehaving:
     def __init__(self, sync_mode: str, send_mode: str = "ok") -> None:
         self.sync_mode = sync_mode
         self.send_mode = send_mode
+        #: A reverse proxy in front of a stopped homeserver: everything answers 502.
+        self.down = False
         self.hits: Counter[str] = Counter()
         self.sent_txns: list[str] = []
+
+    async def versions(self, request: web.Request) -> web.Response:
+        self.hits["versions"] += 1
+        if self.down:
+            return web.Response(status=502, text="bad gateway")
+        return web.json_response({"versions": ["v1.11"]})
 
     async def whoami(self, request: web.Request) -> web.Response:
         self.hits["whoami"] += 1
@@ -34,6 +43,8 @@ class Misbehaving:
 
     async def sync(self, request: web.Request) -> web.Response:
         self.hits["sync"] += 1
+        if self.down:
+            return web.Response(status=502, text="bad gateway")
         if self.sync_mode == "500":
             return web.Response(status=500, text="boom")
         if self.sync_mode == "garbage":
@@ -62,6 +73,7 @@ async def fake() -> AsyncIterator[Callable[..., anyio.abc.ObjectReceiveStream]]:
 
     async def start(server: Misbehaving) -> str:
         app = web.Application()
+        app.router.add_get("/_matrix/client/versions", server.versions)
         app.router.add_get("/_matrix/client/v3/account/whoami", server.whoami)
         app.router.add_get("/_matrix/client/v3/sync", server.sync)
         app.router.add_put("/_matrix/client/v3/rooms/{room}/send/{type}/{txn}", server.send)
@@ -93,6 +105,45 @@ async def test_failing_sync_backs_off_and_logs_once(fake, mode, caplog):
     warnings = [r for r in caplog.records if r.name == "mxsync.sync"]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     assert all("secret-token-123" not in r.getMessage() for r in caplog.records)
+
+
+async def test_a_sync_loop_deep_in_backoff_wakes_when_the_server_is_back(fake):
+    # A proxy answers 502 while the homeserver behind it is down. The loop's next
+    # attempt is 50-100 s away; the shared liveness probe must wake it far sooner.
+    server = Misbehaving("instant")
+    url = await fake(server)
+    client = Client(url, "@x:fake", access_token="t")
+    client.sync._backoff = Backoff(base=100.0, cap=100.0)
+    async with client:
+        await client.wait_synced()
+        server.down = True
+        syncs_before = server.hits["sync"]
+        with anyio.fail_after(10):
+            while client.status.state != "backing_off":  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+        await anyio.sleep(3.0)  # long enough for at least one probe to see the 502
+        assert server.hits["versions"] >= 1
+        failed_syncs = server.hits["sync"] - syncs_before
+        server.down = False
+        with anyio.fail_after(30):
+            while client.status.state != "synced":  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+        assert client.http.liveness.recoveries == 1
+    assert failed_syncs == 1  # while down: one /sync, then only probes
+    assert server.hits["versions"] <= 8, server.hits  # one per 1.5-2 s while down
+
+
+async def test_a_broken_sync_behind_an_answering_server_keeps_its_backoff(fake):
+    # /versions answers, /sync fails: probing must not turn the backoff into a
+    # retry every probe interval.
+    server = Misbehaving("500")
+    url = await fake(server)
+    async with Client(url, "@x:fake", access_token="t") as client:
+        await anyio.sleep(6.0)
+        assert client.status.state == "backing_off"
+    assert client.http.liveness.recoveries == 0
+    assert server.hits["sync"] <= 8, server.hits  # 0.25-0.5 s, doubling: about 5 in 6 s
+    assert server.hits["versions"] <= 3, server.hits
 
 
 async def test_instant_empty_syncs_do_not_spin(fake):

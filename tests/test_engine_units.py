@@ -1,11 +1,17 @@
-"""Pure parts of the engine: backoff bounds, event parsing, power-level rules."""
+"""Pure parts of the engine: backoff bounds, liveness probing, event parsing,
+power-level rules."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
+
+import anyio
+import anyio.lowlevel
 import pytest
 
 from mxsync.engine.events import RoomEvent, parse_event, power_level_allows, room_creators
-from mxsync.engine.http import Backoff
+from mxsync.engine.http import Backoff, Liveness
 
 
 def test_backoff_grows_is_capped_and_never_zero():
@@ -23,6 +29,152 @@ def test_backoff_grows_is_capped_and_never_zero():
 def test_backoff_refuses_nonsense(bad):
     with pytest.raises(ValueError):
         Backoff(*bad)
+
+
+class ScriptedProbe:
+    """A probe that answers from a script (the last answer repeats) and logs its calls."""
+
+    def __init__(self, answers: Iterable[bool | None]) -> None:
+        self.answers = list(answers)
+        self.calls: list[float] = []
+        self.called = anyio.Event()
+
+    async def __call__(self) -> bool:
+        self.calls.append(time.monotonic())
+        self.called.set()
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if answer is None:  # a server that accepts the connection and never answers
+            await anyio.sleep_forever()
+        await anyio.lowlevel.checkpoint()
+        return bool(answer)
+
+
+async def wait_all(live: Liveness, delays: list[float]) -> list[bool]:
+    woken: list[bool] = [False] * len(delays)
+
+    async def one(i: int) -> None:
+        woken[i] = await live.wait(delays[i])
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(delays)):
+            tg.start_soon(one, i)
+    return woken
+
+
+@pytest.mark.anyio
+async def test_liveness_wakes_every_waiter_once_the_server_answers_again():
+    probe = ScriptedProbe([False, False, True])
+    live = Liveness(probe, interval=0.05)
+    live.unreachable()
+    with anyio.fail_after(5):  # the waits are 60 s: only the wake-up ends them
+        woken = await wait_all(live, [60, 60, 60])
+    assert woken == [True, True, True]
+    assert len(probe.calls) == 3  # one probe at a time for all three waiters
+    assert live.up is True and live.recoveries == 1
+
+
+@pytest.mark.anyio
+async def test_liveness_probes_are_shared_and_spaced_by_the_interval():
+    probe = ScriptedProbe([False])
+    live = Liveness(probe, interval=0.05)
+    live.unreachable()
+    woken = await wait_all(live, [0.6] * 4)
+    assert woken == [False] * 4
+    gaps = [b - a for a, b in zip(probe.calls, probe.calls[1:], strict=False)]
+    assert len(probe.calls) >= 2
+    assert min(gaps) >= 0.75 * 0.05 - 0.005  # jitter never brings probes closer
+    assert len(probe.calls) <= 0.6 / (0.75 * 0.05) + 1  # four waiters, one prober
+
+
+@pytest.mark.anyio
+async def test_a_failed_request_counts_as_a_probe():
+    probe = ScriptedProbe([False])
+    live = Liveness(probe, interval=10)
+    live.unreachable()
+    assert await live.wait(0.2) is False
+    live.unsure()  # a 5xx postpones the probe too
+    assert await live.wait(0.2) is False
+    assert probe.calls == []
+
+
+@pytest.mark.anyio
+async def test_a_server_that_answers_is_never_probed():
+    probe = ScriptedProbe([True])
+    live = Liveness(probe, interval=0.01)
+    live.answered()
+    assert await live.wait(0.2) is False
+    assert probe.calls == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fail", ["unreachable", "unsure"])
+async def test_an_answering_probe_without_an_outage_wakes_nobody(fail):
+    # /sync fails (a broken endpoint, a proxy dropping long polls) while the probe
+    # endpoint answers: the loop must keep its backoff, not retry every interval.
+    probe = ScriptedProbe([True])
+    live = Liveness(probe, interval=0.02)
+    getattr(live, fail)()
+    t0 = time.monotonic()
+    assert await live.wait(0.3) is False
+    assert time.monotonic() - t0 >= 0.29
+    assert len(probe.calls) == 1  # it answered: no more probes
+    assert live.recoveries == 0
+
+
+@pytest.mark.anyio
+async def test_any_answer_after_a_failed_probe_wakes_the_waiters():
+    probe = ScriptedProbe([False])
+    live = Liveness(probe, interval=0.02)
+    live.unreachable()
+    woken = []
+
+    async def waiter() -> None:
+        woken.append(await live.wait(60))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await probe.called.wait()
+            await anyio.sleep(0.01)
+            live.answered()  # another loop's request went through
+    assert woken == [True]
+    assert live.recoveries == 1
+    live.unreachable()
+    live.answered()  # no probe failed since: not a recovery
+    assert live.recoveries == 1
+
+
+@pytest.mark.anyio
+async def test_a_hanging_probe_is_cut_and_the_wait_keeps_its_deadline():
+    probe = ScriptedProbe([None])
+    live = Liveness(probe, interval=0.02, timeout=0.05)
+    live.unreachable()
+    t0 = time.monotonic()
+    with anyio.fail_after(5):
+        assert await live.wait(0.4) is False
+    assert time.monotonic() - t0 < 1.0
+    assert 2 <= len(probe.calls) <= 0.4 / 0.05 + 1
+    assert live.up is False
+
+
+@pytest.mark.anyio
+async def test_short_waits_end_on_time():
+    probe = ScriptedProbe([False])
+    live = Liveness(probe, interval=0.01)
+    live.unreachable()
+    t0 = time.monotonic()
+    assert await live.wait(0.0) is False
+    assert await live.wait(0.05) is False
+    assert time.monotonic() - t0 < 0.5
+
+
+@pytest.mark.parametrize("bad", [{"interval": 0}, {"timeout": 0}, {"interval": -1}])
+def test_liveness_refuses_nonsense(bad):
+    async def probe() -> bool:
+        return True
+
+    with pytest.raises(ValueError):
+        Liveness(probe, **bad)
 
 
 def test_parse_event_refuses_what_is_not_an_event():

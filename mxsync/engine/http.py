@@ -12,7 +12,10 @@ every outcome to one of three things:
   worth retrying with backoff.
 
 It also holds :class:`Backoff`, the one backoff policy used by the sync loop,
-the outbox and bounded-retry calls.
+the outbox and bounded-retry calls, and :class:`Liveness`, the client's one
+"does the homeserver answer?" signal: every request reports its outcome to it,
+and a loop backing off from an outage waits on it, so that it retries as soon as
+the server is back instead of sleeping out a delay of up to 30 s.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
@@ -36,10 +40,14 @@ from ..errors import (
     RateLimitedError,
 )
 
-__all__ = ["Http", "TransientError", "Backoff", "q", "retrying"]
+__all__ = ["Http", "TransientError", "Backoff", "Liveness", "q", "retrying"]
 
 log = logging.getLogger("mxsync.http")
 T = TypeVar("T")
+
+#: The probe: unauthenticated, answered by Synapse from memory, so it costs the
+#: server almost nothing and needs no valid session.
+PROBE_PATH = "/_matrix/client/versions"
 
 
 def q(part: str) -> str:
@@ -75,6 +83,126 @@ class Backoff:
         self.attempt = 0
 
 
+class Liveness:
+    """Whether the homeserver answers; one per client, shared by all its loops.
+
+    Every request reports its outcome (:meth:`answered`, :meth:`unreachable`,
+    :meth:`unsure`). A loop that backs off after a transient error sleeps with
+    :meth:`wait` instead of ``anyio.sleep``: while the server is not known to
+    answer, the waiters probe it together, and all of them wake as soon as a
+    server that a probe found down answers again (a probe or any request).
+
+    Invariants:
+    - One probe at a time and at most one per ``0.75 * interval`` seconds per
+      client, however many loops wait; a failed request counts as a probe (it
+      postpones the next one), and nothing is probed while the server answers.
+    - Only an answer after a failed *probe* wakes anyone. A server whose probe
+      endpoint answers while another endpoint keeps failing (a broken /sync, a
+      proxy that drops long polls) never does, so the ordinary backoff applies
+      to it and a loop cannot be woken into a retry every ``interval``.
+    - Every wait ends by its deadline, woken or not; a probe is cut after
+      ``timeout`` seconds.
+    - It never shortens a rate limit: callers wait ``retry_after_ms`` with a
+      plain sleep, a 429 is an answer.
+    """
+
+    def __init__(
+        self,
+        probe: Callable[[], Awaitable[bool]],
+        *,
+        interval: float = 2.0,
+        timeout: float = 5.0,
+    ) -> None:
+        if interval <= 0 or timeout <= 0:
+            raise ValueError("liveness needs interval > 0 and timeout > 0")
+        self._probe = probe
+        self.interval = interval
+        self.timeout = timeout
+        #: True: the last outcome was an answer; False: no answer; None: unknown (5xx).
+        self.up: bool | None = None
+        self._probe_failed = False  # a probe found it down since the last answer
+        self._next_probe = 0.0  # monotonic time before which nobody probes
+        # Created on first use: an Http may be built outside an event loop.
+        self._back: anyio.Event | None = None
+        self._lock: anyio.Lock | None = None
+        #: Counters for statistics and tests.
+        self.probes = 0
+        self.recoveries = 0
+
+    # -- outcomes ------------------------------------------------------------
+
+    def answered(self) -> None:
+        """The server answered (any status below 500, a 429 too)."""
+        self.up = True
+        if self._probe_failed:
+            self._probe_failed = False
+            self.recoveries += 1
+            log.info("homeserver answers again; waking the loops that back off")
+            if self._back is not None:
+                self._back.set()
+                self._back = None
+
+    def unreachable(self) -> None:
+        """A request got no answer (refused, reset, timed out)."""
+        self.up = False
+        self._postpone()
+
+    def unsure(self) -> None:
+        """A request got a 5xx: a proxy in front of a dead server, or one broken endpoint."""
+        self.up = None
+        self._postpone()
+
+    def _postpone(self) -> None:
+        # A failed request is as good as a probe: the next probe waits a full interval.
+        self._next_probe = max(self._next_probe, time.monotonic() + self.interval)
+
+    # -- waiting -------------------------------------------------------------
+
+    async def wait(self, delay: float) -> bool:
+        """Sleep ``delay`` seconds, less if the server is seen coming back; True if woken.
+
+        Call it right after the failure it backs off from (no await in between),
+        so that a recovery noticed by another loop meanwhile is not missed.
+        """
+        if self._back is None:
+            self._back = anyio.Event()
+        woken = self._back
+        with anyio.move_on_after(delay):
+            while not woken.is_set():
+                pause = self._next_probe - time.monotonic()
+                if self.up is True:
+                    # Nothing to probe; look again later, a request may fail meanwhile.
+                    pause = self.interval
+                elif pause <= 0:
+                    await self._probe_if_due()
+                    continue
+                with anyio.move_on_after(pause):
+                    await woken.wait()
+        return woken.is_set()
+
+    async def _probe_if_due(self) -> None:
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        async with self._lock:
+            # Another waiter may have probed while this one queued for the lock.
+            if self.up is True or time.monotonic() < self._next_probe:
+                return
+            self.probes += 1
+            ok = False
+            try:
+                with anyio.move_on_after(self.timeout):
+                    ok = await self._probe()
+            finally:
+                # Jittered, so that a fleet that lost the server at the same moment
+                # does not probe (and come back) in lockstep.
+                self._next_probe = time.monotonic() + self.interval * random.uniform(0.75, 1.0)
+            if ok:
+                self.answered()
+            else:
+                self.up = False
+                self._probe_failed = True
+
+
 class Http:
     """Thin request layer over a nio ``AsyncClient``'s session."""
 
@@ -83,8 +211,27 @@ class Http:
         self.homeserver = nio_client.homeserver
         self.request_timeout = request_timeout
         self.access_token: str | None = None
-        #: Requests made, for tests and statistics (counts retries too).
+        #: Requests made, for tests and statistics (counts retries and probes too).
         self.requests = 0
+        #: Shared by the sync loop and the outbox: they wait on it while backing off.
+        self.liveness = Liveness(self.probe)
+
+    async def probe(self) -> bool:
+        """Does the homeserver answer? One unauthenticated GET of the versions endpoint.
+
+        Only a JSON object (or a definite Matrix error) counts as an answer; it
+        does not report to :attr:`liveness` itself (:meth:`Liveness.wait` does).
+        """
+        try:
+            doc = await self._request(
+                "GET", PROBE_PATH, None, http_timeout=self.liveness.timeout, auth=False,
+                report=False,
+            )
+        except TransientError:
+            return False
+        except MatrixError:
+            return True
+        return isinstance(doc, dict)
 
     async def request(
         self,
@@ -123,6 +270,7 @@ class Http:
         query: Mapping[str, Any] | None = None,
         http_timeout: float | None = None,
         auth: bool = True,
+        report: bool = True,
     ) -> Any:
         full = path if not query else f"{path}?{urlencode(query)}"
         headers = {"Content-Type": "application/json"}
@@ -146,7 +294,14 @@ class Http:
                 status = resp.status
                 raw = await resp.read()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            if report:
+                self.liveness.unreachable()
             raise TransientError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+        if report:
+            if status >= 500:
+                self.liveness.unsure()
+            else:
+                self.liveness.answered()
         return self._parse(method, path, status, raw)
 
     @staticmethod

@@ -13,7 +13,9 @@ Invariants:
   ``per_room`` at once.
 - A rate limit (M_LIMIT_EXCEEDED) pauses every lane until ``retry_after_ms``
   has passed (the limit is per user, not per lane); a network error or 5xx
-  backs the lane off exponentially. Neither drops anything.
+  backs the lane off exponentially, cut short when the client's shared
+  :class:`~mxsync.engine.http.Liveness` sees the server answer again after an
+  outage (never a rate limit's wait). Neither drops anything.
 - A definite refusal (M_FORBIDDEN, M_TOO_LARGE, M_BAD_JSON, ...) can never
   succeed: the event is removed, logged and its handle raises the error.
 """
@@ -217,7 +219,8 @@ class Outbox:
                 delay = backoff.next_delay()
                 log.debug("send %s to %s failed (%s); retry in %.1fs", row.txn_id, row.room_id,
                           exc, delay)
-                await anyio.sleep(delay)
+                # Woken early once the server answers again after an outage.
+                await self._http.liveness.wait(delay)
                 continue
             except MatrixError as exc:
                 if exc.status == 401:

@@ -20,6 +20,9 @@ Invariants:
 - It never spins: errors back off exponentially with jitter (capped), rate
   limits wait ``retry_after_ms``, and a server that answers an empty long-poll
   at once is polled at most ``1 / min_interval`` times a second.
+- It never sleeps through a recovery: a transient error is waited out on the
+  client's shared :class:`~mxsync.engine.http.Liveness`, which probes a server
+  that stopped answering and wakes the loop as soon as it answers again.
 - A malformed event is skipped and logged; a malformed response is a transient
   error. Neither stops the loop.
 """
@@ -179,7 +182,13 @@ class SyncLoop:
                     self._set_state("backing_off", str(exc))
                     await anyio.sleep(max(0.1, (exc.retry_after_ms or 1000) / 1000))
                     continue
-                except (TransientError, MatrixError) as exc:
+                except TransientError as exc:
+                    self._set_state("backing_off", str(exc))
+                    # Woken early once the server answers again after an outage.
+                    await self._http.liveness.wait(self._backoff.next_delay())
+                    continue
+                except MatrixError as exc:
+                    # A definite refusal from a live server: nothing to wake up for.
                     self._set_state("backing_off", str(exc))
                     await anyio.sleep(self._backoff.next_delay())
                     continue
