@@ -93,6 +93,18 @@ def malloc_mb() -> float | None:
     return (mi.uordblks + mi.hblkhd) / 2**20
 
 
+def malloc_trim() -> None:
+    """Hand the memory malloc holds free back to the system (glibc ``malloc_trim``).
+
+    Diagnostic only (``--trim``): after it, RSS counts live memory plus what
+    fragmentation pins, not memory freed and kept for reuse.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def rss_mb(pid: int | None = None) -> float | None:
     """Resident set size of ``pid`` (this process by default), in MB, from /proc."""
     try:
@@ -264,6 +276,7 @@ async def run(
     drain_timeout: float = 300.0,
     seen_cap: int | None = None,
     trace: bool = False,
+    trim_before_sample: bool = False,
     log: Any = sys.stdout,
 ) -> dict[str, Any]:
     started_wall = time.time()
@@ -319,6 +332,8 @@ async def run(
                     end = t0 + minutes * 60
 
                     def sample() -> Sample:
+                        if trim_before_sample:
+                            malloc_trim()
                         st1 = d1.statistics()
                         st2 = d2.statistics()
                         return Sample(
@@ -420,6 +435,7 @@ async def run(
         "edit_hz_per_editor": edit_hz,
         "readings_hz": readings_hz,
         "seen_cap": seen_cap,
+        "trim": trim_before_sample,
         "samples": [s.__dict__ for s in samples],
         "rss_first_mb": rss[0],
         "rss_last_mb": rss[-1],
@@ -461,7 +477,8 @@ def markdown(res: dict[str, Any]) -> str:
         "lifted for the three writers). RSS is the clients' process; Synapse is sampled "
         "apart."
         + ("" if res.get("seen_cap") is None else
-           f" Event-id LRUs capped at {res['seen_cap']:,} (`--seen-cap`)."),
+           f" Event-id LRUs capped at {res['seen_cap']:,} (`--seen-cap`).")
+        + (" `malloc_trim(0)` before each sample (`--trim`)." if res.get("trim") else ""),
         "",
         "| t (s) | client RSS (MB) | client malloc (MB) | Synapse RSS (MB) | gc objects "
         "| doc state (B) | edits | update events | snapshots | readings published "
@@ -546,6 +563,9 @@ def main(argv: list[str] | None = None) -> int:
                              "8,192) at this many, so that they are full early")
     parser.add_argument("--trace", action="store_true",
                         help="tracemalloc (slow): print what grew on the heap each sample")
+    parser.add_argument("--trim", action="store_true",
+                        help="malloc_trim(0) before each sample (diagnostic: RSS without "
+                             "the free memory malloc keeps)")
     parser.add_argument("--out", default="docs/soak.md", help="Markdown report ('' for none)")
     parser.add_argument("--json", help="also write the results as JSON")
     parser.add_argument("--calibrate", type=int, metavar="EDITS",
@@ -562,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda: run(minutes=args.minutes, interval=args.interval, edit_hz=args.edit_hz,
                     readings_hz=args.readings_hz, text_len=args.text_len,
                     drain_timeout=args.drain_timeout, seen_cap=args.seen_cap,
-                    trace=args.trace),
+                    trace=args.trace, trim_before_sample=args.trim),
         backend="asyncio",
     )
     if res["edits"]:
