@@ -535,6 +535,9 @@ class SyncedDoc:
             timeout = math.inf
             if self._stale:
                 timeout = max(0.0, self._last_base + self._cache_interval - time.monotonic())
+            if self._sendable() and self._edit_seq > self._sent_seq:
+                # Edits wait for the outbox's next slot (rate limit): wake then.
+                timeout = min(timeout, self._slot_wait())
             with anyio.move_on_after(timeout):
                 await self._wake.wait()
             self._wake = anyio.Event()
@@ -628,6 +631,19 @@ class SyncedDoc:
             return min((p[0] for p in self._pending.values()), key=lambda v: v[0])[2]
         return self._covers
 
+    def _sendable(self, *, closing: bool = False) -> bool:
+        """May a batch be sealed now, rate limits aside?"""
+        return (
+            self._declared
+            and not self.read_only
+            and self._send_error is None
+            and (closing or not self._inflight)
+        )
+
+    def _slot_wait(self) -> float:
+        """Seconds until the outbox expects a send to be accepted (0.0: now)."""
+        return max(0.0, self.client.outbox.next_slot() - time.monotonic())
+
     def _allowed(self, event_type: str) -> bool:
         return power_level_allows(self._pl, self.client.user_id, event_type, state=False,
                                   creators=self._creators)
@@ -635,12 +651,14 @@ class SyncedDoc:
     async def _step(self, *, closing: bool = False) -> None:
         """Store (and maybe send) what changed: one SQLite transaction, shielded."""
         self._flush_requested = False
-        can_send = (
-            self._declared
-            and not self.read_only
-            and self._send_error is None
-            and (closing or not self._inflight)
-        )
+        # Under a rate limit the next batch is sealed when the outbox expects it
+        # to be accepted, so that it holds every edit made while waiting; sealed
+        # at once it would wait behind a 429 with only the first ones
+        # (docs/benchmarks.md: typing latency under the default limits).
+        if closing:
+            can_send = self._sendable(closing=True)
+        else:
+            can_send = self._sendable() and self._slot_wait() == 0.0
         seq = self._edit_seq
         contents: list[tuple[str, dict[str, Any]]] = []
         update: bytes | None = None

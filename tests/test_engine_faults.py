@@ -9,6 +9,7 @@ client makes: backoff, not a spin.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
@@ -23,9 +24,10 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
 
 class Misbehaving:
-    def __init__(self, sync_mode: str, send_mode: str = "ok") -> None:
+    def __init__(self, sync_mode: str, send_mode: str = "ok", retry_after_ms: int = 300) -> None:
         self.sync_mode = sync_mode
         self.send_mode = send_mode
+        self.retry_after_ms = retry_after_ms
         #: A reverse proxy in front of a stopped homeserver: everything answers 502.
         self.down = False
         self.hits: Counter[str] = Counter()
@@ -58,7 +60,8 @@ class Misbehaving:
         self.hits["send"] += 1
         if self.send_mode == "429" and self.hits["send"] <= 3:
             return web.json_response(
-                {"errcode": "M_LIMIT_EXCEEDED", "error": "slow down", "retry_after_ms": 300},
+                {"errcode": "M_LIMIT_EXCEEDED", "error": "slow down",
+                 "retry_after_ms": self.retry_after_ms},
                 status=429,
             )
         if self.send_mode == "500" and self.hits["send"] <= 3:
@@ -166,6 +169,27 @@ async def test_outbox_retries_with_the_same_txn_id(fake, mode):
     assert event_id == "$e1"
     assert server.hits["send"] == 4  # three refusals, then the same txn id again
     assert server.sent_txns == [handle.txn_id]
+
+
+async def test_outbox_learns_the_pace_a_429_imposes_and_forgets_it_after_a_quiet_spell(fake):
+    server = Misbehaving("instant", send_mode="429", retry_after_ms=2000)
+    url = await fake(server)
+    async with Client(url, "@x:fake", access_token="t") as client:
+        outbox = client.outbox
+        assert outbox.next_slot() <= time.monotonic()  # nothing learned yet: now
+        with anyio.fail_after(20):
+            await (await client.send("!r:fake", "org.mxsync.test", {"a": 1})).wait()
+        # Refused three times with retry_after_ms=2000: the next send is expected
+        # to be accepted ~2 s after the last one, not at once.
+        sent_at = time.monotonic()
+        assert 1.0 < outbox.next_slot() - sent_at <= 2.0
+        # A send that goes straight through after a quiet spell (2x the pace: the
+        # server's bucket has refilled) makes it forget the pace: no lasting slowdown.
+        await anyio.sleep(max(0.0, outbox.next_slot() + 2.1 - time.monotonic()))
+        with anyio.fail_after(20):
+            await (await client.send("!r:fake", "org.mxsync.test", {"b": 2})).wait()
+        assert outbox.next_slot() <= time.monotonic()
+    assert server.hits["send"] == 3 + 1 + 1
 
 
 async def test_dead_server_login_fails_clearly_and_quickly():

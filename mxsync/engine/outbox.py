@@ -12,7 +12,10 @@ Invariants:
   enqueue order; different lanes of a room run concurrently, at most
   ``per_room`` at once.
 - A rate limit (M_LIMIT_EXCEEDED) pauses every lane until ``retry_after_ms``
-  has passed (the limit is per user, not per lane); a network error or 5xx
+  has passed (the limit is per user, not per lane). The outbox also learns the
+  pace the server allows (``next_slot``) so that a feature that coalesces
+  changes (documents) can seal its next batch when it can actually go out,
+  instead of sealing it at once and having it wait, frozen, behind a 429; a network error or 5xx
   backs the lane off exponentially, cut short when the client's shared
   :class:`~mxsync.engine.http.Liveness` sees the server answer again after an
   outage (never a rate limit's wait). Neither drops anything.
@@ -23,6 +26,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections import deque
@@ -39,6 +43,14 @@ from .http import Backoff, Http, TransientError, q
 from .store import OutboxRow, Store
 
 __all__ = ["Outbox", "SendHandle", "OutgoingEvent"]
+
+#: Pacing hint: the longest interval learned from 429s (Synapse's default
+#: rc_message allows one event per 5 s after its burst; a mislearnt pace costs
+#: at most this much latency), how fast it decays per send that is not
+#: refused, and below what it is forgotten.
+_PACE_CAP = 10.0
+_PACE_DECAY = 0.95
+_PACE_FLOOR = 0.05
 
 log = logging.getLogger("mxsync.outbox")
 _json = msgspec.json.Encoder()
@@ -103,6 +115,10 @@ class Outbox:
         self._active_lanes: set[tuple[str, str]] = set()
         self._room_limits: dict[str, anyio.Semaphore] = {}
         self._resume_at = 0.0  # monotonic time before which nothing is sent (429)
+        # Pacing hint (see next_slot): the interval the server last imposed between
+        # sends, decayed by every send that went through without a 429.
+        self._pace = 0.0
+        self._last_sent_at = -math.inf
         self._tg: TaskGroup | None = None
         self._backlog: list[OutboxRow] = []
         #: Counters for statistics() and tests.
@@ -202,6 +218,7 @@ class Outbox:
     async def _send_until_answered(self, row: OutboxRow) -> None:
         backoff = Backoff(base=0.5, cap=30.0)
         handle = self._handles[row.id]
+        throttled = False
         while True:
             wait = self._resume_at - time.monotonic()
             if wait > 0:
@@ -213,6 +230,8 @@ class Outbox:
                 self.rate_limited += 1
                 delay = (exc.retry_after_ms or 1000) / 1000
                 self._resume_at = max(self._resume_at, time.monotonic() + delay)
+                self._pace = min(max(self._pace, delay), _PACE_CAP)
+                throttled = True
                 continue
             except TransientError as exc:
                 self.retries += 1
@@ -238,11 +257,41 @@ class Outbox:
                 self._handles.pop(row.id, None)
                 handle._resolve(None, exc)
                 return
+            self._sent_paced(throttled)
             await self._store.outbox_done(row.id)
             self.sent += 1
             self._handles.pop(row.id, None)
             handle._resolve(event_id)
             return
+
+    def _sent_paced(self, throttled: bool) -> None:
+        now = time.monotonic()
+        idle, self._last_sent_at = now - self._last_sent_at, now
+        if throttled:
+            # Accepted only after a 429: the time since the previous accepted send
+            # is the interval the server allows (a Retry-After alone is shorter
+            # when the bucket had partly refilled).
+            if idle != math.inf:
+                self._pace = min(max(self._pace, idle), _PACE_CAP)
+            return
+        if idle >= 2 * self._pace:
+            # Quiet for a while: the server's bucket has refilled; relearn on a 429.
+            self._pace = 0.0
+        else:
+            # Went straight through: the limit may have eased. Decay slowly, since a
+            # batch sealed too early waits behind a 429 with the edits it holds.
+            self._pace = 0.0 if self._pace < _PACE_FLOOR else self._pace * _PACE_DECAY
+
+    def next_slot(self) -> float:
+        """When (``time.monotonic()``) a send will probably be accepted: now, unless
+        a 429 pause is running or the server has recently imposed a pace.
+
+        A hint, never a gate: the outbox itself sends as soon as it may. Under
+        Synapse's default ``rc_message`` (0.2/s after a burst of 10) a send right
+        after another is refused for ~5 s; a document that waits for the slot
+        puts the edits of those 5 s into the batch instead of a frozen one.
+        """
+        return max(self._resume_at, self._last_sent_at + self._pace)
 
     async def _send_once(self, row: OutboxRow) -> str:
         if row.state_key is None:
