@@ -93,6 +93,26 @@ def malloc_mb() -> float | None:
     return (mi.uordblks + mi.hblkhd) / 2**20
 
 
+def _sqlite_memory_used() -> Any:
+    try:
+        import _sqlite3
+
+        fn = ctypes.CDLL(_sqlite3.__file__).sqlite3_memory_used
+    except (ImportError, OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_int64
+    return fn
+
+
+_SQLITE_MEMORY_USED = _sqlite_memory_used()
+
+
+def sqlite_mb() -> float | None:
+    """Memory SQLite holds in this process (all connections: page caches, schema,
+    statements), in MB; part of ``malloc_mb``."""
+    return None if _SQLITE_MEMORY_USED is None else _SQLITE_MEMORY_USED() / 2**20
+
+
 def malloc_trim() -> None:
     """Hand the memory malloc holds free back to the system (glibc ``malloc_trim``).
 
@@ -122,6 +142,7 @@ class Sample:
     t_s: float
     rss_mb: float
     malloc_mb: float | None
+    sqlite_mb: float | None
     synapse_rss_mb: float | None
     gc_objects: int
     doc_state_bytes: int
@@ -340,6 +361,7 @@ async def run(
                             t_s=round(time.monotonic() - t0, 1),
                             rss_mb=round(rss_mb() or 0.0, 1),
                             malloc_mb=(None if (m := malloc_mb()) is None else round(m, 1)),
+                            sqlite_mb=(None if (q := sqlite_mb()) is None else round(q, 1)),
                             synapse_rss_mb=(None if hs.pid is None
                                             else round(rss_mb(hs.pid) or 0.0, 1)),
                             gc_objects=len(gc.get_objects()),
@@ -355,7 +377,8 @@ async def run(
 
                     def show(s: Sample) -> None:
                         print(f"{s.t_s:7.0f}s rss {s.rss_mb:6.1f} MB  malloc "
-                              f"{s.malloc_mb or 0:6.1f} MB  synapse "
+                              f"{s.malloc_mb or 0:6.1f} MB  sqlite {s.sqlite_mb or 0:5.1f} MB  "
+                              "synapse "
                               f"{s.synapse_rss_mb or 0:6.1f} MB  gc {s.gc_objects:8d}  "
                               f"doc {s.doc_state_bytes:8d} B  edits {s.edits:7d}  "
                               f"upd {s.update_events:6d}  snaps {s.snapshots:4d}  "
@@ -445,6 +468,9 @@ async def run(
         "malloc_first_mb": samples[0].malloc_mb,
         "malloc_last_mb": samples[-1].malloc_mb,
         "malloc_slope_second_half_mb_per_h": round(slope_mb_per_h(half, "malloc_mb"), 2),
+        "sqlite_first_mb": samples[0].sqlite_mb,
+        "sqlite_last_mb": samples[-1].sqlite_mb,
+        "sqlite_slope_second_half_mb_per_h": round(slope_mb_per_h(half, "sqlite_mb"), 2),
         "edits_per_h_second_half": round(
             (half[-1].edits - half[0].edits) / max(half[-1].t_s - half[0].t_s, 1e-9) * 3600),
         "edits": samples[-1].edits,
@@ -480,14 +506,16 @@ def markdown(res: dict[str, Any]) -> str:
            f" Event-id LRUs capped at {res['seen_cap']:,} (`--seen-cap`).")
         + (" `malloc_trim(0)` before each sample (`--trim`)." if res.get("trim") else ""),
         "",
-        "| t (s) | client RSS (MB) | client malloc (MB) | Synapse RSS (MB) | gc objects "
+        "| t (s) | client RSS (MB) | client malloc (MB) | of which SQLite (MB) "
+        "| Synapse RSS (MB) | gc objects "
         "| doc state (B) | edits | update events | snapshots | readings published "
         "| readings received |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in res["samples"]:
         lines.append(
             f"| {s['t_s']:.0f} | {s['rss_mb']:.1f} | {s['malloc_mb'] or 0:.1f} "
+            f"| {s['sqlite_mb'] or 0:.1f} "
             f"| {s['synapse_rss_mb'] or 0:.1f} "
             f"| {s['gc_objects']:,} | {s['doc_state_bytes']:,} | {s['edits']:,} "
             f"| {s['update_events']:,} | {s['snapshots']:,} | {s['published']:,} "
@@ -501,7 +529,9 @@ def markdown(res: dict[str, Any]) -> str:
         "half.",
         f"- Client malloc (live native heap, see `malloc_mb`): first "
         f"{res['malloc_first_mb'] or 0:.1f} MB, last {res['malloc_last_mb'] or 0:.1f} MB; "
-        f"slope {res['malloc_slope_second_half_mb_per_h']:+.2f} MB/h over the second half.",
+        f"slope {res['malloc_slope_second_half_mb_per_h']:+.2f} MB/h over the second half; "
+        f"of it SQLite {res['sqlite_first_mb'] or 0:.1f} -> {res['sqlite_last_mb'] or 0:.1f} MB, "
+        f"{res['sqlite_slope_second_half_mb_per_h']:+.2f} MB/h over the second half.",
         *_crdt_lines(res),
         f"- Edits: {res['edits']:,}; both editors and a fresh cold open converged: "
         f"{'yes' if res['fresh_open_equal'] else 'NO'} (fresh open: "
