@@ -7,13 +7,17 @@ import stat
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 from pathlib import Path
+from typing import NamedTuple
 
 import anyio
 import pytest
 
 from mxsync import Client, ForbiddenError, HomeserverUnavailable, LoginError, OutgoingEvent
-from mxsync.engine.events import RoomEvent
+from mxsync.devserver import Credentials
+from mxsync.engine.events import POWER_LEVELS, PowerLevels, RoomEvent, room_creators
+from mxsync.engine.store import Store
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(600)]
 
@@ -92,6 +96,197 @@ async def test_live_limited_syncs_lose_nothing(make_user, make_client):
     for h in handles:
         await h.wait()
     assert [ev.content["i"] for ev in got] == list(range(120))
+
+
+def label(ev: RoomEvent) -> str:
+    if ev.type == POWER_LEVELS:
+        return "levels"
+    return f"{ev.content.get('who', '')}{ev.content['i']}"
+
+
+async def assert_nothing_more(recv, got: list[RoomEvent], wait: float = 1.5) -> None:
+    with anyio.move_on_after(wait):
+        extra = await recv.receive()
+        pytest.fail(f"unexpected extra event {label(extra)} after {[label(e) for e in got]}")
+
+
+class Away(NamedTuple):
+    alice: Client
+    room: str
+    bob: Credentials
+    store: Path
+    #: Power levels in force where Bob stopped reading.
+    levels: dict | None
+
+    def back(self) -> Client:
+        """Bob again, on his store. His first run left a long-poll behind, which
+        the next event ends and Synapse caches for two minutes for a repeat of
+        the same request: another long-poll timeout makes this one a new request,
+        so that its first sync is the limited one whatever the timing."""
+        return Client(self.alice.homeserver, self.bob.user_id, password=self.bob.password,
+                      store_path=self.store, timeline_limit=3, sync_timeout_ms=25_000)
+
+
+async def reader_away(make_user, make_client, tmp_path, *, writers=None) -> Away:
+    """Alice's room with Bob in it; Bob (store on disk, 3 timeline events per sync)
+    has delivered one event and is gone."""
+    a_creds = await make_user("alice", relaxed=True)
+    b_creds = await make_user("bob", relaxed=True)
+    alice = await make_client(a_creds)
+    invite = [b_creds.user_id, *(writers or [])]
+    room = await alice.create_room("away", invite=invite, writers=writers)
+    store = tmp_path / "bob.db"
+    async with Client(alice.homeserver, b_creds.user_id, password=b_creds.password,
+                      store_path=store, timeline_limit=3) as bob:
+        await bob.join(room)
+        async with bob.room_events(room, [T]) as recv:
+            await (await alice.send(room, T, {"who": "alice", "i": -1})).wait()
+            await collect(recv, 1)
+        levels = await bob.get_state(room, POWER_LEVELS)
+    return Away(alice, room, b_creds, store, levels)
+
+
+async def send_in_order(client: Client, room: str, who: str, indices) -> None:
+    handles = await client.send_many(
+        [OutgoingEvent(room, T, {"who": who, "i": i}) for i in indices]
+    )
+    for h in handles:
+        await h.wait()
+
+
+async def test_power_levels_changed_in_a_limited_sync_gap_arrive_in_their_place(
+    make_user, make_client, tmp_path
+):
+    """Carol writes, is demoted, Alice writes, all while Bob is away; Bob's next sync
+    is limited and its state block already holds the demotion. Bob must see it
+    between Carol's events and Alice's, or Carol's events would be judged by it."""
+    c_creds = await make_user("carol", relaxed=True)
+    away = await reader_away(make_user, make_client, tmp_path, writers=[c_creds.user_id])
+    alice, room = away.alice, away.room
+    carol = await make_client(c_creds)
+    await carol.join(room)
+    await send_in_order(carol, room, "carol", range(4))
+    demoted = dict(await alice.get_state(room, POWER_LEVELS) or {})
+    demoted["users"] = {**demoted.get("users", {}), c_creds.user_id: 0}
+    demotion = await (await alice.send(room, POWER_LEVELS, demoted, state_key="")).wait()
+    await send_in_order(alice, room, "alice", range(4))
+
+    async with away.back() as bob:
+        async with bob.room_events(room, [T, POWER_LEVELS]) as recv:
+            got = await collect(recv, 9)
+            await assert_nothing_more(recv, got)
+        creators = room_creators(await bob.state_event(room, "m.room.create"))
+        assert bob.sync.gap_fills == 1
+        assert bob.sync.state[room][(POWER_LEVELS, "")].event_id == demotion
+    assert [label(ev) for ev in got] == [
+        "carol0", "carol1", "carol2", "carol3", "levels", "alice0", "alice1", "alice2", "alice3"
+    ]
+    assert got[4].event_id == demotion
+    # A reader following the levels through the timeline (PROTOCOL.md 1.3) keeps
+    # every event: Carol wrote hers while she could.
+    levels = PowerLevels(away.levels, creators)
+    for ev in got:
+        assert levels.allows(ev), label(ev)
+        levels = levels.after(ev)
+    assert not levels.allows(got[0])  # and she can no longer
+
+
+async def test_a_gap_behind_an_unknown_position_is_bounded_older_state_first(
+    make_user, make_client, tmp_path, caplog
+):
+    """The server cannot place the last delivered event (/context: 404): the gap
+    fill searches back ``max_gap_events`` and delivers the newest of the gap; the
+    state that changed before where it stopped comes before it."""
+    away = await reader_away(make_user, make_client, tmp_path)
+    alice, room = away.alice, away.room
+    await send_in_order(alice, room, "a", [0])
+    raised = dict(await alice.get_state(room, POWER_LEVELS) or {})
+    raised["users"] = {**raised.get("users", {}), away.bob.user_id: 10}
+    change = await (await alice.send(room, POWER_LEVELS, raised, state_key="")).wait()
+    await send_in_order(alice, room, "a", range(1, 10))
+    db = Store(away.store)
+    await db.open()
+    try:
+        await db.kv_set("sync.last", room, b"$not-an-event-of-this-room")
+    finally:
+        await db.close()
+
+    bob = away.back()
+    bob.sync.max_gap_events = 4
+    bob.sync.gap_page_events = 2
+    async with bob, bob.room_events(room, [T, POWER_LEVELS]) as recv:
+        got = await collect(recv, 8)
+        await assert_nothing_more(recv, got)
+    # Timeline a7..a9; the search passed a6 a5 | a4 a3 and stopped at 4 events.
+    assert [label(ev) for ev in got] == ["levels", "a3", "a4", "a5", "a6", "a7", "a8", "a9"]
+    assert got[0].event_id == change
+    assert "newest only" in caplog.text
+
+
+async def test_a_reader_stopped_in_the_middle_of_a_gap_fill_resumes_it_once(
+    make_user, make_client, tmp_path
+):
+    """Stopped while a consumer has taken 10 of a 27-event gap: the next start goes
+    on with the 11th, and nothing comes twice."""
+    away = await reader_away(make_user, make_client, tmp_path)
+    room = away.room
+    await send_in_order(away.alice, room, "a", range(30))
+
+    def reader() -> Client:
+        bob = away.back()
+        bob.sync.gap_page_events = 4
+        return bob
+
+    bob = reader()
+    with anyio.CancelScope() as stop:
+        # buffer=0: an event counts as delivered once the consumer has taken it.
+        async with bob, bob.room_events(room, [T], buffer=0) as recv:
+            first = await collect(recv, 10)
+            assert bob.sync.status.since is not None
+            stop.cancel()
+            await anyio.sleep(30)
+    assert stop.cancelled_caught
+    bob = reader()
+    async with bob, bob.room_events(room, [T], buffer=0) as recv:
+        rest = await collect(recv, 20)
+        await assert_nothing_more(recv, rest)
+    assert [ev.content["i"] for ev in first + rest] == list(range(30))
+
+
+async def test_gap_fill_memory_is_bounded_by_a_page_not_by_the_gap(
+    make_user, make_client, tmp_path
+):
+    """1,200 events of 4 KB (4.8 MB of content) in a gap: the fill holds one page of
+    50 at a time. A known position is never truncated, whatever ``max_gap_events``."""
+    n, pad = 1200, "x" * 4000
+    away = await reader_away(make_user, make_client, tmp_path)
+    room = away.room
+    handles = await away.alice.send_many(
+        [OutgoingEvent(room, T, {"i": i, "pad": pad}) for i in range(n)]
+    )
+    for h in handles:
+        await h.wait()
+    bob = away.back()
+    bob.sync.gap_page_events = 50
+    bob.sync.max_gap_events = 100
+    order: list[int] = []
+    tracemalloc.start()
+    try:
+        async with bob, bob.room_events(room, [T]) as recv:
+            with anyio.fail_after(120):
+                async for ev in recv:
+                    order.append(ev.content["i"])  # keep no event: measure the loop
+                    if len(order) >= n:
+                        break
+            await assert_nothing_more(recv, [])
+            _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert order == list(range(n))
+    assert bob.sync.gap_fills == 1
+    print(f"tracemalloc peak during a gap fill of {n} x 4 KB: {peak / 1e6:.2f} MB")
+    # Holding the gap takes more than its 4.8 MB of content; a page is 0.2 MB.
+    assert peak < n * len(pad) / 2
 
 
 async def test_wrong_password_is_a_clear_login_error(hs, make_user):

@@ -70,6 +70,65 @@ class Misbehaving:
         return web.json_response({"event_id": f"$e{len(self.sent_txns)}"})
 
 
+class GapServer(Misbehaving):
+    """One room of 30 events, ``$e0`` .. ``$e29``, ``$e10`` a power-level change.
+
+    The first sync (new store) holds ``$e0``; the second is limited to ``$e28``,
+    ``$e29``, with ``$e10`` in its state block. Tokens: ``tN`` is right after
+    ``$eN``. One /messages request (``fail_at``) answers 502.
+    """
+
+    room = "!r:fake"
+
+    def __init__(self, *, honour_to: bool, fail_at: int = 3) -> None:
+        super().__init__("instant")
+        self.honour_to = honour_to
+        self.fail_at = fail_at
+        self.contexts: list[str] = []
+
+    @staticmethod
+    def event(i: int) -> dict:
+        if i == 10:
+            return {"event_id": "$e10", "sender": "@w:fake", "type": "m.room.power_levels",
+                    "state_key": "", "content": {"users": {"@w:fake": 100}},
+                    "origin_server_ts": i}
+        return {"event_id": f"$e{i}", "sender": "@w:fake", "type": "org.mxsync.test",
+                "content": {"i": i}, "origin_server_ts": i}
+
+    async def sync(self, request: web.Request) -> web.Response:
+        self.hits["sync"] += 1
+        since = request.query.get("since")
+        if since is None:
+            room = {"timeline": {"events": [self.event(0)], "limited": False}}
+            return web.json_response({"next_batch": "s1", "rooms": {"join": {self.room: room}}})
+        if since == "s1":
+            room = {"state": {"events": [self.event(10)]},
+                    "timeline": {"events": [self.event(28), self.event(29)], "limited": True,
+                                 "prev_batch": "t27"}}
+            return web.json_response({"next_batch": "s2", "rooms": {"join": {self.room: room}}})
+        return web.json_response({"next_batch": since})
+
+    async def context(self, request: web.Request) -> web.Response:
+        event_id = request.match_info["event"]
+        self.contexts.append(event_id)
+        assert request.query["limit"] == "0"
+        return web.json_response({"end": f"t{event_id[2:]}", "state": []})
+
+    async def messages(self, request: web.Request) -> web.Response:
+        self.hits["messages"] += 1
+        if self.hits["messages"] == self.fail_at:
+            return web.Response(status=502, text="bad gateway")
+        assert request.query["dir"] == "f"
+        after = int(request.query["from"][1:])
+        last = int(request.query["to"][1:]) if self.honour_to else 29
+        events = [self.event(i)
+                  for i in range(after + 1, min(after + int(request.query["limit"]), last) + 1)]
+        if not events:
+            return web.json_response({"chunk": [], "start": request.query["from"]})
+        end = f"t{after + len(events)}"
+        return web.json_response({"chunk": events, "start": request.query["from"], "end": end})
+
+
 @pytest.fixture
 async def fake() -> AsyncIterator[Callable[..., anyio.abc.ObjectReceiveStream]]:
     runners: list[web.AppRunner] = []
@@ -80,6 +139,9 @@ async def fake() -> AsyncIterator[Callable[..., anyio.abc.ObjectReceiveStream]]:
         app.router.add_get("/_matrix/client/v3/account/whoami", server.whoami)
         app.router.add_get("/_matrix/client/v3/sync", server.sync)
         app.router.add_put("/_matrix/client/v3/rooms/{room}/send/{type}/{txn}", server.send)
+        if isinstance(server, GapServer):
+            app.router.add_get("/_matrix/client/v3/rooms/{room}/context/{event}", server.context)
+            app.router.add_get("/_matrix/client/v3/rooms/{room}/messages", server.messages)
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -215,3 +277,30 @@ async def test_bad_arguments_raise_before_any_io(fake):
             await c.send_many([OutgoingEvent("not-a-room", "t", {})])
         assert c.outbox.pending == 0
     assert server.hits["send"] == 0
+
+
+@pytest.mark.parametrize("honour_to", [True, False])
+async def test_an_error_in_the_middle_of_a_gap_fill_resumes_it_without_repeats(fake, honour_to):
+    # Pages of 4: $e1-$e4 and $e5-$e8 are delivered, the third page fails. The
+    # retry places the gap after $e8 and goes on; $e10, also in the state block,
+    # comes once, in its place. A server that ignores ``to`` is stopped by the
+    # timeline's first event.
+    server = GapServer(honour_to=honour_to)
+    url = await fake(server)
+    client = Client(url, "@x:fake", access_token="t")
+    client.sync.gap_page_events = 4
+    got: list[str] = []
+    async with client, client.room_events(GapServer.room) as recv:
+        with anyio.fail_after(20):
+            async for ev in recv:
+                got.append(ev.event_id)
+                if len(got) == 29:
+                    break
+        with anyio.move_on_after(1.0):
+            extra = await recv.receive()
+            pytest.fail(f"unexpected extra event {extra.event_id}")
+        assert client.status.state == "synced"
+        assert client.sync.state[GapServer.room][("m.room.power_levels", "")].event_id == "$e10"
+    assert got == [f"$e{i}" for i in range(1, 30)]
+    assert server.contexts == ["$e0", "$e8"]
+    assert server.hits["sync"] <= 20, server.hits  # one failed batch, retried after a backoff

@@ -3,6 +3,7 @@ power-level rules."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 
@@ -12,6 +13,8 @@ import pytest
 
 from mxsync.engine.events import RoomEvent, parse_event, power_level_allows, room_creators
 from mxsync.engine.http import Backoff, Liveness
+from mxsync.engine.store import Store
+from mxsync.engine.sync import SyncLoop
 
 
 def test_backoff_grows_is_capped_and_never_zero():
@@ -218,3 +221,24 @@ def test_room_v12_creators_outrank_levels_older_versions_do_not():
     assert room_creators(create("10")) == frozenset()
     assert power_level_allows(PL, "@c:x", "org.mxsync.readings", state=False,
                               creators=room_creators(create("12")))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("version", ["pairs", "positions"])
+async def test_an_in_flight_record_is_read_into_a_bounded_memory(version):
+    # "pairs": the bare list older versions wrote; "positions": the record that
+    # also says how far each room got, so that a gap fill resumes from there.
+    store = Store(None)
+    await store.open()
+    try:
+        await store.kv_set("sync.last", "!r:x", b"$persisted")
+        pairs = [["!r:x", f"$e{i}"] for i in range(5)]
+        record = pairs if version == "pairs" else {"ids": pairs, "last": {"!r:x": "$e4"}}
+        await store.kv_set("sync", "inflight", json.dumps(record).encode())
+        loop = SyncLoop(None, store, seen_per_room=3)  # loading makes no request
+        await loop._load()
+        room = loop._rooms["!r:x"]
+        assert list(room.seen) == ["$e2", "$e3", "$e4"]
+        assert room.last_event_id == ("$persisted" if version == "pairs" else "$e4")
+    finally:
+        await store.close()

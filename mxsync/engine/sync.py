@@ -6,12 +6,29 @@ its room through bounded memory object streams (backpressure: a slow consumer
 slows the loop, it does not grow a queue).
 
 Invariants:
-- No event is skipped: when a room's timeline comes back ``limited``, the loop
-  pages /messages backwards from ``prev_batch`` to the last event it delivered
-  in that room and delivers the gap, oldest first, before the timeline.
+- Events reach consumers in timeline order. When a room's timeline comes back
+  ``limited``, the loop first delivers the gap between the last event it
+  delivered there and the timeline (state events of the gap in place, where
+  they happened), then what of the ``state`` block the gap did not cover, then
+  the timeline. The state block describes the state at the start of the
+  timeline, after the gap, so delivering it first would put a change made in
+  the gap (``m.room.power_levels``) before events that preceded it.
+- No event is skipped: the gap is filled by asking ``/context`` for a token
+  right after the last delivered event and paging ``/messages`` forwards from
+  it up to ``prev_batch``, delivering page by page. The memory it takes is one
+  page (``gap_page_events``), whatever the size of the gap.
+- Only when the server does not know that event (purged, not visible, a store
+  from elsewhere) is the gap bounded: the loop pages backwards from
+  ``prev_batch``, holding one page at a time, until it finds the event or has
+  passed ``max_gap_events`` events, then delivers what it passed over, oldest
+  first, and logs the truncation. State-block events older than where that
+  search stopped are delivered before it, as they happened before it.
 - No event is delivered twice: event ids are remembered per room (bounded LRU;
-  it only has to span one batch and its gap fill, which never overlap, plus
-  the in-flight record of a batch interrupted by a stop).
+  it only has to span one page of a gap fill, the state block and the timeline
+  of a batch). A batch interrupted by a stop leaves an in-flight record, its
+  size bounded by the size of the sync answer, not of the gap: the position
+  reached in each room (the gap is resumed from there) and the ids of the
+  state-block and timeline events already delivered.
 - The since-token and the last delivered event per room are persisted together,
   after the batch they cover has been handed to the consumers. History from
   before a client first saw a room is the features' job (they load snapshots
@@ -19,7 +36,9 @@ Invariants:
   since-token) only seeds the state cache and positions, it delivers nothing.
 - It never spins: errors back off exponentially with jitter (capped), rate
   limits wait ``retry_after_ms``, and a server that answers an empty long-poll
-  at once is polled at most ``1 / min_interval`` times a second.
+  at once is polled at most ``1 / min_interval`` times a second. An error in
+  the middle of a gap fill fails the batch; the retry resumes the gap from the
+  last event delivered.
 - It never sleeps through a recovery: a transient error is waited out on the
   client's shared :class:`~mxsync.engine.http.Liveness`, which probes a server
   that stopped answering and wakes the loop as soon as it answers again.
@@ -33,7 +52,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -91,6 +110,35 @@ class _RoomMemory:
     last_event_id: str | None = None
 
 
+@dataclass
+class _Batch:
+    """What one sync batch has handed out so far (its in-flight record on a stop)."""
+
+    live: bool
+    #: [room_id, event_id] of delivered events that fetching the batch again could
+    #: return outside a gap fill: state-block and timeline events. Gap events are
+    #: covered by the position instead, so this stays as small as the sync answer.
+    ids: list[list[str]] = field(default_factory=list)
+    #: Rooms whose position (last delivered timeline or gap event) moved.
+    moved: set[str] = field(default_factory=set)
+    delivered: int = 0
+
+
+@dataclass
+class _GapStart:
+    """Where the forward fill of a gap starts."""
+
+    #: The /messages token to page forwards from, up to ``prev_batch``.
+    token: str
+    #: Events to deliver before paging forwards from ``token`` (oldest first; at
+    #: most one page: the rest of the page where a backward search stopped).
+    head: list[RoomEvent]
+    #: The gap starts right after the last delivered event (else it was truncated).
+    reached: bool
+    #: Ids of state-block events that the backward search saw inside the gap.
+    covered: set[str]
+
+
 class SyncLoop:
     """Owns the since-token, the event dispatch and the per-room state cache."""
 
@@ -105,6 +153,7 @@ class SyncLoop:
         backoff: Backoff | None = None,
         seen_per_room: int = 4_096,
         max_gap_events: int = 1_000_000,
+        gap_page_events: int = 250,
     ) -> None:
         self._http = http
         self._store = store
@@ -113,7 +162,12 @@ class SyncLoop:
         self.min_interval = min_interval
         self._backoff = backoff or Backoff(base=0.5, cap=30.0)
         self._seen_per_room = seen_per_room
-        self._max_gap_events = max_gap_events
+        #: How far back (in events) a gap fill looks for the last delivered event
+        #: when the server cannot place it with /context; the newest events of a
+        #: larger gap are delivered and the truncation logged.
+        self.max_gap_events = max_gap_events
+        #: Events per /messages page of a gap fill: the memory a gap fill holds.
+        self.gap_page_events = gap_page_events
         self._consumers: list[_Consumer] = []
         self._rooms: dict[str, _RoomMemory] = {}
         #: room_id -> {(type, state_key): event} for the state this loop has seen.
@@ -167,6 +221,9 @@ class SyncLoop:
 
     def _messages_filter(self) -> str:
         return json.dumps({"types": list(SYNC_TYPES), "lazy_load_members": True})
+
+    #: For /context, which answers the room state at the event too: none of it.
+    _CONTEXT_FILTER = json.dumps({"types": [], "lazy_load_members": True})
 
     # -- the loop -----------------------------------------------------------
 
@@ -226,13 +283,22 @@ class SyncLoop:
         for room_id, last in (await self._store.kv_items(_NS_LAST)).items():
             self._rooms.setdefault(room_id, _RoomMemory()).last_event_id = last.decode()
         inflight = await self._store.kv_get(_NS, "inflight")
-        if inflight is not None:
-            try:
-                pairs = json.loads(inflight)
-                for room_id, event_id in pairs:
-                    self._rooms.setdefault(room_id, _RoomMemory()).seen[event_id] = None
-            except (ValueError, TypeError):
-                log.warning("ignoring an unreadable in-flight record in the store")
+        if inflight is None:
+            return
+        try:
+            record = json.loads(inflight)
+            # Older versions wrote a bare list of [room_id, event_id] pairs.
+            pairs = record if isinstance(record, list) else record["ids"]
+            moved = {} if isinstance(record, list) else record["last"]
+            for room_id, event_id in pairs:
+                if isinstance(room_id, str) and isinstance(event_id, str):
+                    self._remember(self._rooms.setdefault(room_id, _RoomMemory()), event_id)
+            for room_id, event_id in moved.items():
+                if isinstance(event_id, str):
+                    # The batch got this far: a gap fill resumes from here.
+                    self._rooms.setdefault(room_id, _RoomMemory()).last_event_id = event_id
+        except (ValueError, TypeError, KeyError, AttributeError):
+            log.warning("ignoring an unreadable in-flight record in the store")
 
     async def sync_once(self, timeout_ms: int | None = None) -> bool:
         """One /sync round trip, dispatched and persisted. Returns whether it had events."""
@@ -257,38 +323,35 @@ class SyncLoop:
         invited = rooms.get("invite") if isinstance(rooms.get("invite"), dict) else {}
         assert isinstance(joined, dict) and isinstance(invited, dict)
         self.invites |= set(invited)
-        delivered: list[list[str]] = []
+        # The first sync of a client without a since-token returns recent
+        # history, not news: it only seeds the state cache and positions.
+        batch = _Batch(live=since is not None)
         last_changed: dict[str, bytes] = {}
         try:
             for room_id, room in joined.items():
                 if not isinstance(room, dict):
                     continue
                 self.invites.discard(room_id)
-                state_events, timeline_events = await self._room_events(
-                    room_id, room, resumed=since is not None
-                )
-                # The first sync of a client without a since-token returns recent
-                # history, not news: it only seeds the state cache and positions.
-                live = since is not None
-                for ev in state_events:
-                    if await self._deliver(ev, timeline=False, dispatch=live):
-                        delivered.append([room_id, ev.event_id])
-                for ev in timeline_events:
-                    if await self._deliver(ev, timeline=True, dispatch=live):
-                        delivered.append([room_id, ev.event_id])
+                await self._sync_room(room_id, room, batch)
                 mem = self._rooms.get(room_id)
                 if mem is not None and mem.last_event_id is not None:
                     last_changed[room_id] = mem.last_event_id.encode()
         except BaseException:
             # Stopped halfway through a batch: the since-token still points before
-            # it, so the next start fetches it again. Remember what was already
-            # delivered so that it is not delivered twice. (After kill -9 nothing
-            # runs here; consumers must then tolerate a repeat, see PROTOCOL.md.)
-            if delivered:
+            # it, so the next start fetches it again. Remember how far it got so
+            # that nothing is delivered twice. (After kill -9 nothing runs here;
+            # consumers must then tolerate a repeat, see PROTOCOL.md.)
+            if batch.delivered:
+                record = {
+                    "ids": batch.ids,
+                    "last": {
+                        r: self._rooms[r].last_event_id
+                        for r in sorted(batch.moved)
+                        if self._rooms[r].last_event_id is not None
+                    },
+                }
                 with anyio.CancelScope(shield=True):
-                    await self._store.kv_set(
-                        _NS, "inflight", json.dumps(delivered).encode()
-                    )
+                    await self._store.kv_set(_NS, "inflight", json.dumps(record).encode())
             raise
 
         def persist(conn: Any) -> None:
@@ -310,31 +373,42 @@ class SyncLoop:
             await self._store.run(persist)
         self.status.since = next_batch
         self.status.syncs += 1
-        return bool(delivered) or bool(invited)
+        return bool(batch.delivered) or bool(invited)
 
-    async def _room_events(
-        self, room_id: str, room: dict[str, Any], *, resumed: bool
-    ) -> tuple[list[RoomEvent], list[RoomEvent]]:
-        """The room's state block, and its timeline with any gap before it filled."""
+    # -- one room of a batch --------------------------------------------------
+
+    async def _sync_room(self, room_id: str, room: dict[str, Any], batch: _Batch) -> None:
+        """Deliver one room's part of a sync answer, in timeline order."""
         state = room.get("state") if isinstance(room.get("state"), dict) else {}
         timeline = room.get("timeline") if isinstance(room.get("timeline"), dict) else {}
         assert isinstance(state, dict) and isinstance(timeline, dict)
         raw_state = state.get("events") if isinstance(state.get("events"), list) else []
         raw_timeline = timeline.get("events") if isinstance(timeline.get("events"), list) else []
         assert isinstance(raw_state, list) and isinstance(raw_timeline, list)
-        out: list[RoomEvent] = []
+        state_events = self._parse_all(room_id, raw_state)
+        timeline_events = self._parse_all(room_id, raw_timeline)
         mem = self._rooms.get(room_id)
         prev_batch = timeline.get("prev_batch")
-        if (
+        if not (
             timeline.get("limited") is True
-            and resumed
+            and batch.live
             and mem is not None
             and mem.last_event_id is not None
             and isinstance(prev_batch, str)
         ):
-            out.extend(await self._fill_gap(room_id, prev_batch, mem.last_event_id))
-        out.extend(self._parse_all(room_id, raw_timeline))
-        return self._parse_all(room_id, raw_state), out
+            # Nothing to fill (or no position to fill from: a room new to us, the
+            # first sync of a new store): the state block describes the start of
+            # the timeline, so it comes first.
+            for ev in state_events:
+                await self._deliver(ev, batch, timeline=False)
+            for ev in timeline_events:
+                await self._deliver(ev, batch, timeline=True)
+            return
+        await self._fill_gap(
+            room_id, prev_batch, mem.last_event_id, state_events, timeline_events, batch
+        )
+        for ev in timeline_events:
+            await self._deliver(ev, batch, timeline=True)
 
     def _parse_all(self, room_id: str, raws: list[Any]) -> list[RoomEvent]:
         out = []
@@ -346,65 +420,195 @@ class SyncLoop:
             out.append(ev)
         return out
 
-    async def _fill_gap(self, room_id: str, start: str, stop_at: str) -> list[RoomEvent]:
-        """Page /messages backwards from ``start`` until ``stop_at``; oldest first."""
-        self.gap_fills += 1
-        collected: list[RoomEvent] = []
-        token: str | None = start
-        path = f"/_matrix/client/v3/rooms/{q(room_id)}/messages"
-        while token is not None:
-            page = await self._http.request(
-                "GET",
-                path,
-                query={"from": token, "dir": "b", "limit": 1000, "filter": self._messages_filter()},
-            )
-            chunk = page.get("chunk") if isinstance(page.get("chunk"), list) else []
-            assert isinstance(chunk, list)
-            found = False
-            for raw in chunk:
-                if isinstance(raw, dict) and raw.get("event_id") == stop_at:
-                    found = True
-                    break
-                ev = parse_event(room_id, raw)
-                if ev is not None:
-                    collected.append(ev)
-            if found or not chunk:
-                break
-            end = page.get("end")
-            token = end if isinstance(end, str) and end != token else None
-            if len(collected) >= self._max_gap_events:
-                log.error(
-                    "gap in %s larger than %d events; delivering the newest only",
-                    room_id, self._max_gap_events,
-                )
-                break
-        collected.reverse()
-        log.debug("filled a gap of %d event(s) in %s", len(collected), room_id)
-        return collected
+    # -- gap fill -------------------------------------------------------------
 
-    async def _deliver(self, ev: RoomEvent, *, timeline: bool, dispatch: bool = True) -> bool:
+    async def _fill_gap(
+        self,
+        room_id: str,
+        prev_batch: str,
+        last_event_id: str,
+        state_events: list[RoomEvent],
+        timeline_events: list[RoomEvent],
+        batch: _Batch,
+    ) -> None:
+        """Deliver the events between ``last_event_id`` and ``prev_batch``, oldest
+        first and a page at a time, and the state block in its place."""
+        self.gap_fills += 1
+        block = {ev.event_id for ev in state_events}
+        start = await self._gap_start(room_id, prev_batch, last_event_id, block)
+        covered = start.covered
+
+        async def deliver(ev: RoomEvent) -> None:
+            in_block = ev.event_id in block
+            if in_block:
+                covered.add(ev.event_id)
+            # A state-block event may come again with the same batch after a
+            # stop, outside any gap: remember its id. Other gap events are
+            # covered by the position.
+            await self._deliver(ev, batch, timeline=True, record=in_block)
+
+        async def rest_of_state() -> None:
+            for ev in state_events:
+                if ev.event_id not in covered:
+                    await self._deliver(ev, batch, timeline=False)
+
+        if not start.reached:
+            # The fill starts later than our position: the state-block events it
+            # does not reach happened before where it starts.
+            await rest_of_state()
+        token, reached, head = start.token, start.reached, start.head[::-1]
+        del start
+        count = len(head)
+        while head:
+            # Oldest first, each let go of once delivered: at most one page is held.
+            await deliver(head.pop())
+        count += await self._page_forwards(
+            room_id, token, prev_batch, {ev.event_id for ev in timeline_events}, deliver
+        )
+        if reached:
+            # State that changed without an event in the gap (a state reset), or
+            # an old event: the block says it holds at the start of the timeline.
+            await rest_of_state()
+        log.debug("filled a gap of %d event(s) in %s", count, room_id)
+
+    async def _messages(
+        self, room_id: str, token: str, direction: str, *, to: str | None = None
+    ) -> tuple[list[Any], str | None]:
+        """One /messages page: its raw events and the token to go on from (None at the end)."""
+        query = {"from": token, "dir": direction,
+                 "limit": max(1, min(self.gap_page_events, 1000)),
+                 "filter": self._messages_filter()}
+        if to is not None:
+            query["to"] = to
+        page = await self._http.request(
+            "GET", f"/_matrix/client/v3/rooms/{q(room_id)}/messages", query=query
+        )
+        chunk = page.get("chunk") if isinstance(page.get("chunk"), list) else []
+        assert isinstance(chunk, list)
+        end = page.get("end")
+        # No end token, or one that does not move: nothing further that way.
+        return chunk, end if isinstance(end, str) and end != token else None
+
+    async def _gap_start(
+        self, room_id: str, prev_batch: str, last_event_id: str, block: set[str]
+    ) -> _GapStart:
+        """A token right after ``last_event_id``, from /context (one request)."""
+        try:
+            answer = await self._http.request(
+                "GET",
+                f"/_matrix/client/v3/rooms/{q(room_id)}/context/{q(last_event_id)}",
+                query={"limit": 0, "filter": self._CONTEXT_FILTER},
+            )
+        except RateLimitedError:
+            raise
+        except MatrixError as exc:
+            # Purged, never seen by this server, or not visible to us any more.
+            log.warning(
+                "cannot place the last event delivered in %s (%s); searching back "
+                "from the timeline for at most %d events", room_id, exc, self.max_gap_events,
+            )
+            return await self._search_back(room_id, prev_batch, last_event_id, block)
+        end = answer.get("end")
+        if not isinstance(end, str):
+            raise TransientError("context answer without an end token")
+        return _GapStart(token=end, head=[], reached=True, covered=set())
+
+    async def _search_back(
+        self, room_id: str, prev_batch: str, stop_at: str, block: set[str]
+    ) -> _GapStart:
+        """Page backwards from ``prev_batch`` until ``stop_at``, the room's start or
+        ``max_gap_events`` events, holding one page; the fill starts at that page."""
+        token = prev_batch
+        passed = 0
+        covered: set[str] = set()
+        while True:
+            chunk, end = await self._messages(room_id, token, "b")
+            ids = [raw.get("event_id") if isinstance(raw, dict) else None for raw in chunk]
+            found = stop_at in ids
+            inside = chunk[: ids.index(stop_at)] if found else chunk
+            covered.update(i for i in ids[: len(inside)] if i in block)
+            passed += len(inside)
+            if not found and end is not None and passed < self.max_gap_events:
+                token = end
+                continue
+            if not found:
+                if end is None:
+                    log.warning("%s: the last delivered event is not in the room's "
+                                "history; delivering all of it (%d events)", room_id, passed)
+                else:
+                    log.error("%s: the last delivered event is not within the last %d "
+                              "events; delivering the newest only", room_id, passed)
+            # The page holds the gap's oldest events (newest first), ``token`` is
+            # right after them.
+            head = self._parse_all(room_id, inside[::-1])
+            return _GapStart(token=token, head=head, reached=found, covered=covered)
+
+    async def _page_forwards(
+        self,
+        room_id: str,
+        token: str,
+        to: str,
+        stop_ids: set[str],
+        deliver: Callable[[RoomEvent], Awaitable[None]],
+    ) -> int:
+        """Page /messages forwards from ``token`` to ``to`` (or to the first of
+        ``stop_ids``), delivering each page before fetching the next."""
+        count = 0
+        next_token: str | None = token
+        while next_token is not None:
+            chunk, end = await self._messages(room_id, next_token, "f", to=to)
+            for raw in chunk:
+                if isinstance(raw, dict) and raw.get("event_id") in stop_ids:
+                    # Reached the timeline (a server that does not honour ``to``).
+                    return count
+                ev = parse_event(room_id, raw)
+                if ev is None:
+                    log.warning("skipping a malformed event in %s: %.200r", room_id, raw)
+                    continue
+                await deliver(ev)
+                count += 1
+            # An empty page with an end token: events we may not see; go on.
+            next_token = end
+            del chunk
+        return count
+
+    # -- delivery -------------------------------------------------------------
+
+    def _remember(self, mem: _RoomMemory, event_id: str) -> None:
+        mem.seen[event_id] = None
+        mem.seen.move_to_end(event_id)
+        while len(mem.seen) > self._seen_per_room:
+            mem.seen.popitem(last=False)
+
+    async def _deliver(
+        self, ev: RoomEvent, batch: _Batch, *, timeline: bool, record: bool = True
+    ) -> bool:
         mem = self._rooms.setdefault(ev.room_id, _RoomMemory())
         if ev.event_id in mem.seen:
             return False
-        mem.seen[ev.event_id] = None
-        if len(mem.seen) > self._seen_per_room:
-            mem.seen.popitem(last=False)
-        if timeline:
-            # Only timeline events mark our position: the state block may hold old events.
-            mem.last_event_id = ev.event_id
         if ev.state_key is not None:
             self.state.setdefault(ev.room_id, {})[(ev.type, ev.state_key)] = ev
             self._state_changed.set()
             self._state_changed = anyio.Event()
-        if not dispatch:
-            return True
-        self.events_delivered += 1
-        for consumer in list(self._consumers):
-            if not consumer.wants(ev):
-                continue
-            try:
-                await consumer.stream.send(ev)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                if consumer in self._consumers:
-                    self._consumers.remove(consumer)
+        if batch.live:
+            self.events_delivered += 1
+            for consumer in list(self._consumers):
+                if not consumer.wants(ev):
+                    continue
+                try:
+                    await consumer.stream.send(ev)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    if consumer in self._consumers:
+                        self._consumers.remove(consumer)
+        # Handed out: only now does it count as delivered. A stop while a consumer
+        # was still to take it leaves it to the next start.
+        self._remember(mem, ev.event_id)
+        batch.delivered += 1
+        if record:
+            batch.ids.append([ev.room_id, ev.event_id])
+        if timeline:
+            # Only timeline (and gap) events mark our position: the state block may
+            # hold old events.
+            mem.last_event_id = ev.event_id
+            batch.moved.add(ev.room_id)
         return True
