@@ -279,7 +279,8 @@ class SyncedDoc:
             (
                 "edits", "batches_sent", "update_events_sent", "bytes_sent", "payload_bytes_sent",
                 "snapshots_sent", "snapshot_events_sent", "updates_applied", "bytes_applied",
-                "snapshots_applied", "snapshots_covered", "own_echoes", "skipped", "forbidden",
+                "snapshots_applied", "snapshots_covered", "own_echoes", "duplicates", "skipped",
+                "forbidden",
                 "load_events", "load_pages", "load_http_ms", "cache_writes", "log_writes",
             ),
             0,
@@ -1025,6 +1026,7 @@ class SyncedDoc:
 
     def _process(self, ev: RoomEvent, *, live: bool, covered: bool = False) -> None:
         if ev.event_id in self._seen:
+            self._stats["duplicates"] += 1
             return
         self._seen[ev.event_id] = None
         if len(self._seen) > _SEEN_MAX:

@@ -32,7 +32,7 @@ from .events import RoomEvent, parse_event, power_level_allows, room_creators
 from .http import Backoff, Http, q, retrying
 from .outbox import Outbox, OutgoingEvent, SendHandle
 from .store import Store
-from .sync import Status, SyncLoop
+from .sync import CONTEXT_FILTER, Status, SyncLoop
 from .taskgroups import exit_stack
 
 if TYPE_CHECKING:
@@ -399,7 +399,7 @@ class Client:
             "context",
             "GET",
             f"/_matrix/client/v3/rooms/{q(room_id)}/context/{q(event_id)}",
-            query={"limit": 0},
+            query={"limit": 0, "filter": CONTEXT_FILTER},
         )
         end = answer.get("end")
         return end if isinstance(end, str) else None

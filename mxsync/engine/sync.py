@@ -69,6 +69,10 @@ from .store import Store
 
 __all__ = ["SyncLoop", "Status", "SYNC_TYPES"]
 
+#: Filter for /context, which otherwise answers the whole room state at the
+#: event too: none of it (a token is all we ask it for).
+CONTEXT_FILTER = json.dumps({"types": [], "lazy_load_members": True})
+
 log = logging.getLogger("mxsync.sync")
 
 #: Event types the sync filter lets through: mxsync's namespace plus the
@@ -222,8 +226,6 @@ class SyncLoop:
     def _messages_filter(self) -> str:
         return json.dumps({"types": list(SYNC_TYPES), "lazy_load_members": True})
 
-    #: For /context, which answers the room state at the event too: none of it.
-    _CONTEXT_FILTER = json.dumps({"types": [], "lazy_load_members": True})
 
     # -- the loop -----------------------------------------------------------
 
@@ -497,7 +499,7 @@ class SyncLoop:
             answer = await self._http.request(
                 "GET",
                 f"/_matrix/client/v3/rooms/{q(room_id)}/context/{q(last_event_id)}",
-                query={"limit": 0, "filter": self._CONTEXT_FILTER},
+                query={"limit": 0, "filter": CONTEXT_FILTER},
             )
         except RateLimitedError:
             raise

@@ -45,6 +45,7 @@ from ..engine.events import (
     room_creators,
 )
 from ..engine.http import q, retrying
+from ..engine.sync import CONTEXT_FILTER
 from ..errors import ConfigError, MatrixError, ProtocolError
 from ..protocol.readings import MAX_T_MS, Reading, ReadingsBatch, parse_batch
 from ..protocol.types import READINGS
@@ -233,7 +234,7 @@ async def _context(
         lambda: client.http.request(
             "GET",
             f"/_matrix/client/v3/rooms/{q(room_id)}/context/{q(event_id)}",
-            query={"limit": 0},
+            query={"limit": 0, "filter": CONTEXT_FILTER},
         ),
         homeserver=client.homeserver,
         what="context",
