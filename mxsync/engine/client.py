@@ -507,4 +507,9 @@ class Client:
                 "gap_fills": self.sync.gap_fills,
             },
             "outbox": self.outbox.statistics(),
+            "liveness": {
+                "up": self.http.liveness.up,
+                "probes": self.http.liveness.probes,
+                "recoveries": self.http.liveness.recoveries,
+            },
         }
