@@ -66,7 +66,7 @@ import pycrdt
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .engine.client import MessagesPage
-from .engine.events import RoomEvent, power_level_allows, room_creators
+from .engine.events import RoomEvent, judge_state, power_level_allows, room_creators
 from .engine.http import Backoff, TransientError
 from .engine.outbox import SendHandle, new_txn_id
 from .engine.store import OutboxRow, Store
@@ -876,6 +876,8 @@ class SyncedDoc:
         if self._declared:
             return
         ev = await self.client.state_event(self.room_id, DOC, self.name)
+        if ev is not None and ev.content and not await self._declared_by_writer(ev):
+            ev = None
         if ev is not None and ev.content:
             self._check_declaration(ev.content)
         elif self.read_only:
@@ -886,12 +888,18 @@ class SyncedDoc:
         else:
             log.info("waiting for %r to be declared in %s", self.name, self.room_id)
             async for ev in recv:
-                if ev.type == DOC and ev.state_key == self.name and ev.content:
+                if (ev.type == DOC and ev.state_key == self.name and ev.content
+                        and await self._declared_by_writer(ev)):
                     self._check_declaration(ev.content)
                     break
                 self._backlog.append(ev)
         self._declared = True
         self._wake.set()
+
+    async def _declared_by_writer(self, ev: RoomEvent) -> bool:
+        """Did the declaration's sender have the level for it where it stands
+        (PROTOCOL §1.3)? One a homeserver let through from anyone else is ignored."""
+        return bool(await judge_state(self.client, self.room_id, [ev], self._creators))
 
     def _check_declaration(self, content: dict[str, Any]) -> None:
         decl = proto.decode_doc_event(DOC, content)

@@ -46,6 +46,7 @@ from mxsync.protocol.readings import (
 from mxsync.protocol.types import (
     ALL_TYPES,
     DEVICE,
+    DOC,
     DOC_SNAPSHOT,
     DOC_UPDATE,
     MAX_SAFE_INT,
@@ -586,6 +587,39 @@ async def test_events_from_senders_without_the_level_are_ignored_even_if_deliver
         assert r.device == "real"
         assert "rogue" not in sub.devices and sub.devices["real"].online
         assert sub.statistics()["forbidden"] == 1
+
+
+async def test_a_document_declaration_from_a_sender_without_the_level_is_ignored(
+    make_user, make_client, monkeypatch
+):
+    """A declaration of an unknown encoding, as if a homeserver had let a reader set
+    it: the writer opening the document must not take it (it would refuse to load),
+    but declare the document itself and work."""
+    owner = await make_client(await make_user("owner", relaxed=True))
+    reader_c = await make_user("reader", relaxed=True)
+    room = await owner.create_room("forged-decl", invite=[reader_c.user_id], writers=[])
+    reader = await make_client(reader_c)
+    await reader.join(room)
+    forged = RoomEvent(room_id=room, event_id=f"$forged{uuid.uuid4().hex}",
+                       sender=reader.user_id, type=DOC, state_key="notes",
+                       content={"v": 1, "encoding": "not-yjs"},
+                       origin_server_ts=int(time.time() * 1000))
+    real_state_event = owner.state_event
+
+    async def state_event(room_id: str, event_type: str, state_key: str = "") -> Any:
+        if event_type == DOC and state_key == "notes":
+            return forged
+        return await real_state_event(room_id, event_type, state_key)
+
+    monkeypatch.setattr(owner, "state_event", state_event)
+    async with owner.open_doc(room, "notes") as d:
+        with anyio.fail_after(30):
+            await d.wait_synced()  # would raise "uses encoding 'not-yjs'" if trusted
+        d.doc.get("t", type=pycrdt.Text).insert(0, "still works")
+        with anyio.fail_after(30):
+            await d.flush()
+    decl = await reader.get_state(room, DOC, "notes")
+    assert decl is not None and decl["encoding"] != "not-yjs"
 
 
 async def test_each_batch_counts_by_the_levels_in_force_where_it_stands(

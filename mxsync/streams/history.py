@@ -30,7 +30,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -39,14 +39,14 @@ from ..engine.events import (
     POWER_LEVELS,
     PowerLevels,
     RoomEvent,
+    judge_state,
     parse_event,
-    power_level_allows,
     power_levels_before,
     room_creators,
 )
 from ..engine.http import q, retrying
 from ..engine.sync import CONTEXT_FILTER
-from ..errors import ConfigError, MatrixError, ProtocolError
+from ..errors import ConfigError, ProtocolError
 from ..protocol.readings import MAX_T_MS, Reading, ReadingsBatch, parse_batch
 from ..protocol.types import READINGS
 
@@ -167,57 +167,6 @@ async def levels_backwards(
     return levels
 
 
-async def judge_state(
-    client: Client, room_id: str, events: Iterable[RoomEvent], creators: frozenset[str]
-) -> list[RoomEvent]:
-    """The state events among ``events`` (from the room's current state) whose
-    senders had the level for them where they stand in the timeline.
-
-    The room's levels rarely change: an event that every ``m.room.power_levels``
-    the room has had (one request lists them) allows, or none does, is judged
-    at once; only the others are looked up where they stand (two requests each).
-    """
-    states = [ev for ev in events if ev.is_state]
-    if not states:
-        return []
-    past: list[dict[str, Any] | None] | None = [await client.get_state(room_id, POWER_LEVELS)]
-    token: str | None = None
-    while past is not None:
-        page = await client.messages(room_id, token, direction="b", limit=_PAST_LEVELS,
-                                     types=[POWER_LEVELS])
-        past.extend(ev.content for ev in page.events if ev.state_key == "")
-        if not page.events or page.end is None or page.end == token:
-            break
-        if len(past) > _PAST_LEVELS:
-            past = None  # too many to list: look every event up instead
-        token = page.end
-    out = []
-    for ev in states:
-        verdicts = {True, False} if past is None else {
-            power_level_allows(pl, ev.sender, ev.type, state=True, creators=creators)
-            for pl in past
-        }
-        if len(verdicts) == 1:
-            allowed = verdicts.pop()
-        else:
-            try:
-                after = await client.context_token(room_id, ev.event_id)
-            except MatrixError as exc:  # not visible to us: judge by the current levels
-                log.debug("cannot place %s in the timeline: %s", ev.event_id, exc)
-                after = None
-            # The event itself does not set levels: those before it are those after it.
-            pl = await power_levels_before(client, room_id, after)
-            allowed = power_level_allows(pl, ev.sender, ev.type, state=True, creators=creators)
-        if allowed:
-            out.append(ev)
-        else:
-            log.warning("ignoring %s %r of %s in %s: no power level for it where it stands",
-                        ev.type, ev.state_key, ev.sender, room_id)
-    return out
-
-
-#: ``m.room.power_levels`` events that ``judge_state`` lists at most.
-_PAST_LEVELS = 100
 
 
 def check_range(start_ms: int, end_ms: int) -> None:
