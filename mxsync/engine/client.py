@@ -393,8 +393,9 @@ class Client:
             end if isinstance(end, str) else None,
         )
 
-    async def context_token(self, room_id: str, event_id: str) -> str | None:
-        """A pagination token just after ``event_id`` (for paging forwards from it)."""
+    async def context(self, room_id: str, event_id: str) -> tuple[RoomEvent | None, str | None]:
+        """The event ``event_id`` and a pagination token just after it (for paging
+        forwards from it); None for what the answer lacks or has malformed."""
         answer = await self._call(
             "context",
             "GET",
@@ -402,7 +403,11 @@ class Client:
             query={"limit": 0, "filter": CONTEXT_FILTER},
         )
         end = answer.get("end")
-        return end if isinstance(end, str) else None
+        return parse_event(room_id, answer.get("event")), end if isinstance(end, str) else None
+
+    async def context_token(self, room_id: str, event_id: str) -> str | None:
+        """A pagination token just after ``event_id`` (for paging forwards from it)."""
+        return (await self.context(room_id, event_id))[1]
 
     async def timestamp_to_event(
         self, room_id: str, ts_ms: int, direction: str = "f"

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 POWER_LEVELS = "m.room.power_levels"
 CREATE = "m.room.create"
+#: ``m.room.power_levels`` events that ``judge_state`` lists at most.
+_PAST_LEVELS = 100
 
 
 class RoomEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -250,7 +252,3 @@ async def judge_state(
             log.warning("ignoring %s %r of %s in %s: no power level for it where it stands",
                         ev.type, ev.state_key, ev.sender, room_id)
     return out
-
-
-#: ``m.room.power_levels`` events that ``judge_state`` lists at most.
-_PAST_LEVELS = 100

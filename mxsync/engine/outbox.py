@@ -15,10 +15,10 @@ Invariants:
   has passed (the limit is per user, not per lane). The outbox also learns the
   pace the server allows (``next_slot``) so that a feature that coalesces
   changes (documents) can seal its next batch when it can actually go out,
-  instead of sealing it at once and having it wait, frozen, behind a 429; a network error or 5xx
-  backs the lane off exponentially, cut short when the client's shared
-  :class:`~mxsync.engine.http.Liveness` sees the server answer again after an
-  outage (never a rate limit's wait). Neither drops anything.
+  instead of sealing it at once and having it wait, frozen, behind a 429.
+- A network error or 5xx backs the lane off exponentially, cut short when the
+  client's shared :class:`~mxsync.engine.http.Liveness` sees the server answer
+  again after an outage (never a rate limit's wait). Neither drops anything.
 - A definite refusal (M_FORBIDDEN, M_TOO_LARGE, M_BAD_JSON, ...) can never
   succeed: the event is removed, logged and its handle raises the error.
 """

@@ -226,7 +226,6 @@ class SyncLoop:
     def _messages_filter(self) -> str:
         return json.dumps({"types": list(SYNC_TYPES), "lazy_load_members": True})
 
-
     # -- the loop -----------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

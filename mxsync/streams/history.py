@@ -19,9 +19,9 @@ the scan (both in ms):
 sender's power level under the levels in force at the event's place in the
 timeline (PROTOCOL.md 1.3; the caller follows them and passes them in), the
 content's validity (a malformed batch is skipped and logged once per sender),
-shared by the live subscriber and history. :func:`levels_backwards` and
-:func:`judge_state` find those levels for a page read backwards and for the
-room's current state.
+shared by the live subscriber and history. :func:`levels_backwards` finds
+those levels for a page read backwards (``engine.events.judge_state`` does it
+for the room's current state).
 """
 
 from __future__ import annotations
@@ -39,13 +39,9 @@ from ..engine.events import (
     POWER_LEVELS,
     PowerLevels,
     RoomEvent,
-    judge_state,
-    parse_event,
     power_levels_before,
     room_creators,
 )
-from ..engine.http import q, retrying
-from ..engine.sync import CONTEXT_FILTER
 from ..errors import ConfigError, ProtocolError
 from ..protocol.readings import MAX_T_MS, Reading, ReadingsBatch, parse_batch
 from ..protocol.types import READINGS
@@ -57,7 +53,6 @@ __all__ = [
     "Bucket",
     "HistoryProgress",
     "BatchReader",
-    "judge_state",
     "levels_backwards",
     "read_history",
     "aggregate",
@@ -175,23 +170,6 @@ def check_range(start_ms: int, end_ms: int) -> None:
             raise ConfigError(f"{name} must be an int time in ms, got {v!r}")
 
 
-async def _context(
-    client: Client, room_id: str, event_id: str
-) -> tuple[RoomEvent | None, str | None]:
-    """The event itself and a /messages token just after it."""
-    answer = await retrying(
-        lambda: client.http.request(
-            "GET",
-            f"/_matrix/client/v3/rooms/{q(room_id)}/context/{q(event_id)}",
-            query={"limit": 0, "filter": CONTEXT_FILTER},
-        ),
-        homeserver=client.homeserver,
-        what="context",
-    )
-    end = answer.get("end")
-    return parse_event(room_id, answer.get("event")), end if isinstance(end, str) else None
-
-
 async def read_history(
     client: Client,
     room_id: str,
@@ -216,7 +194,7 @@ async def read_history(
     jump = await client.timestamp_to_event(room_id, scan_from, "f")
     if jump is None:
         return []
-    first, token = await _context(client, room_id, jump[0])
+    first, token = await client.context(room_id, jump[0])
     events: list[RoomEvent] = [first] if first is not None else []
     # The levels in force right after the first event (before it, unless it sets them).
     levels = PowerLevels(

@@ -41,7 +41,14 @@ import anyio
 import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ..engine.events import CREATE, POWER_LEVELS, PowerLevels, RoomEvent, room_creators
+from ..engine.events import (
+    CREATE,
+    POWER_LEVELS,
+    PowerLevels,
+    RoomEvent,
+    judge_state,
+    room_creators,
+)
 from ..engine.taskgroups import exit_stack
 from ..errors import ConfigError, ProtocolError
 from ..protocol.readings import (
@@ -59,7 +66,6 @@ from .history import (
     HistoryProgress,
     aggregate,
     by_time,
-    judge_state,
     levels_backwards,
     read_history,
 )
