@@ -23,9 +23,9 @@ test: $(STAMP)
 	scripts/ensure-system-packages
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-## test-fast: only the pure protocol tests (no server)
+## test-fast: every unit test (no server, seconds)
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q tests/test_protocol_*.py
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check mxsync tests bench examples

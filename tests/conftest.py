@@ -1,91 +1,16 @@
-"""Shared fixtures: one real Synapse per test session, users, and running clients.
-
-The homeserver keeps Synapse's default message rate limits (0.2 events/s,
-burst 10), the ones real servers run. Tests that need volume lift the limit
-for their own users through the admin API (``relaxed=True``), exactly as an
-operator would for a bridge or a bot.
-"""
+"""Fixtures shared by unit and integration tests (the integration ones, a real
+Synapse and its users, live in tests/integration/conftest.py)."""
 
 from __future__ import annotations
 
-import itertools
 import os
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
-from typing import Any
 
-import anyio
 import pytest
-from anyio.abc import TaskStatus
-
-from mxsync import Client
-from mxsync.devserver import Credentials, DevServer
-
-_counter = itertools.count()
 
 
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture(scope="session")
-async def hs(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DevServer]:
-    state = tmp_path_factory.mktemp("synapse")
-    async with DevServer(state, rate_limits="default") as server:
-        yield server
-
-
-UserFactory = Callable[..., Awaitable[Credentials]]
-
-
-@pytest.fixture
-def make_user(hs: DevServer) -> UserFactory:
-    async def make(prefix: str = "u", *, relaxed: bool = False) -> Credentials:
-        name = f"{prefix}{next(_counter)}x{uuid.uuid4().hex[:6]}"
-        creds = await hs.register(name)
-        if relaxed:
-            await hs.override_ratelimit(creds.user_id)
-        return creds
-
-    return make
-
-
-ClientFactory = Callable[..., Awaitable[Client]]
-
-
-@pytest.fixture
-async def make_client(hs: DevServer, tmp_path: Path) -> AsyncIterator[ClientFactory]:
-    """Start clients that are stopped when the test ends.
-
-    Each client lives in a task of the fixture's own task group, so that it is
-    entered and exited in the same task (as anyio requires of task groups),
-    whatever task the test body runs in.
-    """
-
-    async def host(client: Client, *, task_status: TaskStatus[Client]) -> None:
-        async with client:
-            task_status.started(client)
-            await anyio.sleep_forever()
-
-    async with anyio.create_task_group() as tg:
-
-        async def make(creds: Credentials, *, store: bool | Path = True, **kw: Any) -> Client:
-            if store is True:
-                local = creds.user_id[1:].split(":")[0]
-                store_path: Path | None = tmp_path / f"{local}-{uuid.uuid4().hex[:6]}.db"
-            elif store is False:
-                store_path = None
-            else:
-                store_path = store
-            client = Client(hs.url, creds.user_id, password=creds.password,
-                            store_path=store_path, **kw)
-            started: Client = await tg.start(host, client)
-            return started
-
-        yield make
-        tg.cancel_scope.cancel()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

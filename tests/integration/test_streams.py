@@ -27,7 +27,7 @@ from mxsync.streams import BufferFull, aggregate
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(240)]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def now_ms() -> int:

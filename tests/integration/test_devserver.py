@@ -22,7 +22,7 @@ from mxsync.errors import ConfigError, LoginError
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

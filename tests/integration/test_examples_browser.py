@@ -31,7 +31,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # ``examples`` is a folder of the checkout, not installed
     sys.path.insert(0, str(REPO))
 
