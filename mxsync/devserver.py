@@ -67,7 +67,7 @@ from urllib.parse import quote
 import aiohttp
 import anyio
 
-from .errors import ConfigError, LoginError, MatrixError, MxsyncError
+from .errors import ConfigError, DevServerError, LoginError, MatrixError, StateDirLocked
 
 __all__ = [
     "Credentials",
@@ -124,14 +124,6 @@ _LIFTED_IN_BOTH_MODES: dict[str, Any] = {
     "rc_user_directory": _UNLIMITED,
     "rc_profile": _UNLIMITED,
 }
-
-
-class DevServerError(MxsyncError):
-    """The embedded Synapse could not be started, or stopped answering."""
-
-
-class StateDirLocked(DevServerError):
-    """Another DevServer (or its Synapse) is using this state directory."""
 
 
 @dataclass(frozen=True)

@@ -67,11 +67,18 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .engine.client import MessagesPage
 from .engine.events import RoomEvent, judge_state, power_level_allows, room_creators
-from .engine.http import Backoff, TransientError
+from .engine.http import Backoff
 from .engine.outbox import SendHandle, new_txn_id
 from .engine.store import OutboxRow, Store
 from .engine.taskgroups import exit_stack
-from .errors import ConfigError, HomeserverUnavailable, MatrixError, MxsyncError, ProtocolError
+from .errors import (
+    ConfigError,
+    HomeserverUnavailable,
+    MatrixError,
+    MxsyncError,
+    ProtocolError,
+    TransientError,
+)
 from .protocol import docs as proto
 from .protocol.types import DOC, DOC_SNAPSHOT, DOC_UPDATE
 from .protocol.yjs import DeleteSet, encode_state_vector

@@ -9,8 +9,14 @@
     │   ├── ForbiddenError         M_FORBIDDEN (missing power level, not joined, ...)
     │   └── RateLimitedError       M_LIMIT_EXCEEDED, with retry_after_ms
     ├── HomeserverUnavailable  network error, 5xx or garbage after bounded retries
-    └── ProtocolError          a malformed mxsync event (skipped by readers, never raised
-                               out of a sync loop)
+    ├── TransientError         one request failed in a way worth retrying (network, 5xx,
+    │                          garbage); the engine's loops retry it, callers see
+    │                          HomeserverUnavailable once bounded retries are spent
+    ├── ProtocolError          a malformed mxsync event (skipped by readers, never raised
+    │                          out of a sync loop)
+    ├── BufferFull             a publisher's buffer is full under the "block" policy
+    └── DevServerError         the embedded Synapse could not be started or stopped answering
+        └── StateDirLocked         another DevServer is using that state directory
 
 No message ever contains an access token or a password.
 """
@@ -26,6 +32,10 @@ __all__ = [
     "RateLimitedError",
     "HomeserverUnavailable",
     "ProtocolError",
+    "TransientError",
+    "BufferFull",
+    "DevServerError",
+    "StateDirLocked",
 ]
 
 
@@ -89,3 +99,22 @@ class HomeserverUnavailable(MxsyncError):
 
 class ProtocolError(MxsyncError, ValueError):
     """A malformed mxsync event or payload."""
+
+
+class TransientError(MxsyncError):
+    """A failure worth retrying: network error, timeout, 5xx, unparsable answer."""
+
+
+class BufferFull(MxsyncError):
+    """The publisher's buffer holds ``max_buffered`` readings (policy "block").
+
+    Nothing was buffered. ``await publisher.publish_wait(...)`` waits for room.
+    """
+
+
+class DevServerError(MxsyncError):
+    """The embedded Synapse could not be started, or stopped answering."""
+
+
+class StateDirLocked(DevServerError):
+    """Another DevServer (or its Synapse) is using this state directory."""

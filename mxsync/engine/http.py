@@ -36,8 +36,8 @@ from ..errors import (
     ForbiddenError,
     HomeserverUnavailable,
     MatrixError,
-    MxsyncError,
     RateLimitedError,
+    TransientError,
 )
 
 __all__ = ["Http", "TransientError", "Backoff", "Liveness", "q", "retrying"]
@@ -53,10 +53,6 @@ PROBE_PATH = "/_matrix/client/versions"
 def q(part: str) -> str:
     """Percent-encode one path segment (room ids, event types, txn ids)."""
     return quote(part, safe="")
-
-
-class TransientError(MxsyncError):
-    """A failure worth retrying: network error, timeout, 5xx, unparsable answer."""
 
 
 class Backoff:

@@ -38,8 +38,8 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 
-from ..errors import ConfigError, MatrixError, RateLimitedError
-from .http import Backoff, Http, TransientError, q
+from ..errors import ConfigError, MatrixError, RateLimitedError, TransientError
+from .http import Backoff, Http, q
 from .store import OutboxRow, Store
 
 __all__ = ["Outbox", "SendHandle", "OutgoingEvent"]

@@ -61,10 +61,10 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ..errors import MatrixError, RateLimitedError
+from ..errors import MatrixError, RateLimitedError, TransientError
 from ..protocol.types import NAMESPACE
 from .events import RoomEvent, parse_event
-from .http import Backoff, Http, TransientError, q
+from .http import Backoff, Http, q
 from .store import Store
 
 __all__ = ["SyncLoop", "Status", "SYNC_TYPES"]

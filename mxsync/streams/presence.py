@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Literal
 import anyio
 from anyio.abc import TaskStatus
 
-from ..engine.http import Backoff, TransientError, q
-from ..errors import HomeserverUnavailable, MatrixError, RateLimitedError
+from ..engine.http import Backoff, q
+from ..errors import HomeserverUnavailable, MatrixError, RateLimitedError, TransientError
 from ..protocol.readings import DeviceState, to_content
 from ..protocol.types import DEVICE
 

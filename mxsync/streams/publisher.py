@@ -50,7 +50,7 @@ from anyio.abc import TaskGroup
 from ..engine.outbox import SendHandle
 from ..engine.store import OutboxRow
 from ..engine.taskgroups import exit_stack
-from ..errors import ConfigError, MatrixError, MxsyncError
+from ..errors import BufferFull, ConfigError, MatrixError, MxsyncError
 from ..protocol.readings import (
     MIN_BATCH_BYTES,
     BatchEncoder,
@@ -81,13 +81,6 @@ _json = msgspec.json.Encoder()
 _FEED_SLICE = 8192  # readings fed to the encoder between checkpoints
 _POKE_EVERY = 8192  # readings after which publish() wakes the pump
 _MARK_EVERY = 0.05  # seconds between arrival marks (the age clock's resolution)
-
-
-class BufferFull(MxsyncError):
-    """The publisher's buffer holds ``max_buffered`` readings (policy "block").
-
-    Nothing was buffered. ``await publisher.publish_wait(...)`` waits for room.
-    """
 
 
 class Publisher:
