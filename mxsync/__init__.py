@@ -4,8 +4,9 @@ CRDT documents (pycrdt, Yjs-compatible) that any number of clients edit at
 once, and sensor streams that devices publish and dashboards watch.
 """
 
+from .client import Client
 from .docs import SyncedDoc
-from .engine import Client, OutgoingEvent, RoomEvent, SendHandle, Status
+from .engine import OutgoingEvent, RoomEvent, SendHandle, Status
 from .errors import (
     ConfigError,
     ForbiddenError,

@@ -16,7 +16,7 @@ import argparse
 import os
 from pathlib import Path
 
-from .engine import Client
+from .client import Client
 from .errors import ConfigError
 
 __all__ = ["add_login_args", "client_from_args"]

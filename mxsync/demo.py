@@ -45,6 +45,7 @@ from typing import Any, TextIO
 import aiohttp
 import anyio
 
+from .client import Client
 from .devserver import (
     Credentials,
     DevServer,
@@ -54,7 +55,6 @@ from .devserver import (
     _prctl,
     _wait_until,
 )
-from .engine import Client
 from .errors import ConfigError, MxsyncError
 
 __all__ = ["DemoError", "add_demo_parser", "cmd_demo", "run_demo"]

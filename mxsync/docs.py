@@ -57,7 +57,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import anyio
 import anyio.lowlevel
@@ -65,11 +65,11 @@ import msgspec
 import pycrdt
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from .engine.client import MessagesPage
-from .engine.events import RoomEvent, judge_state, power_level_allows, room_creators
+from .engine.authz import judge_state, power_level_allows, room_creators
+from .engine.events import MessagesPage, RoomEvent
 from .engine.http import Backoff
-from .engine.outbox import SendHandle, new_txn_id
-from .engine.store import OutboxRow, Store
+from .engine.outbox import OutboxEntry, SendHandle, Staging
+from .engine.surface import Engine
 from .engine.taskgroups import exit_stack
 from .errors import (
     ConfigError,
@@ -80,11 +80,9 @@ from .errors import (
     TransientError,
 )
 from .protocol import docs as proto
+from .protocol.api import Direction
 from .protocol.types import DOC, DOC_SNAPSHOT, DOC_UPDATE
 from .protocol.yjs import DeleteSet, encode_state_vector
-
-if TYPE_CHECKING:
-    from .engine.client import Client
 
 __all__ = ["REMOTE", "SyncedDoc", "open_doc"]
 
@@ -139,7 +137,7 @@ CREATE INDEX IF NOT EXISTS mxsync_doc_log_doc ON mxsync_doc_log (room_id, name, 
 
 # Documents open per client: two SyncedDocs of one (room, name) on one client
 # would share a Yjs client id and issue the same clocks twice.
-_OPEN: weakref.WeakKeyDictionary[Client, set[tuple[str, str]]] = weakref.WeakKeyDictionary()
+_OPEN: weakref.WeakKeyDictionary[Engine, set[tuple[str, str]]] = weakref.WeakKeyDictionary()
 
 
 def _is_panic(exc: BaseException) -> bool:
@@ -183,7 +181,7 @@ _Start = tuple[int, "str | None", "str | None"]
 class _Step(msgspec.Struct):
     """What one writer step stores, in one SQLite transaction."""
 
-    outbox: list[tuple[str, str, str | None, bytes, str, str, int]]
+    outbox: list[OutboxEntry]
     n_updates: int  # the first n_updates outbox rows are the batch, the rest a snapshot
     log: bytes | None
     meta: bytes
@@ -203,7 +201,7 @@ class SyncedDoc:
 
     def __init__(
         self,
-        client: Client,
+        client: Engine,
         room_id: str,
         name: str = "default",
         *,
@@ -458,8 +456,8 @@ class SyncedDoc:
     # -- restore and save ------------------------------------------------------------
 
     async def _restore(self) -> None:
-        store = self.client.store
-        await store.run(_create_tables)
+        store = self.client
+        await store.run_sql(_create_tables)
 
         def load(conn: sqlite3.Connection) -> tuple[bytes | None, bytes | None, list[bytes]]:
             row = conn.execute(
@@ -476,7 +474,7 @@ class SyncedDoc:
                 bytes(r[0]) for r in logs
             ]
 
-        raw_meta, state, logs = await store.run(load)
+        raw_meta, state, logs = await store.run_sql(load)
         meta: _Meta | None = None
         if raw_meta is not None:
             try:
@@ -491,7 +489,7 @@ class SyncedDoc:
                           self.name, self.room_id, exc)
                 meta = None
                 self.doc = pycrdt.Doc()
-                await store.run(self._forget_cache)
+                await store.run_sql(self._forget_cache)
         if meta is None:
             self._local_clients = {self.doc.client_id}
             return
@@ -650,7 +648,7 @@ class SyncedDoc:
 
     def _slot_wait(self) -> float:
         """Seconds until the outbox expects a send to be accepted (0.0: now)."""
-        return max(0.0, self.client.outbox.next_slot() - time.monotonic())
+        return max(0.0, self.client.next_slot() - time.monotonic())
 
     def _allowed(self, event_type: str) -> bool:
         return power_level_allows(self._pl, self.client.user_id, event_type, state=False,
@@ -738,24 +736,18 @@ class SyncedDoc:
             self._stale = False
             self._last_base = time.monotonic()
         if contents or log_blob is not None or state is not None:
-            now_ms = int(time.time() * 1000)
-            rows: list[tuple[str, str, str | None, bytes, str, str, int]] = [
-                (self.room_id, etype, None, _JSON.encode(c), new_txn_id(), self._lane, now_ms)
-                for etype, c in contents
-            ]
+            rows = [self.client.new_entry(self.room_id, etype, c, lane=self._lane)
+                    for etype, c in contents]
             step = _Step(rows, n_updates, log_blob, self._meta(unsent_ds=unsent_ds), state)
             with anyio.CancelScope(shield=True):
-                ids = await self.client.store.run(lambda conn: self._write(conn, step))
-                handles = self.client.outbox.schedule(
-                    [OutboxRow(i, *p) for i, p in zip(ids, rows, strict=True)]
-                )
+                _, handles = await self.client.stage(lambda tx: self._write(tx, step))
             self._stats["log_writes"] += log_blob is not None
             self._stats["cache_writes"] += state is not None
             if handles:
                 upd, snap = handles[:n_updates], handles[n_updates:]
                 self._stats["batches_sent"] += bool(upd)
                 self._stats["update_events_sent"] += len(upd)
-                self._stats["bytes_sent"] += sum(len(r[3]) for r in rows[:n_updates])
+                self._stats["bytes_sent"] += sum(len(r.content) for r in rows[:n_updates])
                 self._stats["payload_bytes_sent"] += len(update or b"")
                 self._stats["snapshot_events_sent"] += len(snap)
                 if not closing and self._tg is not None:
@@ -771,8 +763,10 @@ class SyncedDoc:
         conn.execute("DELETE FROM mxsync_doc_log WHERE room_id=? AND name=?", key)
         conn.execute("DELETE FROM mxsync_doc WHERE room_id=? AND name=?", key)
 
-    def _write(self, conn: sqlite3.Connection, step: _Step) -> list[int]:
-        ids = Store.outbox_insert(conn, step.outbox)
+    def _write(self, tx: Staging, step: _Step) -> None:
+        for entry in step.outbox:
+            tx.add(entry)
+        conn = tx.conn
         key = (self.room_id, self.name)
         if step.state is not None:
             conn.execute("DELETE FROM mxsync_doc_log WHERE room_id=? AND name=?", key)
@@ -782,7 +776,7 @@ class SyncedDoc:
                 "state=excluded.state",
                 (*key, step.meta, step.state),
             )
-            return ids
+            return
         if step.log is not None:
             conn.execute(
                 "INSERT INTO mxsync_doc_log(room_id, name, data) VALUES (?, ?, ?)",
@@ -793,7 +787,6 @@ class SyncedDoc:
             "ON CONFLICT(room_id, name) DO UPDATE SET meta=excluded.meta",
             (*key, step.meta),
         )
-        return ids
 
     async def _watch(self, updates: list[SendHandle], snapshot: list[SendHandle],
                      seq: int) -> None:
@@ -914,7 +907,7 @@ class SyncedDoc:
         if not decl.supported:
             raise ProtocolError(f"document {self.name!r} uses encoding {decl.encoding!r}")
 
-    async def _messages(self, token: str | None, direction: str, limit: int,
+    async def _messages(self, token: str | None, direction: Direction, limit: int,
                         types: list[str]) -> MessagesPage:
         started = time.perf_counter()
         try:
@@ -1312,7 +1305,7 @@ class _BackwardScan:
                 del self.open_sets[key]
 
 
-def open_doc(client: Client, room_id: str, name: str = "default", **kw: Any) -> SyncedDoc:
+def open_doc(client: Engine, room_id: str, name: str = "default", **kw: Any) -> SyncedDoc:
     """``async with open_doc(client, room, name) as sdoc``: see :class:`SyncedDoc`.
 
     Keyword arguments: ``on_progress(done, total_or_None)`` (long loads: events read

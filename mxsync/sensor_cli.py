@@ -24,7 +24,7 @@ from typing import Any, TextIO
 import anyio
 
 from .cli_common import add_login_args, client_from_args
-from .engine import Client
+from .client import Client
 from .errors import ConfigError, MxsyncError
 from .protocol.readings import Reading, Value
 from .streams import DeviceStatus

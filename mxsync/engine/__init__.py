@@ -1,9 +1,24 @@
-"""The I/O half of mxsync: HTTP, store, outbox, sync loop and the Client that owns them."""
+"""The I/O half of mxsync: HTTP, store, outbox, sync loop, and the Connection that owns them.
 
-from .client import Client, MessagesPage
-from .events import RoomEvent
-from .outbox import OutgoingEvent, SendHandle
+Features use it through :class:`~mxsync.engine.surface.Engine` only.
+"""
+
+from .connection import Connection
+from .events import MessagesPage, RoomEvent
+from .outbox import OutboxEntry, OutgoingEvent, SendHandle, Staging
 from .store import Store
+from .surface import Engine
 from .sync import Status
 
-__all__ = ["Client", "MessagesPage", "OutgoingEvent", "RoomEvent", "SendHandle", "Status", "Store"]
+__all__ = [
+    "Connection",
+    "Engine",
+    "MessagesPage",
+    "OutboxEntry",
+    "OutgoingEvent",
+    "RoomEvent",
+    "SendHandle",
+    "Staging",
+    "Status",
+    "Store",
+]

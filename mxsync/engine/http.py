@@ -24,9 +24,9 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 import aiohttp
 import anyio
@@ -39,21 +39,13 @@ from ..errors import (
     RateLimitedError,
     TransientError,
 )
+from ..protocol import api
+from ..protocol.api import Request
 
-__all__ = ["Http", "TransientError", "Backoff", "Liveness", "q", "retrying"]
+__all__ = ["Http", "TransientError", "Backoff", "Liveness", "retrying"]
 
 log = logging.getLogger("mxsync.http")
 T = TypeVar("T")
-
-#: The probe: unauthenticated, answered by Synapse from memory, so it costs the
-#: server almost nothing and needs no valid session.
-PROBE_PATH = "/_matrix/client/versions"
-
-
-def q(part: str) -> str:
-    """Percent-encode one path segment (room ids, event types, txn ids)."""
-    return quote(part, safe="")
-
 
 class Backoff:
     """Exponential backoff with full jitter, bounded by ``cap`` seconds.
@@ -218,59 +210,38 @@ class Http:
         Only a JSON object (or a definite Matrix error) counts as an answer; it
         does not report to :attr:`liveness` itself (:meth:`Liveness.wait` does).
         """
+        # Unauthenticated, answered by Synapse from memory, so it costs the server
+        # almost nothing and needs no valid session.
         try:
-            doc = await self._request(
-                "GET", PROBE_PATH, None, http_timeout=self.liveness.timeout, auth=False,
-                report=False,
-            )
+            doc = await self._request(api.versions(), http_timeout=self.liveness.timeout,
+                                      report=False)
         except TransientError:
             return False
         except MatrixError:
             return True
         return isinstance(doc, dict)
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        query: Mapping[str, Any] | None = None,
-        http_timeout: float | None = None,
-        auth: bool = True,
-    ) -> dict[str, Any]:
-        """Make one request; ``path`` starts with ``/_matrix/...`` or ``/_synapse/...``.
-
-        ``body`` is JSON-encoded unless it is already ``bytes``.
-        """
-        doc = await self._request(
-            method, path, body, query=query, http_timeout=http_timeout, auth=auth
-        )
+    async def call(self, req: Request, *, http_timeout: float | None = None) -> dict[str, Any]:
+        """Send ``req`` once (see :mod:`mxsync.protocol.api`); its answer must be a JSON object."""
+        doc = await self._request(req, http_timeout=http_timeout)
         if not isinstance(doc, dict):
-            raise TransientError(f"{method} {path}: expected a JSON object")
+            raise TransientError(f"{req.method} {req.path}: expected a JSON object")
         return doc
 
-    async def request_list(self, method: str, path: str) -> list[Any]:
-        """Like :meth:`request` for the few endpoints that answer a JSON list."""
-        doc = await self._request(method, path, None)
+    async def call_list(self, req: Request) -> list[Any]:
+        """Like :meth:`call` for the few endpoints that answer a JSON list."""
+        doc = await self._request(req)
         if not isinstance(doc, list):
-            raise TransientError(f"{method} {path}: expected a JSON list")
+            raise TransientError(f"{req.method} {req.path}: expected a JSON list")
         return doc
 
     async def _request(
-        self,
-        method: str,
-        path: str,
-        body: Any,
-        *,
-        query: Mapping[str, Any] | None = None,
-        http_timeout: float | None = None,
-        auth: bool = True,
-        report: bool = True,
+        self, req: Request, *, http_timeout: float | None = None, report: bool = True
     ) -> Any:
-        full = path if not query else f"{path}?{urlencode(query)}"
+        method, path, body = req.method, req.path, req.body
+        full = path if not req.query else f"{path}?{urlencode(req.query)}"
         headers = {"Content-Type": "application/json"}
-        if auth and self.access_token:
+        if req.auth and self.access_token:
             headers["Authorization"] = f"Bearer {self.access_token}"
         data: bytes | str | None
         if body is None or isinstance(body, bytes):

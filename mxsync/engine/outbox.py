@@ -27,22 +27,26 @@ from __future__ import annotations
 
 import logging
 import math
+import sqlite3
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 
 from ..errors import ConfigError, MatrixError, RateLimitedError, TransientError
-from .http import Backoff, Http, q
-from .store import OutboxRow, Store
+from ..protocol import api
+from .http import Backoff, Http
+from .store import Store
 
-__all__ = ["Outbox", "SendHandle", "OutgoingEvent"]
+__all__ = ["Outbox", "OutboxEntry", "OutboxStatistics", "OutgoingEvent", "SendHandle", "Staging"]
+
+T = TypeVar("T")
 
 #: Pacing hint: the longest interval learned from 429s (Synapse's default
 #: rc_message allows one event per 5 s after its burst; a mislearnt pace costs
@@ -65,6 +69,122 @@ class OutgoingEvent:
     content: dict[str, Any]
     state_key: str | None = None
     lane: str = "default"
+
+
+class OutboxEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One event in the outbox, as stored in its table. ``txn_id`` is fixed when
+    the entry is made (:meth:`new`) and reused by every retry."""
+
+    room_id: str
+    event_type: str
+    #: The content, already encoded as JSON (sent as it is).
+    content: bytes
+    #: Set for a state event (possibly ``""``).
+    state_key: str | None = None
+    lane: str = "default"
+    txn_id: str
+    created_ms: int
+    #: The row id; 0 until the entry is stored.
+    id: int = 0
+
+    @classmethod
+    def new(
+        cls,
+        room_id: str,
+        event_type: str,
+        content: dict[str, Any] | bytes,
+        *,
+        state_key: str | None = None,
+        lane: str = "default",
+    ) -> OutboxEntry:
+        """An entry for ``content`` with a fresh transaction id (not stored yet)."""
+        if not isinstance(room_id, str) or not room_id.startswith("!"):
+            raise ConfigError(f"not a room id: {room_id!r}")
+        return cls(
+            room_id=room_id,
+            event_type=event_type,
+            content=content if isinstance(content, bytes) else _json.encode(content),
+            state_key=state_key,
+            lane=lane,
+            txn_id=new_txn_id(),
+            created_ms=int(time.time() * 1000),
+        )
+
+    def request(self) -> api.Request:
+        if self.state_key is None:
+            return api.send_event(self.room_id, self.event_type, self.txn_id, self.content)
+        # State PUTs have no txn id, but are idempotent: the same content again
+        # yields the same state.
+        return api.put_state(self.room_id, self.event_type, self.state_key, self.content)
+
+
+# -- the outbox table: SQL as functions over a connection ----------------------
+
+
+def insert_entries(conn: sqlite3.Connection, entries: Sequence[OutboxEntry]) -> list[OutboxEntry]:
+    """Store ``entries`` inside the caller's transaction; returns them with their ids."""
+    out = []
+    for e in entries:
+        cur = conn.execute(
+            "INSERT INTO outbox(room_id, event_type, state_key, content, txn_id, lane, "
+            "created_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (e.room_id, e.event_type, e.state_key, e.content, e.txn_id, e.lane, e.created_ms),
+        )
+        out.append(msgspec.structs.replace(e, id=int(cur.lastrowid or 0)))
+    return out
+
+
+def pending_entries(conn: sqlite3.Connection) -> list[OutboxEntry]:
+    rows = conn.execute(
+        "SELECT id, room_id, event_type, state_key, content, txn_id, lane, created_ms "
+        "FROM outbox ORDER BY id"
+    ).fetchall()
+    return [
+        OutboxEntry(id=r[0], room_id=r[1], event_type=r[2], state_key=r[3], content=bytes(r[4]),
+                    txn_id=r[5], lane=r[6], created_ms=r[7])
+        for r in rows
+    ]
+
+
+def delete_entry(conn: sqlite3.Connection, entry_id: int) -> None:
+    conn.execute("DELETE FROM outbox WHERE id=?", (entry_id,))
+
+
+class Staging:
+    """A feature's store transaction and the outbox entries staged in it.
+
+    Handed to the function given to ``Outbox.stage``: ``conn`` for the feature's
+    own tables, :meth:`add` for entries that must be committed with them (a
+    document's cache and its update, a publisher's sealed batch moving to the
+    outbox). They are scheduled once the transaction has committed.
+    """
+
+    __slots__ = ("conn", "_entries")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._entries: list[OutboxEntry] = []
+
+    def add(self, entry: OutboxEntry) -> OutboxEntry:
+        """Store ``entry`` in this transaction; returns it with its row id."""
+        (stored,) = insert_entries(self.conn, [entry])
+        self._entries.append(stored)
+        return stored
+
+
+class OutboxStatistics(msgspec.Struct, frozen=True):
+    """What the outbox has done since the client started."""
+
+    #: Events in the outbox now (stored, not yet answered).
+    pending: int
+    #: Events the homeserver accepted.
+    sent: int
+    #: Events the homeserver refused for good (dropped, their handle raised).
+    failed: int
+    #: 429 answers (each retried after ``retry_after_ms``).
+    rate_limited: int
+    #: Transient failures (network, 5xx, 401) retried with backoff.
+    retries: int
 
 
 class SendHandle:
@@ -111,7 +231,7 @@ class Outbox:
         self._store = store
         self._per_room = per_room
         self._handles: dict[int, SendHandle] = {}
-        self._lanes: dict[tuple[str, str], deque[OutboxRow]] = {}
+        self._lanes: dict[tuple[str, str], deque[OutboxEntry]] = {}
         self._active_lanes: set[tuple[str, str]] = set()
         self._room_limits: dict[str, anyio.Semaphore] = {}
         self._resume_at = 0.0  # monotonic time before which nothing is sent (429)
@@ -120,7 +240,7 @@ class Outbox:
         self._pace = 0.0
         self._last_sent_at = -math.inf
         self._tg: TaskGroup | None = None
-        self._backlog: list[OutboxRow] = []
+        self._backlog: list[OutboxEntry] = []
         #: Counters for statistics() and tests.
         self.sent = 0
         self.failed = 0
@@ -134,28 +254,27 @@ class Outbox:
 
     async def enqueue_many(self, events: Sequence[OutgoingEvent]) -> list[SendHandle]:
         """Persist ``events`` in one transaction, then schedule them; order is kept per lane."""
-        now = int(time.time() * 1000)
-        prepared = []
-        for ev in events:
-            if not ev.room_id.startswith("!"):
-                raise ConfigError(f"not a room id: {ev.room_id!r}")
-            prepared.append(
-                (
-                    ev.room_id,
-                    ev.event_type,
-                    ev.state_key,
-                    _json.encode(ev.content),
-                    new_txn_id(),
-                    ev.lane,
-                    now,
-                )
-            )
-        ids = await self._store.run(lambda c: Store.outbox_insert(c, prepared))
-        rows = [OutboxRow(i, *p) for i, p in zip(ids, prepared, strict=True)]
-        return self.schedule(rows)
+        entries = [
+            OutboxEntry.new(ev.room_id, ev.event_type, ev.content, state_key=ev.state_key,
+                            lane=ev.lane)
+            for ev in events
+        ]
+        stored = await self._store.run(lambda c: insert_entries(c, entries))
+        return self._schedule(stored)
 
-    def schedule(self, rows: Sequence[OutboxRow]) -> list[SendHandle]:
-        """Schedule rows already committed to the store (see ``Store.outbox_insert``)."""
+    async def stage(self, fn: Callable[[Staging], T]) -> tuple[T, list[SendHandle]]:
+        """Run ``fn`` in one store transaction with a :class:`Staging`; the entries it
+        adds are committed with the rest of that transaction, then scheduled."""
+
+        def work(conn: sqlite3.Connection) -> tuple[T, list[OutboxEntry]]:
+            staging = Staging(conn)
+            return fn(staging), staging._entries
+
+        result, entries = await self._store.run(work)
+        return result, self._schedule(entries)
+
+    def _schedule(self, rows: Sequence[OutboxEntry]) -> list[SendHandle]:
+        """Schedule entries already committed to the store."""
         handles = []
         for row in rows:
             handle = self._handles.get(row.id)
@@ -183,17 +302,17 @@ class Outbox:
         """Send until cancelled; first reload what a previous process left in the store."""
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            restored = await self._store.outbox_pending()
+            restored = await self._store.run(pending_entries)
             if restored:
                 log.info("outbox: resuming %d unsent event(s) from the store", len(restored))
-            self.schedule(restored)
+            self._schedule(restored)
             backlog, self._backlog = self._backlog, []
             for row in backlog:
                 self._push(row)
             task_status.started()
             await anyio.sleep_forever()
 
-    def _push(self, row: OutboxRow) -> None:
+    def _push(self, row: OutboxEntry) -> None:
         key = (row.room_id, row.lane)
         self._lanes.setdefault(key, deque()).append(row)
         if key not in self._active_lanes:
@@ -215,7 +334,7 @@ class Outbox:
             if not queue:
                 self._lanes.pop(key, None)
 
-    async def _send_until_answered(self, row: OutboxRow) -> None:
+    async def _send_until_answered(self, row: OutboxEntry) -> None:
         backoff = Backoff(base=0.5, cap=30.0)
         handle = self._handles[row.id]
         throttled = False
@@ -253,12 +372,12 @@ class Outbox:
                     "homeserver refused %s in %s for good: %s; event dropped from the outbox",
                     row.event_type, row.room_id, exc,
                 )
-                await self._store.outbox_done(row.id)
+                await self._store.run(lambda c: delete_entry(c, row.id))
                 self._handles.pop(row.id, None)
                 handle._resolve(None, exc)
                 return
             self._sent_paced(throttled)
-            await self._store.outbox_done(row.id)
+            await self._store.run(lambda c: delete_entry(c, row.id))
             self.sent += 1
             self._handles.pop(row.id, None)
             handle._resolve(event_id)
@@ -293,30 +412,18 @@ class Outbox:
         """
         return max(self._resume_at, self._last_sent_at + self._pace)
 
-    async def _send_once(self, row: OutboxRow) -> str:
-        if row.state_key is None:
-            path = (
-                f"/_matrix/client/v3/rooms/{q(row.room_id)}/send/"
-                f"{q(row.event_type)}/{q(row.txn_id)}"
-            )
-        else:
-            # State PUTs have no txn id, but are idempotent: the same content again
-            # yields the same state.
-            path = (
-                f"/_matrix/client/v3/rooms/{q(row.room_id)}/state/"
-                f"{q(row.event_type)}/{q(row.state_key)}"
-            )
-        answer = await self._http.request("PUT", path, row.content)
+    async def _send_once(self, row: OutboxEntry) -> str:
+        answer = await self._http.call(row.request())
         event_id = answer.get("event_id")
         if not isinstance(event_id, str):
             raise TransientError(f"send answer without event_id: {answer!r:.200}")
         return event_id
 
-    def statistics(self) -> dict[str, int]:
-        return {
-            "pending": self.pending,
-            "sent": self.sent,
-            "failed": self.failed,
-            "rate_limited": self.rate_limited,
-            "retries": self.retries,
-        }
+    def statistics(self) -> OutboxStatistics:
+        return OutboxStatistics(
+            pending=self.pending,
+            sent=self.sent,
+            failed=self.failed,
+            rate_limited=self.rate_limited,
+            retries=self.retries,
+        )

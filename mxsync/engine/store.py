@@ -1,8 +1,9 @@
 """The client's local store: one SQLite file per client.
 
 It owns every byte a client must not lose: its session (device id, access
-token), the sync token, the outbox, and per-feature key/value caches (document
-state, publisher buffers).
+token), the sync token, the outbox's table (its rows and their SQL are
+:mod:`mxsync.engine.outbox`'s), and the features' tables (document caches,
+publisher buffers), each feature owning the SQL of its own.
 
 Invariants:
 - A write method returns only after its transaction is committed; callers may
@@ -24,15 +25,14 @@ import functools
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 
-__all__ = ["Store", "OutboxRow"]
+__all__ = ["Store"]
 
 T = TypeVar("T")
 
@@ -54,20 +54,6 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_ms INTEGER NOT NULL
 );
 """
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    """One event waiting to be sent. ``txn_id`` was fixed when it was enqueued."""
-
-    id: int
-    room_id: str
-    event_type: str
-    state_key: str | None
-    content: bytes
-    txn_id: str
-    lane: str
-    created_ms: int
 
 
 class Store:
@@ -186,41 +172,3 @@ class Store:
 
     async def kv_delete(self, ns: str, key: str) -> None:
         await self.run(lambda c: c.execute("DELETE FROM kv WHERE ns=? AND key=?", (ns, key)))
-
-    # -- outbox ----------------------------------------------------------
-
-    @staticmethod
-    def outbox_insert(
-        conn: sqlite3.Connection,
-        rows: Iterable[tuple[str, str, str | None, bytes, str, str, int]],
-    ) -> list[int]:
-        """Insert outbox rows inside a caller's transaction (see :meth:`run`).
-
-        Each row is (room_id, event_type, state_key, content, txn_id, lane, created_ms).
-        Features use this to enqueue an event and update their own state atomically.
-        """
-        ids = []
-        for row in rows:
-            cur = conn.execute(
-                "INSERT INTO outbox(room_id, event_type, state_key, content, txn_id, lane, "
-                "created_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                row,
-            )
-            ids.append(int(cur.lastrowid or 0))
-        return ids
-
-    async def outbox_pending(self) -> list[OutboxRow]:
-        def q(conn: sqlite3.Connection) -> list[OutboxRow]:
-            rows = conn.execute(
-                "SELECT id, room_id, event_type, state_key, content, txn_id, lane, created_ms "
-                "FROM outbox ORDER BY id"
-            ).fetchall()
-            return [OutboxRow(r[0], r[1], r[2], r[3], bytes(r[4]), r[5], r[6], r[7]) for r in rows]
-
-        return await self.run(q)
-
-    async def outbox_done(self, row_id: int) -> None:
-        await self.run(lambda c: c.execute("DELETE FROM outbox WHERE id=?", (row_id,)))
-
-    async def outbox_count(self) -> int:
-        return await self.run(lambda c: int(c.execute("SELECT count(*) FROM outbox").fetchone()[0]))

@@ -58,26 +58,25 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
+import msgspec
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..errors import MatrixError, RateLimitedError, TransientError
-from ..protocol.types import NAMESPACE
-from .events import RoomEvent, parse_event
-from .http import Backoff, Http, q
+from ..protocol import api
+from ..protocol.types import CREATE, NAMESPACE, POWER_LEVELS
+from .events import MessagesPage, RoomEvent, parse_events, parse_page
+from .http import Backoff, Http
+from .pages import paginate
 from .store import Store
 
-__all__ = ["SyncLoop", "Status", "SYNC_TYPES"]
-
-#: Filter for /context, which otherwise answers the whole room state at the
-#: event too: none of it (a token is all we ask it for).
-CONTEXT_FILTER = json.dumps({"types": [], "lazy_load_members": True})
+__all__ = ["SyncLoop", "Status", "SyncStatistics", "SYNC_TYPES"]
 
 log = logging.getLogger("mxsync.sync")
 
 #: Event types the sync filter lets through: mxsync's namespace plus the
 #: state the engine needs to judge permissions.
-SYNC_TYPES: tuple[str, ...] = (f"{NAMESPACE}.*", "m.room.power_levels", "m.room.create")
+SYNC_TYPES: tuple[str, ...] = (f"{NAMESPACE}.*", POWER_LEVELS, CREATE)
 
 _NS = "sync"
 _NS_LAST = "sync.last"
@@ -94,6 +93,19 @@ class Status:
     failures: int = 0
     syncs: int = 0
     since: str | None = None
+
+
+class SyncStatistics(msgspec.Struct, frozen=True):
+    """What the sync loop has done since the client started."""
+
+    #: "connecting", "synced", "backing_off" or "stopped".
+    state: str
+    #: /sync answers processed.
+    syncs: int
+    #: Events handed to consumers (live batches only).
+    events: int
+    #: Limited timelines whose gap was filled from /messages.
+    gap_fills: int
 
 
 @dataclass(eq=False)
@@ -206,6 +218,10 @@ class SyncLoop:
     async def wait_synced(self) -> None:
         await self._synced.wait()
 
+    def statistics(self) -> SyncStatistics:
+        return SyncStatistics(state=self.status.state, syncs=self.status.syncs,
+                              events=self.events_delivered, gap_fills=self.gap_fills)
+
     def filter_json(self) -> str:
         types = list(SYNC_TYPES)
         room_filter = {
@@ -304,17 +320,9 @@ class SyncLoop:
     async def sync_once(self, timeout_ms: int | None = None) -> bool:
         """One /sync round trip, dispatched and persisted. Returns whether it had events."""
         since = self.status.since
-        query: dict[str, Any] = {
-            "filter": self.filter_json(),
-            "timeout": 0 if since is None else (self.timeout_ms if timeout_ms is None
-                                                 else timeout_ms),
-        }
-        if since is not None:
-            query["since"] = since
-        http_timeout = query["timeout"] / 1000 + 30
-        resp = await self._http.request(
-            "GET", "/_matrix/client/v3/sync", query=query, http_timeout=http_timeout
-        )
+        timeout = 0 if since is None else (self.timeout_ms if timeout_ms is None else timeout_ms)
+        resp = await self._http.call(api.sync(self.filter_json(), since, timeout),
+                                     http_timeout=timeout / 1000 + 30)
         next_batch = resp.get("next_batch")
         if not isinstance(next_batch, str):
             raise TransientError("sync answer without next_batch")
@@ -386,8 +394,8 @@ class SyncLoop:
         raw_state = state.get("events") if isinstance(state.get("events"), list) else []
         raw_timeline = timeline.get("events") if isinstance(timeline.get("events"), list) else []
         assert isinstance(raw_state, list) and isinstance(raw_timeline, list)
-        state_events = self._parse_all(room_id, raw_state)
-        timeline_events = self._parse_all(room_id, raw_timeline)
+        state_events = parse_events(room_id, raw_state)
+        timeline_events = parse_events(room_id, raw_timeline)
         mem = self._rooms.get(room_id)
         prev_batch = timeline.get("prev_batch")
         if not (
@@ -410,16 +418,6 @@ class SyncLoop:
         )
         for ev in timeline_events:
             await self._deliver(ev, batch, timeline=True)
-
-    def _parse_all(self, room_id: str, raws: list[Any]) -> list[RoomEvent]:
-        out = []
-        for raw in raws:
-            ev = parse_event(room_id, raw)
-            if ev is None:
-                log.warning("skipping a malformed event in %s: %.200r", room_id, raw)
-                continue
-            out.append(ev)
-        return out
 
     # -- gap fill -------------------------------------------------------------
 
@@ -473,33 +471,22 @@ class SyncLoop:
         log.debug("filled a gap of %d event(s) in %s", count, room_id)
 
     async def _messages(
-        self, room_id: str, token: str, direction: str, *, to: str | None = None
-    ) -> tuple[list[Any], str | None]:
-        """One /messages page: its raw events and the token to go on from (None at the end)."""
-        query = {"from": token, "dir": direction,
-                 "limit": max(1, min(self.gap_page_events, 1000)),
-                 "filter": self._messages_filter()}
-        if to is not None:
-            query["to"] = to
-        page = await self._http.request(
-            "GET", f"/_matrix/client/v3/rooms/{q(room_id)}/messages", query=query
-        )
-        chunk = page.get("chunk") if isinstance(page.get("chunk"), list) else []
-        assert isinstance(chunk, list)
-        end = page.get("end")
-        # No end token, or one that does not move: nothing further that way.
-        return chunk, end if isinstance(end, str) and end != token else None
+        self, room_id: str, token: str | None, direction: api.Direction, *,
+        to: str | None = None,
+    ) -> MessagesPage:
+        """One /messages page of the sync filter's types."""
+        answer = await self._http.call(api.room_messages(
+            room_id, token, direction, self.gap_page_events,
+            filter_json=self._messages_filter(), to=to,
+        ))
+        return parse_page(room_id, answer)
 
     async def _gap_start(
         self, room_id: str, prev_batch: str, last_event_id: str, block: set[str]
     ) -> _GapStart:
         """A token right after ``last_event_id``, from /context (one request)."""
         try:
-            answer = await self._http.request(
-                "GET",
-                f"/_matrix/client/v3/rooms/{q(room_id)}/context/{q(last_event_id)}",
-                query={"limit": 0, "filter": CONTEXT_FILTER},
-            )
+            answer = await self._http.call(api.room_context(room_id, last_event_id))
         except RateLimitedError:
             raise
         except MatrixError as exc:
@@ -522,27 +509,27 @@ class SyncLoop:
         token = prev_batch
         passed = 0
         covered: set[str] = set()
-        while True:
-            chunk, end = await self._messages(room_id, token, "b")
-            ids = [raw.get("event_id") if isinstance(raw, dict) else None for raw in chunk]
+        found = False
+        inside: list[RoomEvent] = []
+        async for page in paginate(lambda t: self._messages(room_id, t, "b"), prev_batch):
+            ids = [ev.event_id for ev in page.events]
             found = stop_at in ids
-            inside = chunk[: ids.index(stop_at)] if found else chunk
+            inside = page.events[: ids.index(stop_at)] if found else page.events
             covered.update(i for i in ids[: len(inside)] if i in block)
             passed += len(inside)
-            if not found and end is not None and passed < self.max_gap_events:
-                token = end
-                continue
-            if not found:
-                if end is None:
-                    log.warning("%s: the last delivered event is not in the room's "
-                                "history; delivering all of it (%d events)", room_id, passed)
-                else:
-                    log.error("%s: the last delivered event is not within the last %d "
-                              "events; delivering the newest only", room_id, passed)
-            # The page holds the gap's oldest events (newest first), ``token`` is
-            # right after them.
-            head = self._parse_all(room_id, inside[::-1])
-            return _GapStart(token=token, head=head, reached=found, covered=covered)
+            if found or passed >= self.max_gap_events:
+                break
+            # ``token`` stays right after the page the search stops in.
+            token = page.end or token
+        else:
+            log.warning("%s: the last delivered event is not in the room's history; "
+                        "delivering all of it (%d events)", room_id, passed)
+        if not found and passed >= self.max_gap_events:
+            log.error("%s: the last delivered event is not within the last %d events; "
+                      "delivering the newest only", room_id, passed)
+        # The page holds the gap's oldest events (newest first), ``token`` is right
+        # after them.
+        return _GapStart(token=token, head=inside[::-1], reached=found, covered=covered)
 
     async def _page_forwards(
         self,
@@ -555,22 +542,14 @@ class SyncLoop:
         """Page /messages forwards from ``token`` to ``to`` (or to the first of
         ``stop_ids``), delivering each page before fetching the next."""
         count = 0
-        next_token: str | None = token
-        while next_token is not None:
-            chunk, end = await self._messages(room_id, next_token, "f", to=to)
-            for raw in chunk:
-                if isinstance(raw, dict) and raw.get("event_id") in stop_ids:
+        async for page in paginate(lambda t: self._messages(room_id, t, "f", to=to), token):
+            # An empty page with an end token: events we may not see; go on.
+            for ev in page.events:
+                if ev.event_id in stop_ids:
                     # Reached the timeline (a server that does not honour ``to``).
                     return count
-                ev = parse_event(room_id, raw)
-                if ev is None:
-                    log.warning("skipping a malformed event in %s: %.200r", room_id, raw)
-                    continue
                 await deliver(ev)
                 count += 1
-            # An empty page with an end token: events we may not see; go on.
-            next_token = end
-            del chunk
         return count
 
     # -- delivery -------------------------------------------------------------

@@ -21,6 +21,8 @@ __all__ = [
     "MAX_EVENT_BYTES",
     "MAX_CONTENT_BYTES",
     "MAX_SAFE_INT",
+    "POWER_LEVELS",
+    "CREATE",
 ]
 
 NAMESPACE = "org.mxsync"
@@ -37,6 +39,10 @@ READINGS = "org.mxsync.readings"
 SENSOR = "org.mxsync.sensor"
 #: State event announcing a device (birth / last will); state_key is the device id.
 DEVICE = "org.mxsync.device"
+
+#: The Matrix state events mxsync reads to judge whose events count.
+POWER_LEVELS = "m.room.power_levels"
+CREATE = "m.room.create"
 
 STATE_TYPES: tuple[str, ...] = (DOC, SENSOR, DEVICE)
 TIMELINE_TYPES: tuple[str, ...] = (DOC_UPDATE, DOC_SNAPSHOT, READINGS)

@@ -7,7 +7,7 @@ It owns three tables in the client's store (created on first use)::
     stream_sealed   encoded org.mxsync.readings contents waiting for the outbox
 
 and the synchronous functions that change them; the publisher runs each one
-inside ``Store.run`` (one committed transaction each).
+inside ``Engine.run_sql`` / ``Engine.stage`` (one committed transaction each).
 
 Invariants:
 - A reading is in exactly one of these places at every commit: a chunk, a
@@ -30,7 +30,7 @@ from typing import TypeAlias
 
 import msgspec
 
-from ..engine.store import Store
+from ..engine.outbox import OutboxEntry, Staging
 from ..protocol.readings import Value
 from ..protocol.types import MAX_SAFE_INT
 
@@ -197,14 +197,10 @@ def set_next_seq(conn: sqlite3.Connection, room_id: str, device: str, next_seq: 
     )
 
 
-def to_outbox(
-    conn: sqlite3.Connection,
-    sealed_id: int,
-    row: tuple[str, str, str | None, bytes, str, str, int],
-) -> int:
-    """Move one sealed batch into the outbox; returns the outbox row id."""
-    conn.execute("DELETE FROM stream_sealed WHERE id=?", (sealed_id,))
-    return Store.outbox_insert(conn, [row])[0]
+def to_outbox(tx: Staging, sealed_id: int, entry: OutboxEntry) -> None:
+    """Move one sealed batch into the outbox, in one transaction."""
+    tx.conn.execute("DELETE FROM stream_sealed WHERE id=?", (sealed_id,))
+    tx.add(entry)
 
 
 def drop_sealed(conn: sqlite3.Connection, ids: list[int]) -> None:

@@ -19,9 +19,8 @@ the scan (both in ms):
 sender's power level under the levels in force at the event's place in the
 timeline (PROTOCOL.md 1.3; the caller follows them and passes them in), the
 content's validity (a malformed batch is skipped and logged once per sender),
-shared by the live subscriber and history. :func:`levels_backwards` finds
-those levels for a page read backwards (``engine.events.judge_state`` does it
-for the room's current state).
+shared by the live subscriber and history. Those levels come from
+:mod:`mxsync.engine.authz`, the one owner of that rule.
 """
 
 from __future__ import annotations
@@ -30,30 +29,20 @@ import logging
 import math
 from collections.abc import Callable, Iterable
 from operator import attrgetter
-from typing import TYPE_CHECKING
 
 import msgspec
 
-from ..engine.events import (
-    CREATE,
-    POWER_LEVELS,
-    PowerLevels,
-    RoomEvent,
-    power_levels_before,
-    room_creators,
-)
+from ..engine.authz import PowerLevels, power_levels_before, room_creators
+from ..engine.events import RoomEvent
+from ..engine.surface import Engine
 from ..errors import ConfigError, ProtocolError
 from ..protocol.readings import MAX_T_MS, Reading, ReadingsBatch, parse_batch
-from ..protocol.types import READINGS
-
-if TYPE_CHECKING:
-    from ..engine.client import Client, MessagesPage
+from ..protocol.types import CREATE, POWER_LEVELS, READINGS
 
 __all__ = [
     "Bucket",
     "HistoryProgress",
     "BatchReader",
-    "levels_backwards",
     "read_history",
     "aggregate",
     "bucket_bounds",
@@ -94,7 +83,7 @@ class Bucket(msgspec.Struct, frozen=True, kw_only=True):
 class BatchReader:
     """Validates ``org.mxsync.readings`` events of one room; logs each bad sender once."""
 
-    def __init__(self, client: Client, room_id: str) -> None:
+    def __init__(self, client: Engine, room_id: str) -> None:
         self._client = client
         self._room = room_id
         self._warned: set[tuple[str, str]] = set()
@@ -143,27 +132,6 @@ class BatchReader:
             log.warning(msg, *args)
 
 
-async def levels_backwards(
-    client: Client, room_id: str, page: MessagesPage, creators: frozenset[str]
-) -> list[PowerLevels]:
-    """The power levels in force at each event of ``page``, a page of
-    ``m.room.power_levels`` and other events read backwards (newest first)."""
-    levels = [PowerLevels(None, creators)] * len(page.events)
-    if not page.events:
-        return levels
-    oldest = page.events[-1]
-    if oldest.type == POWER_LEVELS and oldest.state_key == "":
-        now = PowerLevels(oldest.content, creators)  # only the events after it need levels
-    else:
-        now = PowerLevels(await power_levels_before(client, room_id, page.end), creators)
-    for i in range(len(page.events) - 1, -1, -1):
-        levels[i] = now
-        now = now.after(page.events[i])
-    return levels
-
-
-
-
 def check_range(start_ms: int, end_ms: int) -> None:
     for name, v in (("start_ms", start_ms), ("end_ms", end_ms)):
         if type(v) is not int or not 0 <= v <= MAX_T_MS:
@@ -171,7 +139,7 @@ def check_range(start_ms: int, end_ms: int) -> None:
 
 
 async def read_history(
-    client: Client,
+    client: Engine,
     room_id: str,
     sensor: str,
     start_ms: int,

@@ -30,18 +30,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import anyio
 from anyio.abc import TaskStatus
 
-from ..engine.http import Backoff, q
+from ..engine.http import Backoff
+from ..engine.surface import Engine
 from ..errors import HomeserverUnavailable, MatrixError, RateLimitedError, TransientError
+from ..protocol import api
 from ..protocol.readings import DeviceState, to_content
 from ..protocol.types import DEVICE
-
-if TYPE_CHECKING:
-    from ..engine.client import Client
 
 __all__ = ["Presence", "PresenceMode"]
 
@@ -49,7 +48,6 @@ log = logging.getLogger("mxsync.streams.presence")
 
 PresenceMode = Literal["will", "heartbeat"]
 
-_DELAYED = "/_matrix/client/unstable/org.matrix.msc4140/delayed_events"
 
 
 def _now_ms() -> int:
@@ -61,7 +59,7 @@ class Presence:
 
     def __init__(
         self,
-        client: Client,
+        client: Engine,
         room_id: str,
         device: str,
         *,
@@ -164,7 +162,7 @@ class Presence:
     async def _will_supported(self) -> bool:
         """Probe the delayed-events API and cancel wills a previous run left behind."""
         try:
-            answer = await self._client.http.request("GET", _DELAYED)
+            answer = await self._client.request(api.delayed_events())
         except MatrixError as exc:
             if isinstance(exc, RateLimitedError):
                 raise
@@ -184,12 +182,10 @@ class Presence:
         return True
 
     async def _arm(self) -> None:
-        path = f"/_matrix/client/v3/rooms/{q(self._room)}/state/{q(DEVICE)}/{q(self._device)}"
         will = self._state(online=False, reason="last-will")
         try:
-            answer = await self._client.http.request(
-                "PUT", path, will, query={"org.matrix.msc4140.delay": self._offline_after_ms}
-            )
+            answer = await self._client.request(api.delayed_state(
+                self._room, DEVICE, self._device, will, self._offline_after_ms))
         except MatrixError as exc:
             if isinstance(exc, RateLimitedError):
                 raise
@@ -213,9 +209,9 @@ class Presence:
             state_key=self._device, lane=self._lane,
         )
 
-    async def _manage(self, delay_id: str, action: str) -> None:
+    async def _manage(self, delay_id: str, action: Literal["send", "cancel", "restart"]) -> None:
         try:
-            await self._client.http.request("POST", f"{_DELAYED}/{q(delay_id)}", {"action": action})
+            await self._client.request(api.delayed_event_action(delay_id, action))
         except MatrixError as exc:
             if exc.errcode != "M_NOT_FOUND":
                 raise
@@ -225,9 +221,7 @@ class Presence:
             await self._announce()
             return
         try:
-            await self._client.http.request(
-                "POST", f"{_DELAYED}/{q(self._delay_id)}", {"action": "restart"}
-            )
+            await self._client.request(api.delayed_event_action(self._delay_id, "restart"))
             self.restarts += 1
         except RateLimitedError as exc:
             await anyio.sleep((exc.retry_after_ms or 1000) / 1000)

@@ -35,12 +35,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-import uuid
 from collections import deque
 from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import anyio
 import anyio.lowlevel
@@ -48,7 +47,7 @@ import msgspec
 from anyio.abc import TaskGroup
 
 from ..engine.outbox import SendHandle
-from ..engine.store import OutboxRow
+from ..engine.surface import Engine
 from ..engine.taskgroups import exit_stack
 from ..errors import BufferFull, ConfigError, MatrixError, MxsyncError
 from ..protocol.readings import (
@@ -64,9 +63,6 @@ from . import buffer
 from .buffer import Row, SealedRow
 from .presence import Presence
 from .sensors import SensorInfo, Sensors
-
-if TYPE_CHECKING:
-    from ..engine.client import Client
 
 __all__ = ["Publisher", "BufferFull", "OverflowPolicy"]
 
@@ -112,7 +108,7 @@ class Publisher:
 
     def __init__(
         self,
-        client: Client,
+        client: Engine,
         room_id: str,
         device: str,
         *,
@@ -243,7 +239,7 @@ class Publisher:
 
     async def __aenter__(self) -> Publisher:
         room, device = self._room, self._device
-        loaded = await self._client.store.run(lambda c: buffer.load(c, room, device))
+        loaded = await self._client.run_sql(lambda c: buffer.load(c, room, device))
         self._session, self._next_seq = loaded.session, loaded.next_seq
         for sealed in loaded.sealed:
             sealed.start, sealed.end = -1, 0  # older than anything of this run
@@ -621,7 +617,7 @@ class Publisher:
                 if c[1] < end < c[2]:
                     cut = c
                     rewrite = (c[0], self._buf[end - self._base : c[2] - self._base])
-            ids = await self._client.store.run(
+            ids = await self._client.run_sql(
                 lambda conn: buffer.seal(conn, room, device, out, delete, rewrite, next_seq)
             )
             while self._chunks and self._chunks[0][2] <= end:
@@ -645,11 +641,8 @@ class Publisher:
         sealed = self._sealed.popleft()
         self._sealed_n -= sealed.n
         self._inflight.append(sealed)
-        txn_id = f"mxs{uuid.uuid4().hex}"
-        values = (self._room, READINGS, None, sealed.content, txn_id, self._lane,
-                  int(time.time() * 1000))
-        row_id = await self._client.store.run(lambda c: buffer.to_outbox(c, sealed.id, values))
-        (handle,) = self._client.outbox.schedule([OutboxRow(row_id, *values)])
+        entry = self._client.new_entry(self._room, READINGS, sealed.content, lane=self._lane)
+        _, (handle,) = await self._client.stage(lambda tx: buffer.to_outbox(tx, sealed.id, entry))
         assert self._tg is not None
         self._tg.start_soon(self._delivered, sealed, handle)
         self._notify()
@@ -694,7 +687,7 @@ class Publisher:
         self._drop_sealed(len(self._buf) + self._sealed_n - self._max_buffered)
         if self._drop_ids:
             ids, self._drop_ids = self._drop_ids, []
-            await self._client.store.run(lambda c: buffer.drop_sealed(c, ids))
+            await self._client.run_sql(lambda c: buffer.drop_sealed(c, ids))
             self._notify()
 
     # -- write-behind -----------------------------------------------------------------
@@ -717,7 +710,7 @@ class Publisher:
             if end <= start:
                 return
             rows = self._buf[start - self._base : end - self._base]
-            cid = await self._client.store.run(
+            cid = await self._client.run_sql(
                 lambda c: buffer.append_chunk(c, room, device, rows)
             )
             self._chunks.append([cid, start, end])

@@ -35,20 +35,15 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ..engine.events import (
-    CREATE,
-    POWER_LEVELS,
-    PowerLevels,
-    RoomEvent,
-    judge_state,
-    room_creators,
-)
+from ..engine.authz import PowerLevels, judge_state, levels_backwards, room_creators
+from ..engine.events import RoomEvent
+from ..engine.surface import Engine
 from ..engine.taskgroups import exit_stack
 from ..errors import ConfigError, ProtocolError
 from ..protocol.readings import (
@@ -59,19 +54,15 @@ from ..protocol.readings import (
     validate_device_id,
     validate_sensor_id,
 )
-from ..protocol.types import DEVICE, READINGS, SENSOR
+from ..protocol.types import CREATE, DEVICE, POWER_LEVELS, READINGS, SENSOR
 from .history import (
     BatchReader,
     Bucket,
     HistoryProgress,
     aggregate,
     by_time,
-    levels_backwards,
     read_history,
 )
-
-if TYPE_CHECKING:
-    from ..engine.client import Client
 
 __all__ = ["Subscriber", "DeviceStatus"]
 
@@ -121,7 +112,7 @@ class Subscriber:
 
     def __init__(
         self,
-        client: Client,
+        client: Engine,
         room_id: str,
         sensors: Iterable[str] | None = None,
         *,

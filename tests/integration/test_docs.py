@@ -27,8 +27,8 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from mxsync import Client, ForbiddenError, OutgoingEvent, RoomEvent, SyncedDoc
-from mxsync.engine.http import q
 from mxsync.protocol import docs as proto
+from mxsync.protocol.api import q
 from mxsync.protocol.types import DOC_SNAPSHOT, DOC_UPDATE
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(240)]

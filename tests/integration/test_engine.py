@@ -16,7 +16,8 @@ import pytest
 
 from mxsync import Client, ForbiddenError, HomeserverUnavailable, LoginError, OutgoingEvent
 from mxsync.devserver import Credentials
-from mxsync.engine.events import POWER_LEVELS, PowerLevels, RoomEvent, room_creators
+from mxsync.engine.authz import PowerLevels, room_creators
+from mxsync.engine.events import POWER_LEVELS, RoomEvent
 from mxsync.engine.store import Store
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(600)]

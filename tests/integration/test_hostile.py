@@ -33,8 +33,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from mxsync import Client, ForbiddenError, Reading, RoomEvent
-from mxsync.engine.client import MessagesPage
-from mxsync.engine.http import q
+from mxsync.engine.authz import levels_backwards
+from mxsync.engine.events import MessagesPage
+from mxsync.protocol.api import q
 from mxsync.protocol.docs import decode_state_vector
 from mxsync.protocol.readings import (
     MAX_T_MS,
@@ -53,7 +54,7 @@ from mxsync.protocol.types import (
     READINGS,
     SENSOR,
 )
-from mxsync.streams.history import BatchReader, levels_backwards
+from mxsync.streams.history import BatchReader
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(240)]
 

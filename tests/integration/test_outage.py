@@ -102,8 +102,8 @@ async def test_outage_of_20s_loses_nothing_and_does_not_spin(tmp_path):
                     pytest.fail(f"duplicate after the outage: {extra.content}")
                 assert alice.status.state == "synced" and bob.status.state == "synced"
                 for c in (alice, bob):  # the probe saw the server down, then back
-                    live = c.statistics()["liveness"]
-                    assert live["up"] is True and live["recoveries"] >= 1, live
+                    live = c.statistics().liveness
+                    assert live.up is True and live.recoveries >= 1, live
     print(f"\nrequests during the {outage:.1f} s outage: {during}, of which probes {probes}; "
           f"seconds after restart: { {k: round(v, 2) for k, v in recovered.items()} }")
     assert got == list(range(20))

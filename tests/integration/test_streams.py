@@ -20,6 +20,7 @@ import anyio.lowlevel
 import pytest
 
 from mxsync import Client, ConfigError, Reading, RoomEvent
+from mxsync.protocol import api
 from mxsync.protocol.readings import BatchEncoder, DeviceState, decode_batch, to_content
 from mxsync.protocol.types import DEVICE, READINGS
 from mxsync.sensor_cli import parse_time, parse_value
@@ -319,8 +320,7 @@ async def test_clean_exit_marks_offline_at_once_and_cancels_the_will(make_user, 
     assert (death.online, death.reason, death.session) == (False, "shutdown", birth.session)
     assert death.last_seq == 0
     # No last will is left on the homeserver to mark the device offline again later.
-    pending = await dev.http.request(
-        "GET", "/_matrix/client/unstable/org.matrix.msc4140/delayed_events")
+    pending = await dev.http.call(api.delayed_events())
     assert pending["delayed_events"] == []
 
 
@@ -348,19 +348,18 @@ async def test_a_will_that_fired_while_alive_is_answered_with_a_new_birth(
 ):
     """As after a partition longer than the delay: the homeserver sent the will."""
     dash, dev, room, *_ = await sensor_room(make_user, make_client)
-    delayed = "/_matrix/client/unstable/org.matrix.msc4140/delayed_events"
     async with dash.subscribe(room) as sub:
         async with dev.publisher(room, device="cam", offline_after=3.0) as pub:
             with anyio.fail_after(30):
                 await pub.wait_online()
                 await sub.wait_device("cam", online=True)
-            (will,) = (await dev.http.request("GET", delayed))["delayed_events"]
-            await dev.http.request("POST", f"{delayed}/{will['delay_id']}", {"action": "send"})
+            (will,) = (await dev.http.call(api.delayed_events()))["delayed_events"]
+            await dev.http.call(api.delayed_event_action(will["delay_id"], "send"))
             with anyio.fail_after(30):
                 dead = await sub.wait_device("cam", online=False)
                 alive = await sub.wait_device("cam", online=True)
             assert (dead.reason, alive.reason) == ("last-will", "birth")
-            (again,) = (await dev.http.request("GET", delayed))["delayed_events"]
+            (again,) = (await dev.http.call(api.delayed_events()))["delayed_events"]
             assert again["delay_id"] != will["delay_id"]
 
 

@@ -11,7 +11,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from mxsync.engine.events import RoomEvent, parse_event, power_level_allows, room_creators
+from mxsync.engine.authz import power_level_allows, room_creators
+from mxsync.engine.events import RoomEvent, parse_event
 from mxsync.engine.http import Backoff, Liveness
 from mxsync.engine.store import Store
 from mxsync.engine.sync import SyncLoop

@@ -1,23 +1,23 @@
-"""Client: one Matrix account, one nio AsyncClient, one store, one sync loop, one outbox.
+"""Connection: one Matrix account, one nio AsyncClient, one store, one sync loop, one outbox.
 
-``async with Client(...) as client:`` logs in (reusing the session kept in the
-store, so that transaction ids stay valid across restarts), starts the sync
-loop and the outbox in the client's task group, and stops both on exit.
-Features (documents, sensor streams) are built on the small surface this
-class offers: ``send``/``send_many`` (through the outbox), ``room_events``
-(from the sync loop), ``messages``/``room_state`` (history and state), and
-``may_send`` (power levels).
+``async with Connection(...)`` logs in (reusing the session kept in the store,
+so that transaction ids stay valid across restarts), starts the sync loop and
+the outbox in its task group, and stops both on exit. It owns those parts;
+features never see them: they use the :class:`~mxsync.engine.surface.Engine`
+surface this class implements. The Client users see
+(:class:`mxsync.client.Client`) is this plus the features.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import AsyncIterator, Iterable, Sequence
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Self, TypeVar
 
 import aiohttp
 import anyio
@@ -27,31 +27,23 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from nio import AsyncClient, AsyncClientConfig
 
 from ..errors import ConfigError, LoginError, MatrixError
-from ..protocol.types import ALL_TYPES
-from .events import RoomEvent, parse_event, power_level_allows, room_creators
-from .http import Backoff, Http, q, retrying
-from .outbox import Outbox, OutgoingEvent, SendHandle
+from ..protocol import api
+from ..protocol.types import ALL_TYPES, CREATE, POWER_LEVELS
+from .authz import power_level_allows, room_creators
+from .events import MessagesPage, RoomEvent, parse_event, parse_events, parse_page
+from .http import Backoff, Http, retrying
+from .outbox import Outbox, OutboxEntry, OutgoingEvent, SendHandle, Staging
+from .pages import paginate
 from .store import Store
-from .sync import CONTEXT_FILTER, Status, SyncLoop
+from .sync import Status, SyncLoop
 from .taskgroups import exit_stack
 
-if TYPE_CHECKING:
-    from ..docs import SyncedDoc
-    from ..streams import Publisher, Subscriber
-
-__all__ = ["Client", "MessagesPage"]
+__all__ = ["Connection"]
 
 log = logging.getLogger("mxsync.client")
+T = TypeVar("T")
 
 _SESSION_NS = "session"
-
-
-class MessagesPage(msgspec.Struct, frozen=True):
-    """One page of /messages: events in the requested direction, and the next token."""
-
-    events: list[RoomEvent]
-    start: str | None
-    end: str | None
 
 
 class _Session(msgspec.Struct):
@@ -66,8 +58,8 @@ def _check_user_id(user_id: str) -> None:
         raise ConfigError(f"user_id must look like @name:server, got {user_id!r}")
 
 
-class Client:
-    """A Matrix account that keeps mxsync data current."""
+class Connection:
+    """A Matrix account that keeps mxsync data current (the engine; see ``Client``)."""
 
     def __init__(
         self,
@@ -114,11 +106,11 @@ class Client:
         self._tg: TaskGroup | None = None
 
     def __repr__(self) -> str:  # never show credentials
-        return f"<Client {self.user_id} on {self.homeserver}>"
+        return f"<{type(self).__name__} {self.user_id} on {self.homeserver}>"
 
     # -- lifecycle -----------------------------------------------------------
 
-    async def __aenter__(self) -> Client:
+    async def __aenter__(self) -> Self:
         async with AsyncExitStack() as stack:
             await self.store.open()
             stack.push_async_callback(self._shielded, self.store.close)
@@ -170,11 +162,13 @@ class Client:
 
     # -- session -------------------------------------------------------------
 
-    async def _call(self, what: str, method: str, path: str, body: Any = None,
-                    **kw: Any) -> dict[str, Any]:
+    async def _call(self, req: api.Request) -> dict[str, Any]:
         """A request that waits for an answer: bounded retries on transient errors."""
+        return await self._retrying(lambda: self.http.call(req), req.what)
+
+    async def _retrying(self, fn: Callable[[], Awaitable[T]], what: str) -> T:
         return await retrying(
-            lambda: self.http.request(method, path, body, **kw),
+            fn,
             homeserver=self.homeserver,
             attempts=self._call_attempts,
             backoff=Backoff(base=0.25, cap=4.0),
@@ -200,7 +194,7 @@ class Client:
         if token is not None:
             self.http.access_token = token
             try:
-                who = await self._call("whoami", "GET", "/_matrix/client/v3/account/whoami")
+                who = await self._call(api.whoami())
             except MatrixError as exc:
                 if self._access_token is not None or self._password is None:
                     raise LoginError(self.homeserver, self.user_id,
@@ -223,19 +217,7 @@ class Client:
         device_id = device_id or f"MXSYNC{secrets.token_hex(5).upper()}"
         self.http.access_token = None
         try:
-            answer = await self._call(
-                "login",
-                "POST",
-                "/_matrix/client/v3/login",
-                {
-                    "type": "m.login.password",
-                    "identifier": {"type": "m.id.user", "user": self.user_id},
-                    "password": self._password,
-                    "device_id": device_id,
-                    "initial_device_display_name": "mxsync",
-                },
-                auth=False,
-            )
+            answer = await self._call(api.login_password(self.user_id, self._password, device_id))
         except MatrixError as exc:
             raise LoginError(self.homeserver, self.user_id,
                              f"{exc.errcode}: {exc.error}") from None
@@ -294,7 +276,7 @@ class Client:
                 "state_default": 50,
                 "events": {
                     **{t: 50 for t in ALL_TYPES},
-                    "m.room.power_levels": 100,
+                    POWER_LEVELS: 100,
                     "m.room.name": 50,
                 },
             },
@@ -303,7 +285,7 @@ class Client:
             body["name"] = name
         if topic is not None:
             body["topic"] = topic
-        answer = await self._call("create_room", "POST", "/_matrix/client/v3/createRoom", body)
+        answer = await self._call(api.create_room(body))
         room_id = answer.get("room_id")
         if not isinstance(room_id, str):
             raise MatrixError(200, "M_UNKNOWN", "createRoom answered without a room_id")
@@ -311,23 +293,21 @@ class Client:
 
     async def join(self, room_id: str) -> str:
         """Join a room by id or alias; returns the room id."""
-        answer = await self._call("join", "POST", f"/_matrix/client/v3/join/{q(room_id)}", {})
+        answer = await self._call(api.join(room_id))
         joined = answer.get("room_id")
         return joined if isinstance(joined, str) else room_id
 
     async def invite(self, room_id: str, user_id: str) -> None:
         _check_user_id(user_id)
-        await self._call("invite", "POST", f"/_matrix/client/v3/rooms/{q(room_id)}/invite",
-                         {"user_id": user_id})
+        await self._call(api.invite(room_id, user_id))
 
     async def set_power_level(self, room_id: str, user_id: str, level: int) -> None:
         """Set one user's power level (for example to make a reader a writer)."""
-        pl = await self.get_state(room_id, "m.room.power_levels") or {}
+        pl = await self.get_state(room_id, POWER_LEVELS) or {}
         users = dict(pl.get("users") or {})
         users[user_id] = level
         pl = {**pl, "users": users}
-        await self._call("set power level", "PUT",
-                         f"/_matrix/client/v3/rooms/{q(room_id)}/state/m.room.power_levels/", pl)
+        await self._call(api.put_state(room_id, POWER_LEVELS, "", pl))
 
     # -- sending ---------------------------------------------------------------
 
@@ -353,6 +333,35 @@ class Client:
         """Persist several events in one transaction (order kept per lane)."""
         return await self.outbox.enqueue_many(events)
 
+    def new_entry(
+        self,
+        room_id: str,
+        event_type: str,
+        content: dict[str, Any] | bytes,
+        *,
+        state_key: str | None = None,
+        lane: str = "default",
+    ) -> OutboxEntry:
+        """An outbox entry with its transaction id fixed now, for :meth:`stage`."""
+        return OutboxEntry.new(room_id, event_type, content, state_key=state_key, lane=lane)
+
+    async def stage(self, fn: Callable[[Staging], T]) -> tuple[T, list[SendHandle]]:
+        """Run ``fn`` in one store transaction; what it adds to its ``Staging`` is
+        committed with the feature's own writes, then sent."""
+        return await self.outbox.stage(fn)
+
+    def next_slot(self) -> float:
+        """When (``time.monotonic()``) a send will probably be accepted (a hint)."""
+        return self.outbox.next_slot()
+
+    async def request(self, req: api.Request) -> dict[str, Any]:
+        """Send ``req`` once; transient failures raise ``TransientError``."""
+        return await self.http.call(req)
+
+    async def run_sql(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` over the store's connection in one committed transaction."""
+        return await self.store.run(fn)
+
     # -- receiving -------------------------------------------------------------
 
     @asynccontextmanager
@@ -368,40 +377,37 @@ class Client:
         room_id: str,
         from_token: str | None = None,
         *,
-        direction: str = "b",
+        direction: api.Direction = "b",
         limit: int = 1000,
         types: Iterable[str] | None = None,
     ) -> MessagesPage:
         """One page of room history (``direction`` "b" backwards or "f" forwards)."""
         if direction not in ("b", "f"):
             raise ConfigError(f"direction must be 'b' or 'f', got {direction!r}")
-        query: dict[str, Any] = {"dir": direction, "limit": max(1, min(limit, 1000))}
-        if from_token is not None:
-            query["from"] = from_token
-        if types is not None:
-            query["filter"] = msgspec.json.encode({"types": list(types)}).decode()
-        page = await self._call(
-            "messages", "GET", f"/_matrix/client/v3/rooms/{q(room_id)}/messages", query=query
-        )
-        chunk = page.get("chunk") if isinstance(page.get("chunk"), list) else []
-        assert isinstance(chunk, list)
-        events = [ev for raw in chunk if (ev := parse_event(room_id, raw)) is not None]
-        start, end = page.get("start"), page.get("end")
-        return MessagesPage(
-            events,
-            start if isinstance(start, str) else None,
-            end if isinstance(end, str) else None,
+        req = api.room_messages(room_id, from_token, direction, limit, types=types)
+        return parse_page(room_id, await self._call(req))
+
+    def pages(
+        self,
+        room_id: str,
+        from_token: str | None = None,
+        *,
+        direction: api.Direction = "b",
+        limit: int = 1000,
+        types: Iterable[str] | None = None,
+    ) -> AsyncIterator[MessagesPage]:
+        """Every page of room history from ``from_token`` until the server has no
+        more (:func:`~mxsync.engine.pages.paginate`); ``break`` to stop sooner."""
+        types = None if types is None else list(types)
+        return paginate(
+            lambda t: self.messages(room_id, t, direction=direction, limit=limit, types=types),
+            from_token,
         )
 
     async def context(self, room_id: str, event_id: str) -> tuple[RoomEvent | None, str | None]:
         """The event ``event_id`` and a pagination token just after it (for paging
         forwards from it); None for what the answer lacks or has malformed."""
-        answer = await self._call(
-            "context",
-            "GET",
-            f"/_matrix/client/v3/rooms/{q(room_id)}/context/{q(event_id)}",
-            query={"limit": 0, "filter": CONTEXT_FILTER},
-        )
+        answer = await self._call(api.room_context(room_id, event_id))
         end = answer.get("end")
         return parse_event(room_id, answer.get("event")), end if isinstance(end, str) else None
 
@@ -410,16 +416,11 @@ class Client:
         return (await self.context(room_id, event_id))[1]
 
     async def timestamp_to_event(
-        self, room_id: str, ts_ms: int, direction: str = "f"
+        self, room_id: str, ts_ms: int, direction: api.Direction = "f"
     ) -> tuple[str, int] | None:
         """The event closest to ``ts_ms`` in ``direction``, or None if there is none."""
         try:
-            answer = await self._call(
-                "timestamp_to_event",
-                "GET",
-                f"/_matrix/client/v1/rooms/{q(room_id)}/timestamp_to_event",
-                query={"ts": ts_ms, "dir": direction},
-            )
+            answer = await self._call(api.timestamp_to_event(room_id, ts_ms, direction))
         except MatrixError as exc:
             if exc.errcode == "M_NOT_FOUND":
                 return None
@@ -431,15 +432,9 @@ class Client:
 
     async def room_state(self, room_id: str) -> list[RoomEvent]:
         """The room's current state events, fetched from the homeserver."""
-        answer = await retrying(
-            lambda: self.http.request_list(
-                "GET", f"/_matrix/client/v3/rooms/{q(room_id)}/state"
-            ),
-            homeserver=self.homeserver,
-            attempts=self._call_attempts,
-            what="room state",
-        )
-        events = [ev for raw in answer if (ev := parse_event(room_id, raw)) is not None]
+        req = api.room_state(room_id)
+        answer = await self._retrying(lambda: self.http.call_list(req), req.what)
+        events = parse_events(room_id, answer)
         cache = self.sync.state.setdefault(room_id, {})
         for ev in events:
             if ev.state_key is not None:
@@ -467,54 +462,6 @@ class Client:
         self, room_id: str, sender: str, event_type: str, *, state: bool = False
     ) -> bool:
         """Do the room's power levels let ``sender`` send ``event_type``?"""
-        pl = await self.get_state(room_id, "m.room.power_levels")
-        creators = room_creators(await self.state_event(room_id, "m.room.create"))
+        pl = await self.get_state(room_id, POWER_LEVELS)
+        creators = room_creators(await self.state_event(room_id, CREATE))
         return power_level_allows(pl, sender, event_type, state=state, creators=creators)
-
-    # -- features --------------------------------------------------------------
-
-    def open_doc(self, room_id: str, name: str = "default", **kw: Any) -> SyncedDoc:
-        """``async with client.open_doc(room, name) as sdoc``: a synced CRDT document.
-
-        See :class:`mxsync.docs.SyncedDoc` for the keyword arguments.
-        """
-        from ..docs import open_doc
-
-        return open_doc(self, room_id, name, **kw)
-
-    def publisher(self, room_id: str, *, device: str, **kw: Any) -> Publisher:
-        """``async with client.publisher(room, device="d1") as pub``: publish readings.
-
-        See :class:`mxsync.streams.Publisher` for the keyword arguments.
-        """
-        from ..streams import Publisher
-
-        return Publisher(self, room_id, device, **kw)
-
-    def subscribe(
-        self, room_id: str, sensors: Iterable[str] | None = None, **kw: Any
-    ) -> Subscriber:
-        """``async with client.subscribe(room) as sub``: live readings, history, devices.
-
-        See :class:`mxsync.streams.Subscriber` for the keyword arguments.
-        """
-        from ..streams import Subscriber
-
-        return Subscriber(self, room_id, sensors, **kw)
-
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "requests": self.http.requests,
-            "sync": {
-                "state": self.status.state,
-                "syncs": self.status.syncs,
-                "events": self.sync.events_delivered,
-                "gap_fills": self.sync.gap_fills,
-            },
-            "outbox": self.outbox.statistics(),
-            "liveness": {
-                "up": self.http.liveness.up,
-                "probes": self.http.liveness.probes,
-                "recoveries": self.http.liveness.recoveries,
-            },
-        }

@@ -1,0 +1,193 @@
+"""Every Matrix endpoint mxsync calls, as data: method, path, query, body.
+
+Pure functions, no I/O (in the style of matrix-nio's ``nio/api.py``): URL
+knowledge lives here and nowhere else. The engine's ``Http.call`` sends a
+:class:`Request`; the sync loop, the outbox, the client and the features all
+build theirs with these functions.
+
+Conventions:
+- Path segments (room ids, event ids, types, state keys, txn ids) are
+  percent-encoded here, once.
+- ``body`` is a JSON-able object, or ``bytes`` already encoded as JSON (the
+  outbox stores contents encoded and sends them as they are).
+- ``what`` names the call in errors and logs; it never holds a secret.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any, Literal
+from urllib.parse import quote
+
+import msgspec
+
+__all__ = [
+    "Request",
+    "Direction",
+    "q",
+    "CONTEXT_FILTER",
+    "versions",
+    "whoami",
+    "login_password",
+    "sync",
+    "create_room",
+    "join",
+    "invite",
+    "send_event",
+    "put_state",
+    "room_state",
+    "room_messages",
+    "room_context",
+    "timestamp_to_event",
+    "delayed_events",
+    "delayed_state",
+    "delayed_event_action",
+    "DELAYED_EVENTS",
+]
+
+Direction = Literal["b", "f"]
+
+_V3 = "/_matrix/client/v3"
+#: MSC4140 (delayed events), the unstable prefix Synapse serves.
+DELAYED_EVENTS = "/_matrix/client/unstable/org.matrix.msc4140/delayed_events"
+_DELAY_PARAM = "org.matrix.msc4140.delay"
+
+#: Filter for /context, which otherwise answers the whole room state at the
+#: event too: none of it (a token and the event are all we ask it for).
+CONTEXT_FILTER = json.dumps({"types": [], "lazy_load_members": True})
+
+
+class Request(msgspec.Struct, frozen=True, kw_only=True):
+    """One HTTP request to the homeserver, before it is sent."""
+
+    method: Literal["GET", "POST", "PUT", "DELETE"]
+    path: str
+    query: dict[str, Any] | None = None
+    body: Any = None
+    #: Send the access token (everything but the versions probe and login).
+    auth: bool = True
+    #: A name for the call in errors and logs.
+    what: str = ""
+
+
+def q(part: str) -> str:
+    """Percent-encode one path segment (room ids, event types, txn ids)."""
+    return quote(part, safe="")
+
+
+def _room(room_id: str) -> str:
+    return f"{_V3}/rooms/{q(room_id)}"
+
+
+def versions() -> Request:
+    """Unauthenticated, answered from memory: the liveness probe."""
+    return Request(method="GET", path="/_matrix/client/versions", auth=False, what="versions")
+
+
+def whoami() -> Request:
+    return Request(method="GET", path=f"{_V3}/account/whoami", what="whoami")
+
+
+def login_password(user_id: str, password: str, device_id: str,
+                   display_name: str = "mxsync") -> Request:
+    body = {
+        "type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": user_id},
+        "password": password,
+        "device_id": device_id,
+        "initial_device_display_name": display_name,
+    }
+    return Request(method="POST", path=f"{_V3}/login", body=body, auth=False, what="login")
+
+
+def sync(filter_json: str, since: str | None, timeout_ms: int) -> Request:
+    query: dict[str, Any] = {"filter": filter_json, "timeout": timeout_ms}
+    if since is not None:
+        query["since"] = since
+    return Request(method="GET", path=f"{_V3}/sync", query=query, what="sync")
+
+
+def create_room(body: dict[str, Any]) -> Request:
+    return Request(method="POST", path=f"{_V3}/createRoom", body=body, what="create_room")
+
+
+def join(room_id_or_alias: str) -> Request:
+    return Request(method="POST", path=f"{_V3}/join/{q(room_id_or_alias)}", body={},
+                   what="join")
+
+
+def invite(room_id: str, user_id: str) -> Request:
+    return Request(method="POST", path=f"{_room(room_id)}/invite", body={"user_id": user_id},
+                   what="invite")
+
+
+def send_event(room_id: str, event_type: str, txn_id: str, content: Any) -> Request:
+    """PUT /send: idempotent per access token and ``txn_id``."""
+    return Request(method="PUT", path=f"{_room(room_id)}/send/{q(event_type)}/{q(txn_id)}",
+                   body=content, what="send")
+
+
+def put_state(room_id: str, event_type: str, state_key: str, content: Any) -> Request:
+    """PUT /state: no txn id, but the same content again yields the same state."""
+    return Request(method="PUT", path=f"{_room(room_id)}/state/{q(event_type)}/{q(state_key)}",
+                   body=content, what="state")
+
+
+def room_state(room_id: str) -> Request:
+    """The room's current state: answers a JSON *list* of events."""
+    return Request(method="GET", path=f"{_room(room_id)}/state", what="room state")
+
+
+def room_messages(
+    room_id: str,
+    from_token: str | None,
+    direction: Direction,
+    limit: int,
+    *,
+    types: Iterable[str] | None = None,
+    filter_json: str | None = None,
+    to: str | None = None,
+) -> Request:
+    """One page of /messages (``limit`` is clamped to 1..1000, the server's range)."""
+    if direction not in ("b", "f"):
+        raise ValueError(f"direction must be 'b' or 'f', got {direction!r}")
+    query: dict[str, Any] = {"dir": direction, "limit": max(1, min(limit, 1000))}
+    if from_token is not None:
+        query["from"] = from_token
+    if to is not None:
+        query["to"] = to
+    if filter_json is not None:
+        query["filter"] = filter_json
+    elif types is not None:
+        query["filter"] = json.dumps({"types": list(types)}, separators=(",", ":"))
+    return Request(method="GET", path=f"{_room(room_id)}/messages", query=query,
+                   what="messages")
+
+
+def room_context(room_id: str, event_id: str) -> Request:
+    """The event and tokens around it, without the room state at it."""
+    return Request(method="GET", path=f"{_room(room_id)}/context/{q(event_id)}",
+                   query={"limit": 0, "filter": CONTEXT_FILTER}, what="context")
+
+
+def timestamp_to_event(room_id: str, ts_ms: int, direction: Direction) -> Request:
+    return Request(method="GET", path=f"/_matrix/client/v1/rooms/{q(room_id)}/timestamp_to_event",
+                   query={"ts": ts_ms, "dir": direction}, what="timestamp_to_event")
+
+
+def delayed_events() -> Request:
+    """List this user's delayed events (MSC4140); also tells whether it is served."""
+    return Request(method="GET", path=DELAYED_EVENTS, what="delayed events")
+
+
+def delayed_state(room_id: str, event_type: str, state_key: str, content: Any,
+                  delay_ms: int) -> Request:
+    """A state event the server sends after ``delay_ms`` unless restarted (a last will)."""
+    req = put_state(room_id, event_type, state_key, content)
+    return msgspec.structs.replace(req, query={_DELAY_PARAM: delay_ms}, what="delayed state")
+
+
+def delayed_event_action(delay_id: str, action: Literal["send", "cancel", "restart"]) -> Request:
+    return Request(method="POST", path=f"{DELAYED_EVENTS}/{q(delay_id)}",
+                   body={"action": action}, what=f"delayed event {action}")
