@@ -1,0 +1,195 @@
+"""The packed columns of ``org.mxsync.readings``: bytes in, bytes out.
+
+Owns the byte layout of docs/PROTOCOL.md (zigzag LEB128 varints, delta and
+delta-of-delta codes, bit-packed bools, length-prefixed UTF-8), the worst-case
+size of one packed reading, and the bounded inflation of zlib data (the bomb
+cap of invariant 4). Knows nothing of structs: a series is its kind, count,
+times and values.
+"""
+
+from __future__ import annotations
+
+import zlib
+from itertools import accumulate, islice, pairwise
+from typing import Any, Final
+
+from ...errors import ProtocolError
+from ..types import MAX_SAFE_INT
+from ._limits import MAX_RAW_BYTES, MAX_STR_BYTES, MAX_T_MS, MIN_T_MS
+from ._values import _POW10, Kind
+
+# Zigzag decoding of the one-byte varints 0..127, the common case.
+_UNZIGZAG7: Final = tuple((z >> 1) ^ -(z & 1) for z in range(128))
+# Worst-case packed bytes per reading (layout in docs/PROTOCOL.md):
+# a time code is below 2**45 after zigzag (7 varint bytes), a mantissa delta
+# below 2**55 (8 bytes), a str length below 2**14 (2 bytes).
+_WORST_TIME: Final = 7
+_WORST_NUMBER: Final = _WORST_TIME + 8
+_WORST_BOOL: Final = _WORST_TIME + 1
+_WORST_STR: Final = _WORST_TIME + 2
+
+
+# --------------------------------------------------------------------------
+# Packing
+# --------------------------------------------------------------------------
+
+
+def _put_codes(out: bytearray, codes: list[int]) -> None:
+    """Append signed ints as zigzag LEB128 varints (|x| < 2**63)."""
+    zs = [(c << 1) ^ (c >> 63) for c in codes]
+    if max(zs) < 0x80:
+        out += bytes(zs)
+        return
+    append = out.append
+    for z in zs:
+        while z >= 0x80:
+            append((z & 0x7F) | 0x80)
+            z >>= 7
+        append(z)
+
+
+def _put_uvarint(out: bytearray, z: int) -> None:
+    while z >= 0x80:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
+
+
+def _pack_series(out: bytearray, kind: Kind, times: list[int], vals: list[Any], t0: int) -> None:
+    """Append the time column then the value column of one series."""
+    codes = [times[0] - t0]
+    if len(times) > 1:
+        deltas = [b - a for a, b in pairwise(times)]
+        codes.append(deltas[0])
+        codes += [b - a for a, b in pairwise(deltas)]
+    _put_codes(out, codes)
+    if kind == "int" or kind == "float":
+        codes = [vals[0]]
+        codes += [b - a for a, b in pairwise(vals)]
+        _put_codes(out, codes)
+    elif kind == "bool":
+        nbytes = (len(vals) + 7) >> 3
+        bits = "".join(["1" if v else "0" for v in reversed(vals)])
+        out += int(bits, 2).to_bytes(nbytes, "little")
+    else:
+        for b in vals:
+            _put_uvarint(out, len(b))
+            out += b
+
+
+# --------------------------------------------------------------------------
+# Unpacking
+# --------------------------------------------------------------------------
+
+
+def _read_codes(raw: bytes, pos: int, n: int, what: str) -> tuple[list[int], int]:
+    """Read n zigzag varints at pos; return them and the new position."""
+    end = pos + n
+    seg = raw[pos:end]
+    if len(seg) == n and max(seg) < 0x80:
+        return list(map(_UNZIGZAG7.__getitem__, seg)), end
+    out: list[int] = []
+    append = out.append
+    size = len(raw)
+    for _ in range(n):
+        if pos >= size:
+            raise ProtocolError(f"packed data ends inside the {what}")
+        b = raw[pos]
+        pos += 1
+        if b < 0x80:
+            append(_UNZIGZAG7[b])
+            continue
+        z = b & 0x7F
+        shift = 7
+        while True:
+            if pos >= size:
+                raise ProtocolError(f"packed data ends inside a varint of the {what}")
+            b = raw[pos]
+            pos += 1
+            z |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+            if shift >= 70:
+                raise ProtocolError(f"varint longer than 10 bytes in the {what}")
+        append((z >> 1) ^ -(z & 1))
+    return out, pos
+
+
+def _read_uvarint(raw: bytes, pos: int, what: str) -> tuple[int, int]:
+    z = 0
+    shift = 0
+    size = len(raw)
+    while True:
+        if pos >= size:
+            raise ProtocolError(f"packed data ends inside the {what}")
+        b = raw[pos]
+        pos += 1
+        z |= (b & 0x7F) << shift
+        if b < 0x80:
+            return z, pos
+        shift += 7
+        if shift >= 70:
+            raise ProtocolError(f"varint longer than 10 bytes in the {what}")
+
+
+def _inflate(data: bytes) -> bytes:
+    d = zlib.decompressobj()
+    try:
+        raw = d.decompress(data, MAX_RAW_BYTES + 1)
+    except zlib.error as e:
+        raise ProtocolError(f"corrupt zlib data: {e}") from None
+    if len(raw) > MAX_RAW_BYTES or d.unconsumed_tail:
+        raise ProtocolError(f"packed data decompresses to more than {MAX_RAW_BYTES} bytes")
+    if not d.eof:
+        raise ProtocolError("truncated zlib stream")
+    if d.unused_data:
+        raise ProtocolError("bytes after the end of the zlib stream")
+    return raw
+
+
+def _unpack_series(
+    raw: bytes, pos: int, sensor: str, kind: Kind, n: int, precision: int, t0: int
+) -> tuple[list[int], list[Any], int]:
+    """Read the time column then the value column of one series at ``pos`` (the
+    inverse of :func:`_pack_series`): its times, its values (a float as
+    mantissa / 10**precision) and the position after it. ``sensor`` names the
+    series in errors. Raises ProtocolError."""
+    where = f"time column of series {sensor}"
+    codes, pos = _read_codes(raw, pos, n, where)
+    first = t0 + codes[0]
+    times = list(accumulate(accumulate(islice(codes, 1, None)), initial=first))
+    if min(times) < MIN_T_MS or max(times) > MAX_T_MS:
+        raise ProtocolError(f"series {sensor}: a time is outside 1970..2200")
+    vals: list[Any]
+    where = f"value column of series {sensor}"
+    if kind == "int" or kind == "float":
+        codes, pos = _read_codes(raw, pos, n, where)
+        vals = list(accumulate(codes))
+        if min(vals) < -MAX_SAFE_INT or max(vals) > MAX_SAFE_INT:
+            raise ProtocolError(f"series {sensor}: a value is beyond +-(2**53 - 1)")
+        if kind == "float":
+            scale = _POW10[precision]
+            vals = [m / scale for m in vals]
+    elif kind == "bool":
+        nbytes = (n + 7) >> 3
+        chunk = raw[pos : pos + nbytes]
+        if len(chunk) < nbytes:
+            raise ProtocolError(f"packed data ends inside the {where}")
+        pos += nbytes
+        bits = format(int.from_bytes(chunk, "little"), f"0{nbytes * 8}b")[::-1]
+        if "1" in bits[n:]:
+            raise ProtocolError(f"padding bits set in the {where}")
+        vals = [c == "1" for c in bits[:n]]
+    else:
+        vals = []
+        for _ in range(n):
+            size, pos = _read_uvarint(raw, pos, where)
+            if size > MAX_STR_BYTES or pos + size > len(raw):
+                raise ProtocolError(f"bad str length {size} in the {where}")
+            try:
+                vals.append(raw[pos : pos + size].decode("utf-8"))
+            except UnicodeDecodeError:
+                raise ProtocolError(f"invalid UTF-8 in the {where}") from None
+            pos += size
+    return times, vals, pos
