@@ -28,7 +28,7 @@ from typing import Any
 
 import anyio
 
-from mxsync.devserver import DevServer
+from mxsync.dev import DevServer
 
 MODULES = {"docs": "bench.bench_docs", "streams": "bench.bench_streams", "rss": "bench.bench_rss"}
 

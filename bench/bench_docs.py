@@ -57,7 +57,7 @@ import anyio.lowlevel
 import pycrdt
 
 from mxsync import Client, OutgoingEvent
-from mxsync.devserver import DevServer
+from mxsync.dev import DevServer
 from mxsync.protocol import docs as proto
 from mxsync.protocol.types import DOC, DOC_UPDATE
 

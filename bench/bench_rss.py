@@ -45,7 +45,7 @@ import anyio.abc
 import pycrdt
 
 from mxsync import Client
-from mxsync.devserver import DevServer
+from mxsync.dev import DevServer
 
 __all__ = ["run"]
 

@@ -44,7 +44,7 @@ import anyio
 import anyio.lowlevel
 
 from mxsync import Client, OutgoingEvent
-from mxsync.devserver import Credentials, DevServer
+from mxsync.dev import Credentials, DevServer
 from mxsync.protocol.readings import BatchEncoder
 from mxsync.streams import BufferFull
 

@@ -45,7 +45,7 @@ import anyio.lowlevel
 import pycrdt
 
 from mxsync import Client
-from mxsync.devserver import DevServer
+from mxsync.dev import DevServer
 
 from .bench_streams import regular_series
 

@@ -51,7 +51,7 @@ import pycrdt
 
 import mxsync.docs as docs_module
 from mxsync import Client
-from mxsync.devserver import DevServer
+from mxsync.dev import DevServer
 from mxsync.protocol.docs import decode_state_vector
 
 __all__ = ["main", "run"]

@@ -23,7 +23,7 @@ from typing import Any
 import anyio
 from aiohttp import WSCloseCode, web
 
-from mxsync.cli_common import add_login_args
+from mxsync.cli.common import add_login_args
 from mxsync.errors import MxsyncError
 
 __all__ = [

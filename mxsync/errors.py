@@ -15,8 +15,10 @@
     ├── ProtocolError          a malformed mxsync event (skipped by readers, never raised
     │                          out of a sync loop)
     ├── BufferFull             a publisher's buffer is full under the "block" policy
-    └── DevServerError         the embedded Synapse could not be started or stopped answering
-        └── StateDirLocked         another DevServer is using that state directory
+    ├── DevServerError         the embedded Synapse could not be started or stopped answering
+    │   └── StateDirLocked         another DevServer is using that state directory
+    └── DemoError              ``mxsync demo`` could not start (an example failed; its log
+                               says why)
 
 No message ever contains an access token or a password.
 """
@@ -36,6 +38,7 @@ __all__ = [
     "BufferFull",
     "DevServerError",
     "StateDirLocked",
+    "DemoError",
 ]
 
 
@@ -118,3 +121,7 @@ class DevServerError(MxsyncError):
 
 class StateDirLocked(DevServerError):
     """Another DevServer (or its Synapse) is using this state directory."""
+
+
+class DemoError(MxsyncError):
+    """The demo could not start (an example failed; its log says why)."""

@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m examples.iot_sensor.sensor",
         description="Simulated devices publishing sensor readings into a Matrix room.",
     )
-    from mxsync.cli_common import add_login_args
+    from mxsync.cli.common import add_login_args
 
     add_login_args(parser)
     parser.add_argument("--room", required=True, help="room id (or alias) to publish into")
@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--interval must be within 0.05..3600 seconds")
 
     async def run(stop: anyio.Event) -> None:
-        from mxsync.cli_common import client_from_args
+        from mxsync.cli.common import client_from_args
 
         async with client_from_args(args) as client:
 

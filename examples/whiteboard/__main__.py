@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     async def run(stop: anyio.Event) -> None:
-        from mxsync.cli_common import client_from_args
+        from mxsync.cli.common import client_from_args
 
         async with client_from_args(args) as client:
 

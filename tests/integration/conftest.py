@@ -19,7 +19,7 @@ import pytest
 from anyio.abc import TaskStatus
 
 from mxsync import Client
-from mxsync.devserver import Credentials, DevServer
+from mxsync.dev import Credentials, DevServer
 
 _counter = itertools.count()
 

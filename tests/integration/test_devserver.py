@@ -1,4 +1,4 @@
-"""mxsync.devserver against the real Synapse it starts."""
+"""mxsync.dev.DevServer and `mxsync devserver` against the real Synapse it starts."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import aiohttp
 import anyio
 import pytest
 
-from mxsync.devserver import Credentials, DevServer, DevServerError, StateDirLocked
+from mxsync.dev import Credentials, DevServer, DevServerError, StateDirLocked
 from mxsync.errors import ConfigError, LoginError
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
@@ -236,7 +236,7 @@ async def test_killed_parent_leaves_no_orphan_and_a_stale_lock(tmp_path: Path) -
     script = textwrap.dedent(
         """
         import sys, anyio
-        from mxsync.devserver import DevServer
+        from mxsync.dev import DevServer
 
         async def main():
             async with DevServer(sys.argv[1]) as hs:
@@ -270,7 +270,7 @@ async def test_killed_parent_leaves_no_orphan_and_a_stale_lock(tmp_path: Path) -
 
 async def test_cli_prints_url_and_stops_synapse_on_ctrl_c(tmp_path: Path) -> None:
     proc = await anyio.open_process(
-        [sys.executable, "-m", "mxsync.devserver", "--state-dir", str(tmp_path)],
+        [sys.executable, "-m", "mxsync.cli.devserver", "--state-dir", str(tmp_path)],
         cwd=REPO,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # so the "Ctrl-C" below reaches its group only

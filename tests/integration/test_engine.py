@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from mxsync import Client, ForbiddenError, HomeserverUnavailable, LoginError, OutgoingEvent
-from mxsync.devserver import Credentials
+from mxsync.dev import Credentials
 from mxsync.engine.authz import PowerLevels, room_creators
 from mxsync.engine.events import POWER_LEVELS, RoomEvent
 from mxsync.engine.store import Store

@@ -39,7 +39,7 @@ import pycrdt
 import pytest
 
 from mxsync import Client
-from mxsync.devserver import DevServer
+from mxsync.dev import DevServer
 from mxsync.protocol.docs import decode_state_vector
 from mxsync.protocol.readings import decode_batch
 from mxsync.protocol.types import READINGS

@@ -17,7 +17,7 @@ import anyio
 import pytest
 
 from mxsync import Client, OutgoingEvent
-from mxsync.devserver import DevServer
+from mxsync.dev import DevServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
 

@@ -20,10 +20,10 @@ import anyio.lowlevel
 import pytest
 
 from mxsync import Client, ConfigError, Reading, RoomEvent
+from mxsync.cli.sensor import parse_time, parse_value
 from mxsync.protocol import api
 from mxsync.protocol.readings import BatchEncoder, DeviceState, decode_batch, to_content
 from mxsync.protocol.types import DEVICE, READINGS
-from mxsync.sensor_cli import parse_time, parse_value
 from mxsync.streams import BufferFull, aggregate
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(240)]

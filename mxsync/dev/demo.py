@@ -1,8 +1,8 @@
-"""``mxsync demo`` (``make demo``): the examples running together on an embedded homeserver.
+"""The demo (``mxsync demo``, ``make demo``): the examples together on an embedded homeserver.
 
 One process tree:
 
-- the embedded Synapse (:class:`~mxsync.devserver.DevServer`, state in
+- the embedded Synapse (:class:`~mxsync.dev.DevServer`, state in
   ``<state-dir>/devserver``, Synapse's default rate limits);
 - demo users ``alice`` and ``bob`` (whiteboard), ``plant`` (the devices) and
   ``ops`` (the dashboard, a reader), registered on every start (idempotent);
@@ -22,22 +22,20 @@ runs in its own process group and, on Linux, gets SIGTERM if the demo itself
 dies (``PR_SET_PDEATHSIG``): nothing is left behind.
 
 The examples live in the source checkout (``examples/`` next to ``mxsync/``);
-the demo needs one (``pip install -e .``, as ``make`` does).
+the demo needs one (``pip install -e .``, as ``make`` does). The command's
+flags and signal handling are :mod:`mxsync.cli.demo`'s.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import functools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -45,21 +43,15 @@ from typing import Any, TextIO
 import aiohttp
 import anyio
 
-from .client import Client
-from .devserver import (
-    Credentials,
-    DevServer,
-    DevServerError,
-    _die_with_parent,
-    _free_port,
-    _prctl,
-    _wait_until,
-)
-from .errors import ConfigError, MxsyncError
+from ..client import Client
+from ..errors import DemoError, MxsyncError
+from .process import free_port, port_free, signal_group, spawn, wait_until
+from .server import Credentials, DevServer
 
-__all__ = ["DemoError", "add_demo_parser", "cmd_demo", "run_demo"]
+__all__ = ["DEFAULT_STATE_DIR", "run_demo"]
 
-SOURCE_ROOT = Path(__file__).resolve().parent.parent
+#: The source checkout: two directories above this mxsync/dev/.
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STATE_DIR = Path(".mxsync/demo")
 STARTUP_SECONDS = 90.0
 STOP_GRACE_SECONDS = 20.0
@@ -69,10 +61,6 @@ STOP_GRACE_SECONDS = 20.0
 #: so each chart would move every ~15 s instead of every second.
 LIFTED = ("alice", "bob", "plant")
 USERS = ("alice", "bob", "plant", "ops")
-
-
-class DemoError(MxsyncError):
-    """The demo could not start (an example failed; its log says why)."""
 
 
 @dataclass
@@ -114,20 +102,10 @@ class Children:
     def start(self, name: str, module: str, args: list[str], password: str) -> Child:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{name.replace(' ', '-').replace('(', '').replace(')', '')}.log"
-        prctl = _prctl()
-        preexec = functools.partial(_die_with_parent, prctl, os.getpid()) if prctl else None
         # The password goes through the environment: the command line is public.
         env = {**self.env, "MXSYNC_PASSWORD": password}
         with log.open("ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", module, *args],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-                preexec_fn=preexec,
-            )
+            proc = spawn([sys.executable, "-m", module, *args], out, env=env)
         child = Child(name, proc, log)
         self.children.append(child)
         return child
@@ -155,23 +133,15 @@ class Children:
         with anyio.CancelScope(shield=True):
             live = [c for c in self.children if c.proc.poll() is None]
             for child in live:
-                _signal_group(child.proc, signal.SIGINT)
-            await _wait_until(lambda: all(c.proc.poll() is not None for c in live),
-                              STOP_GRACE_SECONDS, 0.1)
+                signal_group(child.proc, signal.SIGINT)
+            await wait_until(lambda: all(c.proc.poll() is not None for c in live),
+                             STOP_GRACE_SECONDS, 0.1)
             for child in live:
                 # Also reaps anything the child left in its group.
-                _signal_group(child.proc, signal.SIGKILL, even_if_exited=True)
+                signal_group(child.proc, signal.SIGKILL, even_if_exited=True)
                 if child.proc.poll() is None:
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         child.proc.wait(5)
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals,
-                  *, even_if_exited: bool = False) -> None:
-    if proc.poll() is not None and not even_if_exited:
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
 
 
 async def _wait_page(children: Children, child: Child, deadline: float) -> None:
@@ -208,26 +178,16 @@ def _load_saved(path: Path) -> dict[str, Any]:
     return saved if isinstance(saved, dict) else {}
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _homeserver_port(state_dir: Path, saved: dict[str, Any]) -> int:
     """The port of the last run if it is free; else a new one, and the client
     stores (bound to the old URL) are set aside."""
     port = saved.get("port")
-    if isinstance(port, int) and 0 < port < 65536 and _port_free(port):
+    if isinstance(port, int) and 0 < port < 65536 and port_free(port):
         return port
     for name in USERS:
         for store in state_dir.glob(f"{name}.db*"):
             store.replace(store.with_name(store.name + ".old"))
-    return _free_port()
+    return free_port()
 
 
 async def _rooms(
@@ -307,7 +267,7 @@ async def run_demo(state_dir: Path, seconds: float | None = None,
                 ("whiteboard (bob)", "examples.whiteboard", "bob", rooms["whiteboard"]),
                 ("dashboard (ops)", "examples.iot_sensor.dashboard", "ops", rooms["sensors"]),
             ):
-                port = _free_port()
+                port = free_port()
                 child = children.start(title, module,
                                        [*login(name), "--room", room, "--port", str(port)],
                                        creds[name].password)
@@ -334,57 +294,3 @@ async def run_demo(state_dir: Path, seconds: float | None = None,
             say("stopping the examples ...")
             await children.stop()
             say("stopping the homeserver ...")
-
-
-def add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="run the examples (whiteboard, sensors, dashboard) on an embedded homeserver",
-        description="Start an embedded Synapse, the demo users and rooms, simulated "
-        "sensors, a dashboard and two whiteboards; print their URLs. Ctrl-C stops all.",
-    )
-    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, type=Path,
-                   help="default: %(default)s")
-    p.add_argument("--seconds", type=float, default=None,
-                   help="stop by itself this long after the pages are up")
-    p.set_defaults(func=cmd_demo)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    async def main() -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with anyio.create_task_group() as tg:
-
-                async def stop_on_signal() -> None:
-                    async for _ in signals:
-                        print("stopping ...", flush=True)
-                        tg.cancel_scope.cancel()
-                        return
-
-                tg.start_soon(stop_on_signal)
-                await run_demo(args.state_dir, args.seconds)
-                tg.cancel_scope.cancel()
-
-    try:
-        anyio.run(main, backend="asyncio")
-    except KeyboardInterrupt:
-        return 130
-    except BaseException as exc:
-        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-            exc = exc.exceptions[0]
-        if isinstance(exc, DemoError | DevServerError | ConfigError | MxsyncError):
-            print(f"mxsync demo: {exc}", file=sys.stderr)
-            return 1
-        raise
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mxsync")
-    add_demo_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["demo", *(sys.argv[1:] if argv is None else argv)])
-    return cmd_demo(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,17 +1,16 @@
 """The ``mxsync`` command: one subcommand per job, each a small function.
 
-Subcommands are registered by the modules that own them (``add_*_parser``),
-so this file only assembles them and configures logging.
+Subcommands are registered by the modules of this package that own them
+(``add_*_parser``), so this file only assembles them and configures logging.
+They are imported when the parser is built, not with the package, so that
+``python -m mxsync.cli.devserver`` does not find itself imported already.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
-
-from .devserver import add_devserver_parser
 
 __all__ = ["main", "build_parser"]
 
@@ -24,11 +23,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from .devserver import add_devserver_parser
+
     add_devserver_parser(sub)
     from .demo import add_demo_parser
 
     add_demo_parser(sub)
-    for module in ("mxsync.doc_cli", "mxsync.sensor_cli"):
+    for module in ("mxsync.cli.doc", "mxsync.cli.sensor"):
         try:
             mod = __import__(module, fromlist=["add_parser"])
         except ImportError:
@@ -47,7 +48,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     return int(func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,10 +19,10 @@ from typing import Any
 import anyio
 import pycrdt
 
-from .cli_common import add_login_args, client_from_args
-from .errors import ConfigError, MxsyncError, ProtocolError
-from .protocol import docs as proto
-from .protocol.types import DOC, DOC_SNAPSHOT, DOC_UPDATE
+from ..errors import ConfigError, MxsyncError, ProtocolError
+from ..protocol import docs as proto
+from ..protocol.types import DOC, DOC_SNAPSHOT, DOC_UPDATE
+from .common import add_login_args, client_from_args
 
 __all__ = ["add_parser", "doc_to_json", "room_doc_stats", "cmd_cat", "cmd_stats"]
 

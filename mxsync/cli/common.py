@@ -1,4 +1,5 @@
-"""Shared pieces of the ``mxsync`` subcommands: login options and running a client.
+"""Shared pieces of the ``mxsync`` subcommands: login options, running a client,
+stopping on a signal.
 
 Every subcommand that talks to a homeserver takes the same options, each with
 an environment variable as default, so that scripts do not put passwords on
@@ -14,12 +15,15 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from .client import Client
-from .errors import ConfigError
+import anyio
 
-__all__ = ["add_login_args", "client_from_args"]
+from ..client import Client
+from ..errors import ConfigError
+
+__all__ = ["add_login_args", "cancel_on_signal", "client_from_args"]
 
 
 def add_login_args(parser: argparse.ArgumentParser) -> None:
@@ -45,3 +49,13 @@ def client_from_args(args: argparse.Namespace, **kw: object) -> Client:
         store = Path(".mxsync") / f"{local}.db"
     return Client(args.homeserver, args.user, password=args.password, store_path=store,
                   **kw)  # type: ignore[arg-type]
+
+
+async def cancel_on_signal(
+    signals: AsyncIterator[int], scope: anyio.CancelScope, say: Callable[[int], None]
+) -> None:
+    """Cancel ``scope`` on the first of ``signals``, after ``say(signum)``."""
+    async for signum in signals:
+        say(signum)
+        scope.cancel()
+        return

@@ -7,7 +7,7 @@
     mxsync sensor history ROOM SENSOR --since 1h [--until T] [--csv]
 
 ROOM is a room id (``!abc:server``) or an alias (``#name:server``, joined
-first). Login options come from ``mxsync.cli_common`` (flags or MXSYNC_*
+first). Login options come from ``mxsync.cli.common`` (flags or MXSYNC_*
 environment variables).
 """
 
@@ -23,11 +23,11 @@ from typing import Any, TextIO
 
 import anyio
 
-from .cli_common import add_login_args, client_from_args
-from .client import Client
-from .errors import ConfigError, MxsyncError
-from .protocol.readings import Reading, Value
-from .streams import DeviceStatus
+from ..client import Client
+from ..errors import ConfigError, MxsyncError
+from ..protocol.readings import Reading, Value
+from ..streams import DeviceStatus
+from .common import add_login_args, client_from_args
 
 __all__ = ["add_parser", "parse_value", "parse_time", "format_time"]
 

@@ -1,0 +1,123 @@
+"""``mxsync devserver``: serve an embedded Synapse until Ctrl-C.
+
+Owns the command's flags, its signal handling and exit statuses; the server
+itself is :class:`mxsync.dev.DevServer`. Also runs as
+``python -m mxsync.cli.devserver [options]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import get_args
+
+import anyio
+
+from ..dev import DEFAULT_STATE_DIR, DevServer, RateLimitMode
+from ..errors import ConfigError, DevServerError
+from .common import cancel_on_signal
+
+__all__ = ["add_devserver_parser", "cmd_devserver", "main", "run_devserver"]
+
+log = logging.getLogger("mxsync.devserver")
+
+
+async def run_devserver(
+    state_dir: str | Path = DEFAULT_STATE_DIR,
+    *,
+    port: int | None = None,
+    rate_limits: RateLimitMode = "default",
+    server_name: str = "localhost",
+    python: str = sys.executable,
+    startup_timeout: float = 60.0,
+) -> None:
+    """Serve until SIGINT/SIGTERM (or cancellation); print the URL once ready.
+
+    The signal handlers are installed before Synapse starts, so a Ctrl-C during
+    startup also stops it cleanly; a requested stop returns normally.
+    """
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cancel_on_signal, signals, tg.cancel_scope, _log_signal)
+                async with DevServer(
+                    state_dir,
+                    port=port,
+                    rate_limits=rate_limits,
+                    server_name=server_name,
+                    python=python,
+                    startup_timeout=startup_timeout,
+                ) as hs:
+                    print(hs.url, flush=True)
+                    await anyio.sleep_forever()
+        except BaseExceptionGroup as group:
+            # The watcher never fails, so the group holds the server's one error.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+
+
+def _log_signal(signum: int) -> None:
+    log.info("got %s; stopping synapse", signal.Signals(signum).name)
+
+
+def add_devserver_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    """Add ``devserver`` to a subcommand set; ``args.func`` is :func:`cmd_devserver`."""
+    parser = subparsers.add_parser(
+        "devserver",
+        help="run an embedded Synapse homeserver for development",
+        description="Run a real Synapse on 127.0.0.1, print its URL, serve until Ctrl-C.",
+    )
+    parser.add_argument("--port", type=int, default=None, help="default: a free port")
+    parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="default: %(default)s")
+    parser.add_argument(
+        "--rate-limits",
+        choices=list(get_args(RateLimitMode)),
+        default="default",
+        help="'default' keeps Synapse's message rate limit, 'relaxed' lifts it",
+    )
+    parser.add_argument("--server-name", default="localhost", help="default: %(default)s")
+    parser.set_defaults(func=cmd_devserver)
+    return parser
+
+
+def cmd_devserver(args: argparse.Namespace) -> int:
+    """Run the ``devserver`` subcommand; return the exit status."""
+    try:
+        anyio.run(
+            functools.partial(
+                run_devserver,
+                args.state_dir,
+                port=args.port,
+                rate_limits=args.rate_limits,
+                server_name=args.server_name,
+            ),
+            backend="asyncio",
+        )
+    except KeyboardInterrupt:
+        return 130
+    except (DevServerError, ConfigError) as exc:
+        print(f"mxsync devserver: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mxsync.cli.devserver [options]``."""
+    parser = argparse.ArgumentParser(prog="mxsync")
+    add_devserver_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["devserver", *(sys.argv[1:] if argv is None else argv)])
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
