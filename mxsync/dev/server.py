@@ -50,12 +50,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, get_args
-from urllib.parse import quote
 
 import aiohttp
 import anyio
 
 from ..errors import ConfigError, DevServerError, LoginError, MatrixError, StateDirLocked
+from ..protocol import api
 from .config import (
     BASE_CONFIG,
     LOCK_FILE,
@@ -294,7 +294,7 @@ class DevServer:
 
     async def _wait_ready(self, proc: subprocess.Popen[bytes], log_offset: int) -> None:
         assert self._session is not None
-        versions = f"{self.url}/_matrix/client/versions"
+        versions = f"{self.url}{api.versions().path}"
         probe_timeout = aiohttp.ClientTimeout(total=2)
         try:
             with anyio.fail_after(self._startup_timeout):
@@ -364,8 +364,7 @@ class DevServer:
             raise RuntimeError("DevServer is not started")
         if password is None:
             password = self._derived_password(localpart)
-        path = "/_synapse/admin/v1/register"
-        nonce = (await self._request("GET", path))["nonce"]
+        nonce = (await self._request(api.admin_register_nonce()))["nonce"]
         mac = hmac.new(self._secret.encode(), digestmod=hashlib.sha1)
         for part in (nonce, localpart, password):
             mac.update(part.encode())
@@ -373,15 +372,7 @@ class DevServer:
         mac.update(b"admin" if admin else b"notadmin")
         try:
             body = await self._request(
-                "POST",
-                path,
-                {
-                    "nonce": nonce,
-                    "username": localpart,
-                    "password": password,
-                    "admin": admin,
-                    "mac": mac.hexdigest(),
-                },
+                api.admin_register(nonce, localpart, password, admin, mac.hexdigest())
             )
             log.debug("registered %s", body.get("user_id"))
         except MatrixError as exc:
@@ -398,15 +389,7 @@ class DevServer:
 
     async def _login(self, localpart: str, password: str) -> dict[str, Any]:
         try:
-            return await self._request(
-                "POST",
-                "/_matrix/client/v3/login",
-                {
-                    "type": "m.login.password",
-                    "identifier": {"type": "m.id.user", "user": localpart},
-                    "password": password,
-                },
-            )
+            return await self._request(api.login_password(localpart, password))
         except MatrixError as exc:
             if exc.errcode != "M_FORBIDDEN":
                 raise
@@ -429,27 +412,19 @@ class DevServer:
         """Set a per-user message rate limit; 0/0 means unlimited."""
         token = await self.admin_token()
         await self._request(
-            "POST",
-            f"/_synapse/admin/v1/users/{quote(user_id, safe='')}/override_ratelimit",
-            {"messages_per_second": messages_per_second, "burst_count": burst_count},
-            token=token,
+            api.admin_override_ratelimit(user_id, messages_per_second, burst_count), token=token
         )
 
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        body: dict[str, Any] | None = None,
-        *,
-        token: str | None = None,
-    ) -> dict[str, Any]:
+    async def _request(self, req: api.Request, *, token: str | None = None) -> dict[str, Any]:
+        # Its own aiohttp session, not an mxsync Http: the devserver has no Client.
         if self._session is None:
             raise RuntimeError("DevServer is not started")
+        method, path = req.method, req.path
         headers = {"Authorization": f"Bearer {token}"} if token else None
         async with self._session.request(
             method,
             self.url + path,
-            json=body,
+            json=req.body,
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=30),
         ) as resp:

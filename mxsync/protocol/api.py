@@ -30,6 +30,9 @@ __all__ = [
     "versions",
     "whoami",
     "login_password",
+    "admin_register_nonce",
+    "admin_register",
+    "admin_override_ratelimit",
     "sync",
     "create_room",
     "join",
@@ -89,16 +92,43 @@ def whoami() -> Request:
     return Request(method="GET", path=f"{_V3}/account/whoami", what="whoami")
 
 
-def login_password(user_id: str, password: str, device_id: str,
+def login_password(user: str, password: str, device_id: str | None = None,
                    display_name: str = "mxsync") -> Request:
-    body = {
+    """Log ``user`` (a user id or a localpart) in; keep ``device_id`` across logins."""
+    body: dict[str, Any] = {
         "type": "m.login.password",
-        "identifier": {"type": "m.id.user", "user": user_id},
+        "identifier": {"type": "m.id.user", "user": user},
         "password": password,
-        "device_id": device_id,
-        "initial_device_display_name": display_name,
     }
+    if device_id is not None:
+        body["device_id"] = device_id
+        body["initial_device_display_name"] = display_name
     return Request(method="POST", path=f"{_V3}/login", body=body, auth=False, what="login")
+
+
+# -- Synapse's admin API (the devserver and the tests) --------------------------
+
+_ADMIN = "/_synapse/admin/v1"
+
+
+def admin_register_nonce() -> Request:
+    """A nonce for shared-secret registration."""
+    return Request(method="GET", path=f"{_ADMIN}/register", auth=False, what="register nonce")
+
+
+def admin_register(nonce: str, localpart: str, password: str, admin: bool, mac: str) -> Request:
+    """Shared-secret registration (``mac`` over nonce, user, password, admin flag)."""
+    body = {"nonce": nonce, "username": localpart, "password": password, "admin": admin,
+            "mac": mac}
+    return Request(method="POST", path=f"{_ADMIN}/register", body=body, auth=False,
+                   what="register")
+
+
+def admin_override_ratelimit(user_id: str, messages_per_second: int, burst_count: int) -> Request:
+    """Set one user's message rate limit (0/0: unlimited); needs an admin's token."""
+    return Request(method="POST", path=f"{_ADMIN}/users/{q(user_id)}/override_ratelimit",
+                   body={"messages_per_second": messages_per_second, "burst_count": burst_count},
+                   what="override ratelimit")
 
 
 def sync(filter_json: str, since: str | None, timeout_ms: int) -> Request:
