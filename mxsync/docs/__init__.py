@@ -28,12 +28,9 @@ Invariants
    deletions made by local transactions since the previous batch; remote content
    is never sent back. (After a restart that left deletions unsent, the first
    batch carries the document's whole delete set: correct, only larger.)
-4. A remote update is applied only if it decodes, its sender may send its event
-   type under the power levels in force at its place in the timeline, it passes
-   :func:`~mxsync.protocol.docs.validate_update`, and ``apply_update`` does not
-   raise. Anything else is skipped and logged once, with its event id; nothing
-   a room member sends can stop the reader. An applied update whose structs wait
-   for missing ones is kept (bounded) and applied again as the state advances.
+4. A remote update is applied only if it decodes, its sender may send it, it
+   validates and pycrdt takes it; anything else is skipped and logged once
+   (stated in full in :mod:`~mxsync.docs.replica`, which keeps it).
 5. The position a cache resumes from, and the ``covers`` of a snapshot, come
    before every update the state does not hold yet (incomplete chunk sets,
    pending updates: yrs leaves pending structs out of ``get_update()``).
