@@ -150,12 +150,12 @@ async def throughput(w: Client, r: Client, n: int) -> dict[str, float]:
         elapsed = time.perf_counter() - started
         assert str(rt) == text
         st = dw.statistics()
-    say(f"mxsync: {n} edits in {elapsed:.2f} s, {st['update_events_sent']} events")
+    say(f"mxsync: {n} edits in {elapsed:.2f} s, {st.update_events_sent} events")
     return {
         "doc_edits_per_s": n / elapsed,
-        "doc_bytes_per_edit": st["bytes_sent"] / n,
-        "doc_payload_bytes_per_edit": st["payload_bytes_sent"] / n,
-        "doc_events_per_1000_edits": 1000 * st["update_events_sent"] / n,
+        "doc_bytes_per_edit": st.bytes_sent / n,
+        "doc_payload_bytes_per_edit": st.payload_bytes_sent / n,
+        "doc_events_per_1000_edits": 1000 * st.update_events_sent / n,
     }
 
 
@@ -290,7 +290,7 @@ async def type_for(w: Client, r: Client, seconds: float, label: str) -> tuple[in
         typed_s = time.perf_counter() - started
         await until(lambda: len(rt) == n, 600)
         elapsed = time.perf_counter() - started
-        events = dw.statistics()["update_events_sent"]
+        events = dw.statistics().update_events_sent
     say(f"{label}, mxsync: {n} edits typed in {typed_s:.1f} s, all at the reader "
         f"after {elapsed:.1f} s, {events} events")
     return n, elapsed, events
@@ -351,15 +351,15 @@ async def open_times(hs: DevServer, stack: AsyncExitStack, n: int) -> dict[str, 
             figures[key] = (time.perf_counter() - started) * 1000
             assert str(sdoc.doc.get("t", type=pycrdt.Text)) == str(xt)
             st = sdoc.statistics()
-            say(f"{key}: {figures[key]:.0f} ms ({st['load_http_ms']} ms in /messages), "
-                f"{st['load_events']} events read, {st['updates_applied']} updates and "
-                f"{st['snapshots_applied']} snapshots applied")
+            say(f"{key}: {figures[key]:.0f} ms ({st.load_http_ms} ms in /messages), "
+                f"{st.load_events} events read, {st.updates_applied} updates and "
+                f"{st.snapshots_applied} snapshots applied")
             if key == "doc_open_ms_replay":
-                figures["doc_open_events_replay"] = st["load_events"]
+                figures["doc_open_events_replay"] = st.load_events
                 # Having replayed everything, this opener posts a snapshot (policy).
-                await until(lambda sdoc=sdoc: sdoc.statistics()["snapshots_sent"] >= 1, 120)
+                await until(lambda sdoc=sdoc: sdoc.statistics().snapshots_sent >= 1, 120)
             else:
-                figures["doc_open_events_snapshot"] = st["load_events"]
+                figures["doc_open_events_snapshot"] = st.load_events
     return figures
 
 

@@ -205,7 +205,7 @@ async def docs(hs: DevServer, n: int, profile: Callable[[str], Any]) -> None:
                 elapsed = time.perf_counter() - started
             st = dw.statistics()
     say(f"docs: {n} edits typed in {typed:.2f} s, at the reader after {elapsed:.2f} s "
-        f"({n / elapsed:,.0f} edits/s), {st['update_events_sent']} events")
+        f"({n / elapsed:,.0f} edits/s), {st.update_events_sent} events")
 
 
 async def readings(hs: DevServer, n: int, profile: Callable[[str], Any]) -> None:

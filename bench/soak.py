@@ -47,9 +47,10 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import msgspec
 import pycrdt
 
-import mxsync.docs as docs_module
+import mxsync.docs.replica as docs_module
 from mxsync import Client
 from mxsync.dev import DevServer
 from mxsync.protocol.docs import decode_state_vector
@@ -368,8 +369,8 @@ async def run(
                             doc_state_bytes=len(d1.doc.get_update()),
                             text_len=len(_doc_values(d1.doc)),
                             edits=edits[0][0] + edits[1][0],
-                            update_events=st1["update_events_sent"] + st2["update_events_sent"],
-                            snapshots=st1["snapshots_sent"] + st2["snapshots_sent"],
+                            update_events=st1.update_events_sent + st2.update_events_sent,
+                            snapshots=st1.snapshots_sent + st2.snapshots_sent,
                             published=published[0],
                             received=tally.received,
                             requests=sum(c.http.requests for c in clients),
@@ -418,7 +419,8 @@ async def run(
                             drain_error = {
                                 "published": published[0], "received": tally.received,
                                 "pub": pub.statistics(), "sub": sub.statistics(),
-                                "d1": d1.statistics(), "d2": d2.statistics(),
+                                "d1": msgspec.to_builtins(d1.statistics()),
+                                "d2": msgspec.to_builtins(d2.statistics()),
                                 "d1_sv": d1.doc.get_state().hex(),
                                 "d2_sv": d2.doc.get_state().hex(),
                                 "texts_equal": _doc_values(d1.doc) == _doc_values(d2.doc),
@@ -432,8 +434,8 @@ async def run(
                     final_doc = {
                         "text_len": len(expected),
                         "state_bytes": len(d1.doc.get_update()),
-                        "d1": d1.statistics(),
-                        "d2": d2.statistics(),
+                        "d1": msgspec.to_builtins(d1.statistics()),
+                        "d2": msgspec.to_builtins(d2.statistics()),
                     }
                     sub_stats = sub.statistics()
                     pub_stats = pub.statistics()
@@ -483,7 +485,7 @@ async def run(
         "publisher": pub_stats,
         "doc": final_doc,
         "fresh_open_equal": fresh_equal,
-        "fresh_open_stats": {k: fresh_stats[k] for k in
+        "fresh_open_stats": {k: getattr(fresh_stats, k) for k in
                              ("load_ms", "load_events", "snapshots_applied", "updates_applied",
                               "skipped")},
         "drained": drain_error is None,

@@ -152,15 +152,15 @@ async def test_two_clients_editing_text_map_array_converge_without_echo(
 
         # No echo: a remote update is never sent back. Bob receives 20 KB from
         # Alice, then types one character: his batch holds that character only.
-        before = db.statistics()["payload_bytes_sent"]
+        before = db.statistics().payload_bytes_sent
         roots(da.doc)[0].insert(0, "x" * 20_000)
         await flushed(da)
         await until(lambda: len(str(roots(db.doc)[0])) == len(va["t"]) + 20_000)
         roots(db.doc)[0].insert(0, "!")
         await flushed(db)
-        assert 0 < db.statistics()["payload_bytes_sent"] - before < 64
+        assert 0 < db.statistics().payload_bytes_sent - before < 64
         await until(lambda: same(da, db))
-        assert da.statistics()["skipped"] == db.statistics()["skipped"] == 0
+        assert da.statistics().skipped == db.statistics().skipped == 0
 
 
 async def test_three_clients_converge_while_snapshotting_at_once(make_user, make_client):
@@ -192,11 +192,11 @@ async def test_three_clients_converge_while_snapshotting_at_once(make_user, make
         assert decoded(da.doc) == decoded(db.doc) == decoded(da2.doc)
         assert str(roots(da.doc)[0]).count("<") == 90
         assert len(roots(da.doc)[2]) == 90
-        await until(lambda: not any(s.statistics()["in_flight"] for s in sdocs))
+        await until(lambda: not any(s.statistics().in_flight for s in sdocs))
         for s in sdocs:  # only a device's own events count as its echoes, not Alice's other
             st = s.statistics()
-            assert st["own_echoes"] <= st["update_events_sent"] + st["snapshot_events_sent"]
-        snapshotters = [s for s in sdocs if s.statistics()["snapshots_sent"]]
+            assert st.own_echoes <= st.update_events_sent + st.snapshot_events_sent
+        snapshotters = [s for s in sdocs if s.statistics().snapshots_sent]
         assert len(snapshotters) >= 2, [s.statistics() for s in sdocs]
         expected = values(da.doc)
 
@@ -207,7 +207,7 @@ async def test_three_clients_converge_while_snapshotting_at_once(make_user, make
         await synced(df)
         assert values(df.doc) == expected
         stats = df.statistics()
-        assert stats["snapshots_applied"] >= 1 and stats["skipped"] == 0
+        assert stats.snapshots_applied >= 1 and stats.skipped == 0
 
 
 async def test_5000_fast_edits_under_default_rate_limits_all_arrive(make_user, make_client):
@@ -231,15 +231,15 @@ async def test_5000_fast_edits_under_default_rate_limits_all_arrive(make_user, m
         for ch in text:  # as fast as possible: one transaction per character
             t += ch
             await anyio.lowlevel.checkpoint()
-        assert dt.statistics()["edits"] == 5000
+        assert dt.statistics().edits == 5000
         await flushed(dt, deadline=150)
         tr = dr.doc.get("t", type=pycrdt.Text)
         await until(lambda: str(tr) == text, deadline=60)
         sent = dt.statistics()
     assert typist.outbox.rate_limited > 0  # the limit was hit, waited out, nothing lost
-    assert sent["update_events_sent"] < 20, sent
+    assert sent.update_events_sent < 20, sent
     # About one byte per character (payload); base64 and JSON add the rest.
-    assert sent["payload_bytes_sent"] < 1.3 * 5000, sent
+    assert sent.payload_bytes_sent < 1.3 * 5000, sent
 
 
 async def test_300_kb_document_round_trips_in_chunks(make_user, make_client):
@@ -254,9 +254,9 @@ async def test_300_kb_document_round_trips_in_chunks(make_user, make_client):
             m["blob"] = big[:40_000]
         await flushed(da)
         await until(lambda: values(db.doc) == values(da.doc), deadline=60)
-        assert da.statistics()["update_events_sent"] >= 7  # every one under 64 KiB
-        assert db.statistics()["chunks"]["completed"] >= 1
-        assert db.statistics()["chunks"]["pending_sets"] == 0
+        assert da.statistics().update_events_sent >= 7  # every one under 64 KiB
+        assert db.statistics().chunks.completed >= 1
+        assert db.statistics().chunks.pending_sets == 0
         expected = values(da.doc)
     async with c.open_doc(room) as dc:  # a cold open reassembles the chunks too
         await synced(dc)
@@ -287,17 +287,17 @@ async def test_fresh_open_of_2000_updates_reads_far_fewer_events(make_user, make
         tw = dw.doc.get("t", type=pycrdt.Text)
         await until(lambda: str(tw) == expected, deadline=60)
         # W followed the policy: a snapshot every 50-75 updates.
-        await until(lambda: not dw.statistics()["in_flight"]
-                    and not dw.statistics()["snapshot_pending"])
-        assert dw.statistics()["snapshots_sent"] >= 20
+        await until(lambda: not dw.statistics().in_flight
+                    and not dw.statistics().snapshot_pending)
+        assert dw.statistics().snapshots_sent >= 20
 
     progress: list[tuple[int, int | None]] = []
     async with f.open_doc(room, on_progress=lambda d, t: progress.append((d, t))) as df:
         await synced(df)
         assert str(df.doc.get("t", type=pycrdt.Text)) == expected
         stats = df.statistics()
-    assert stats["load_events"] <= 400, stats  # not 2,000
-    assert stats["snapshots_applied"] >= 1 and stats["updates_applied"] < 150, stats
+    assert stats.load_events <= 400, stats  # not 2,000
+    assert stats.snapshots_applied >= 1 and stats.updates_applied < 150, stats
     assert progress[0][1] is None and progress[-1][0] == progress[-1][1]
 
     # Reopened from its cache, F pages forward from where it stopped: only the new.
@@ -310,7 +310,7 @@ async def test_fresh_open_of_2000_updates_reads_far_fewer_events(make_user, make
         await synced(df)
         assert str(df.doc.get("t", type=pycrdt.Text)) == str(xt)
         stats = df.statistics()
-    assert stats["load_events"] <= 20, stats
+    assert stats.load_events <= 20, stats
 
 
 # ------------------------------------------------------------- bad input, rights
@@ -372,9 +372,9 @@ async def test_malformed_events_are_skipped_logged_once_and_harmless(
         expected = values(da.doc)
         stats = db.statistics()
     assert expected["t"] == "hello world"
-    assert stats["skipped"] == len(logged), stats
-    assert stats["chunks"]["pending_sets"] == 1  # the incomplete set, held within bounds
-    assert stats["chunks"]["rejected"] == 2 and stats["chunks"]["discarded"] == 1
+    assert stats.skipped == len(logged), stats
+    assert stats.chunks.pending_sets == 1  # the incomplete set, held within bounds
+    assert stats.chunks.rejected == 2 and stats.chunks.discarded == 1
     # The set that never completed is logged once, when Bob's document closes.
     logged.append(ids[7])
     for event_id in logged:  # each logged once by Bob's document, with its event id
@@ -420,9 +420,9 @@ async def test_permissions_are_judged_at_each_events_place_in_the_timeline(
         forged = RoomEvent(room_id=room, event_id=f"$forged{uuid.uuid4().hex}",
                            sender=r.user_id, type=DOC_UPDATE,
                            content={"v": 1, "doc": "default", "update": b64(yjs_update("BAD"))})
-        before = da.statistics()["forbidden"]
+        before = da.statistics().forbidden
         da._safe_process(forged, live=True)
-        assert da.statistics()["forbidden"] == before + 1
+        assert da.statistics().forbidden == before + 1
         assert "BAD" not in str(roots(da.doc)[0])
         expected = values(da.doc)
     assert "ok." in expected["t"] and "rita" not in expected["t"]
@@ -451,11 +451,11 @@ async def test_edits_during_an_outage_are_stored_then_sent_when_it_ends(
         a.nio.client_session = aiohttp.ClientSession()
         a.nio.homeserver = "http://127.0.0.1:9"
         ta += "during-1;"
-        await until(lambda: da.statistics()["in_flight"])
+        await until(lambda: da.statistics().in_flight)
         ta += "during-2;"  # waits for the batch in flight: stored in the doc log
         with anyio.fail_after(10):
             await da.persist()
-        assert da.statistics()["update_events_sent"] == 2
+        assert da.statistics().update_events_sent == 2
         assert a.outbox.pending == 1
         # It comes back: the outbox resends, the next batch follows.
         await a.nio.close()
@@ -463,7 +463,7 @@ async def test_edits_during_an_outage_are_stored_then_sent_when_it_ends(
         a.nio.homeserver = hs.url
         await flushed(da, deadline=90)
         await until(lambda: str(tb) == "before;during-1;during-2;", deadline=30)
-        assert da.statistics()["update_events_sent"] == 3
+        assert da.statistics().update_events_sent == 3
 
 
 CHILD = textwrap.dedent(
@@ -483,11 +483,11 @@ CHILD = textwrap.dedent(
                 c.nio.client_session = aiohttp.ClientSession()
                 c.nio.homeserver = "http://127.0.0.1:9"
                 t += "offline-1;"
-                while not sdoc.statistics()["in_flight"]:
+                while not sdoc.statistics().in_flight:
                     await anyio.sleep(0.01)
                 t += "offline-2;"  # joins the next batch: stored, not yet enqueued
                 await sdoc.persist()
-                print("PERSISTED", sdoc.statistics()["update_events_sent"], flush=True)
+                print("PERSISTED", sdoc.statistics().update_events_sent, flush=True)
                 await anyio.sleep(3600)
 
     anyio.run(main, *sys.argv[1:6])

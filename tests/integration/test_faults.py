@@ -144,7 +144,7 @@ EDITOR = EDITS + textwrap.dedent(
                     edit(sdoc.doc, i, rng)
                     if (i + 1) % every == 0:
                         await sdoc.persist()  # a durability checkpoint
-                        print("PERSISTED", i + 1, sdoc.statistics()["update_events_sent"],
+                        print("PERSISTED", i + 1, sdoc.statistics().update_events_sent,
                               flush=True)
                     # Online and continuous: the writer batches while edits go on.
                     await anyio.sleep(0.0002 if i % 10 == 0 else 0)
@@ -228,7 +228,7 @@ async def test_kill_9_in_the_middle_of_10000_edits_keeps_every_persisted_edit(
         await until(lambda: doc_values(fresh.doc) == restarted)
         assert decoded(fresh.doc) == restarted
         assert decode_state_vector(fresh.doc.get_state()) == restarted_sv
-        assert fresh.statistics()["skipped"] == 0
+        assert fresh.statistics().skipped == 0
 
 
 # ------------------------------------------------------------- a killed device
@@ -399,7 +399,7 @@ async def test_outage_of_20s_under_two_editors_and_a_device_loses_nothing_and_ba
                     await anyio.sleep(OUTAGE_S / 40)
                 during = {k: c.http.requests - before[k] for k, c in clients.items()}
                 states = {k: c.status.state for k, c in clients.items()}
-                assert db.statistics()["pending_edits"] > 0  # nothing could go out
+                assert db.statistics().pending_edits > 0  # nothing could go out
                 await hs.start()
                 assert hs.port == port
 

@@ -391,7 +391,7 @@ async def test_a_writer_flooding_garbage_leaves_documents_streams_and_memory_int
     assert expected["m"] == {"k": 2}
     assert all(ch in expected["t"] for ch in "before.after.")
     # Bob skipped the garbage and kept going.
-    assert doc_stats["skipped"] >= 50, doc_stats
+    assert doc_stats.skipped >= 50, doc_stats
     assert sub_stats["malformed"] >= 20, sub_stats
     # Every clean reading exactly once, in order; anything else Bob yielded came from
     # a batch the reference decoder accepts (a valid batch Mallory was free to send).
@@ -409,10 +409,10 @@ async def test_a_writer_flooding_garbage_leaves_documents_streams_and_memory_int
     # Memory stayed bounded: the chunk assembler holds at most Mallory's 4 sets (the
     # per-sender limit), far under its byte limit; the process's Python heap grew by
     # less than the bound below during the flood and the catch-up after it.
-    chunks = doc_stats["chunks"]
-    assert chunks["pending_sets"] <= 4, chunks
-    assert chunks["pending_bytes"] <= 4 * 9000, chunks
-    assert chunks["rejected"] >= 1 and chunks["evicted"] >= 1, chunks
+    chunks = doc_stats.chunks
+    assert chunks.pending_sets <= 4, chunks
+    assert chunks.pending_bytes <= 4 * 9000, chunks
+    assert chunks.rejected >= 1 and chunks.evicted >= 1, chunks
     # tracemalloc counts what was allocated after it started (the flood's contents
     # were drawn before): the peak covers parsing every /sync answer of the flood and
     # the catch-up after it. Measured: ~1.7 MB peak and ~1.1 MB still held (LRUs of

@@ -1,0 +1,345 @@
+"""SyncedDoc: the public facade of a document and its lifecycle.
+
+It owns the lifecycle (the exit stack, the task group with the reader and
+the writer, the observer's subscription), the load's outcome (synced, its
+error, how long it took) and the parts, each owning its own state: the
+:class:`~mxsync.docs.replica.Replica` (remote side, pure), the
+:class:`~mxsync.docs.local.LocalChanges`, the
+:class:`~mxsync.docs.writer.Writer` and the :class:`~mxsync.docs.loader.Loader`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any, Final
+
+import anyio
+import msgspec
+import pycrdt
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from ..engine.authz import room_creators
+from ..engine.events import RoomEvent
+from ..engine.http import Backoff
+from ..engine.surface import Engine
+from ..engine.taskgroups import exit_stack
+from ..errors import ConfigError, HomeserverUnavailable, MatrixError, ProtocolError, TransientError
+from ..protocol import docs as proto
+from ..protocol.types import DOC
+from .loader import Loader, ProgressCallback, restore
+from .local import LocalChanges
+from .replica import CREATE, PL, Replica
+from .writer import Writer
+
+__all__ = ["DocStatistics", "SyncedDoc", "open_doc"]
+
+log = logging.getLogger("mxsync.docs")
+
+_LIVE_TYPES: Final = (DOC, PL, CREATE)  # prefixes: DOC also matches .update/.snapshot
+_STREAM_BUFFER: Final = 4096
+
+# Documents open per client: two SyncedDocs of one (room, name) on one client
+# would share a Yjs client id and issue the same clocks twice.
+_OPEN: weakref.WeakKeyDictionary[Engine, set[tuple[str, str]]] = weakref.WeakKeyDictionary()
+
+
+class DocStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """Counters of a :class:`SyncedDoc` since it was opened."""
+
+    #: Local transactions (edits) made.
+    edits: int
+    #: Batches of local edits handed to the outbox.
+    batches_sent: int
+    #: Update events (chunks count one each) handed to the outbox.
+    update_events_sent: int
+    #: Bytes of the update events' contents.
+    bytes_sent: int
+    #: Bytes of the Yjs updates they carry.
+    payload_bytes_sent: int
+    #: Snapshots the homeserver accepted.
+    snapshots_sent: int
+    #: Snapshot events (chunks count one each) handed to the outbox.
+    snapshot_events_sent: int
+    #: Remote updates applied.
+    updates_applied: int
+    #: Bytes of the remote updates applied.
+    bytes_applied: int
+    #: Snapshots applied (the base of a cold open, or merged to repair a gap).
+    snapshots_applied: int
+    #: Snapshots seen that the state already covered.
+    snapshots_covered: int
+    #: Our own events seen again in the timeline.
+    own_echoes: int
+    #: Events seen twice (at the seam between the load and the live events).
+    duplicates: int
+    #: Events skipped and logged (undecodable, forbidden, invalid, refused by pycrdt).
+    skipped: int
+    #: Of the skipped events, those whose sender lacked the power level.
+    forbidden: int
+    #: Events read while loading.
+    load_events: int
+    #: /messages pages read while loading.
+    load_pages: int
+    #: Milliseconds spent waiting for /messages while loading.
+    load_http_ms: int
+    #: Full states written to the cache.
+    cache_writes: int
+    #: Diffs appended to the cache's log.
+    log_writes: int
+    #: Milliseconds the initial load took (None until it is done).
+    load_ms: float | None
+    #: Local edits the homeserver has not acknowledged yet.
+    pending_edits: int
+    #: Whether a batch is in flight.
+    in_flight: bool
+    #: Whether the writer wants to send a snapshot.
+    snapshot_pending: bool
+    #: Updates seen since the last snapshot (the snapshot policy's count).
+    updates_since_snapshot: int
+    #: The chunk assembler's counters.
+    chunks: proto.AssemblerStatistics
+
+
+class SyncedDoc:
+    """A ``pycrdt.Doc`` (``.doc``) bound to the document ``name`` of a room.
+
+    Use it as an async context manager (``client.open_doc`` builds one); it owns
+    a task group with a reader (initial load, then live events) and a writer
+    (batches, snapshots, cache). Edit ``.doc`` from the event loop's thread.
+    """
+
+    def __init__(
+        self,
+        client: Engine,
+        room_id: str,
+        name: str = "default",
+        *,
+        on_progress: ProgressCallback | None = None,
+        batch_delay: float = 0.05,
+        cache_interval: float = 5.0,
+        policy: proto.SnapshotPolicy | None = None,
+        assembler: proto.ChunkAssembler | None = None,
+        read_only: bool = False,
+    ) -> None:
+        if not isinstance(room_id, str) or not room_id.startswith("!"):
+            raise ConfigError(f"not a room id: {room_id!r}")
+        if not isinstance(name, str) or not 1 <= len(name.encode("utf-8", "replace")) <= 255:
+            raise ConfigError("document name must be 1..255 bytes of UTF-8")
+        if not batch_delay >= 0 or not cache_interval > 0:
+            raise ConfigError("batch_delay must be >= 0 and cache_interval > 0")
+        self.client = client
+        self.room_id = room_id
+        self.name = name
+        self.read_only = read_only
+        identity = f"{client.user_id}|{client.device_id or ''}"
+        self._replica = Replica(name, policy=policy or proto.SnapshotPolicy(identity),
+                                assembler=assembler, user_id=client.user_id, room_id=room_id)
+        self._local = LocalChanges(self._replica.doc, self._wake)
+        self._writer = Writer(client, room_id, name, replica=self._replica, local=self._local,
+                              batch_delay=batch_delay, cache_interval=cache_interval,
+                              read_only=read_only)
+        self._replica.on_update = self._writer.consider_snapshot
+        self._loader = Loader(client, room_id, name, replica=self._replica,
+                              lane=self._writer.lane, read_only=read_only,
+                              on_progress=on_progress)
+        self._stack: AsyncExitStack | None = None
+        self._subscription: pycrdt.Subscription | None = None
+        self._synced = anyio.Event()
+        self._load_error: BaseException | None = None
+        self._load_ms: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<SyncedDoc {self.name!r} in {self.room_id} for {self.client.user_id}>"
+
+    def _wake(self) -> None:
+        self._writer.wake()
+
+    # -- public API --------------------------------------------------------------
+
+    @property
+    def doc(self) -> pycrdt.Doc[Any]:
+        """The document: an ordinary ``pycrdt.Doc``."""
+        return self._replica.doc
+
+    @property
+    def synced(self) -> bool:
+        """Whether the initial load is done."""
+        return self._synced.is_set() and self._load_error is None
+
+    async def wait_synced(self) -> None:
+        """Return once the initial load is done (cache caught up, or snapshot + updates).
+
+        Raises the load's error if the document cannot be loaded (for example its
+        declaration is not one this implementation understands).
+        """
+        await self._synced.wait()
+        if self._load_error is not None:
+            raise self._load_error
+
+    async def flush(self) -> None:
+        """Return once every local change made before the call is on the homeserver.
+
+        Raises the homeserver's refusal (e.g. ForbiddenError for a reader) if the
+        changes can never be sent.
+        """
+        if self.read_only:
+            raise ConfigError("this document was opened read-only")
+        self._check_open()
+        await self._writer.flush()
+
+    async def persist(self) -> None:
+        """Store every local change made so far in the local store, without the network."""
+        self._check_open()
+        await self._writer.persist()
+
+    def statistics(self) -> DocStatistics:
+        """Counters since open: events sent and applied, load cost, skipped events."""
+        writer = self._writer
+        return DocStatistics(
+            edits=self._local.edits,
+            **writer.counts,
+            **self._replica.counts,
+            **self._loader.counts,
+            load_ms=self._load_ms,
+            pending_edits=self._local.edit_seq - writer.acked_seq,
+            in_flight=writer.inflight,
+            snapshot_pending=writer.snapshot_wanted,
+            updates_since_snapshot=writer.policy.updates_since,
+            chunks=self._replica.asm.statistics(),
+        )
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def __aenter__(self) -> SyncedDoc:
+        key = (self.room_id, self.name)
+        opened = _OPEN.setdefault(self.client, set())
+        if key in opened:
+            raise ConfigError(f"document {self.name!r} of {self.room_id} is already open "
+                              "on this client")
+        opened.add(key)
+        try:
+            async with AsyncExitStack() as stack:
+                await self._restore()
+                self._subscription = self.doc.observe(self._local.on_transaction)
+                stack.callback(self._unobserve)
+                recv = await stack.enter_async_context(
+                    self.client.room_events(self.room_id, _LIVE_TYPES, buffer=_STREAM_BUFFER)
+                )
+                stack.push_async_callback(self._writer.final_save)
+                tg = await stack.enter_async_context(anyio.create_task_group())
+                stack.callback(tg.cancel_scope.cancel)
+                self._writer.tg = tg
+                tg.start_soon(self._reader, recv)
+                tg.start_soon(self._writer.run)
+                self._stack = stack.pop_all()
+        except BaseException:
+            opened.discard(key)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        stack, self._stack = self._stack, None
+        try:
+            if stack is not None:
+                return await exit_stack(stack, exc_type, exc, tb)
+            return None
+        finally:
+            self._writer.tg = None
+            _OPEN.get(self.client, set()).discard((self.room_id, self.name))
+
+    def _check_open(self) -> None:
+        if self._stack is None:
+            raise RuntimeError("the document is not open; use `async with client.open_doc(...)`")
+
+    def _unobserve(self) -> None:
+        if self._subscription is not None:
+            self.doc.unobserve(self._subscription)
+            self._subscription = None
+
+    async def _restore(self) -> None:
+        restored = await restore(self.client, self.room_id, self.name)
+        if restored is None:
+            return
+        meta, writer, replica = restored.meta, self._writer, self._replica
+        replica.doc = restored.doc
+        if self._local.restore(restored.doc, meta.local_clients, meta.sent,
+                               unsent_ds=meta.unsent_ds):
+            # Edits of a previous run that never reached the outbox: send them.
+            writer.persisted_seq = 1
+            log.info("%r in %s: resuming unsent local edits from the store", self.name,
+                     self.room_id)
+        writer.declared = meta.declared
+        replica.position = writer.base_position = meta.position
+        replica.covers = writer.base_covers = meta.covers
+        if meta.updates_since:
+            for _ in range(meta.updates_since - 1):
+                writer.policy.observe_update(0)
+            writer.policy.observe_update(meta.bytes_since)
+        writer.state_bytes = restored.state_bytes
+
+    # -- reader ------------------------------------------------------------------------
+
+    def _safe_process(self, ev: RoomEvent, *, live: bool) -> None:
+        self._replica.safe_process(ev, live=live)
+
+    async def _reader(self, recv: MemoryObjectReceiveStream[RoomEvent]) -> None:
+        backoff = Backoff(base=0.5, cap=30.0)
+        started = time.monotonic()
+        while True:
+            try:
+                await self._load(recv)
+                break
+            except (HomeserverUnavailable, TransientError) as exc:
+                delay = backoff.next_delay()
+                log.warning("loading %r of %s failed (%s); retrying in %.1f s", self.name,
+                            self.room_id, exc, delay)
+                await anyio.sleep(delay)
+            except (MatrixError, ProtocolError) as exc:
+                log.error("cannot load %r of %s: %s", self.name, self.room_id, exc)
+                self._load_error = exc
+                self._loaded()
+                await recv.aclose()  # nothing will read it: do not hold up the sync loop
+                return
+        for ev in self._loader.backlog:
+            self._safe_process(ev, live=True)
+        self._loader.backlog.clear()
+        self._writer.state_bytes = len(self.doc.get_update())
+        self._load_ms = (time.monotonic() - started) * 1000
+        self._loaded()
+        self._wake()
+        async for ev in recv:
+            self._safe_process(ev, live=True)
+
+    def _loaded(self) -> None:
+        self._synced.set()
+        self._writer.loaded = True
+
+    async def _load(self, recv: MemoryObjectReceiveStream[RoomEvent]) -> None:
+        create = await self.client.state_event(self.room_id, CREATE)
+        self._replica.creators = room_creators(create)
+        if not self._writer.declared:
+            await self._loader.declare(recv)
+            self._writer.declared = True
+            self._wake()
+        await self._loader.history()
+
+
+def open_doc(client: Engine, room_id: str, name: str = "default", **kw: Any) -> SyncedDoc:
+    """``async with open_doc(client, room, name) as sdoc``: see :class:`SyncedDoc`.
+
+    Keyword arguments: ``on_progress(done, total_or_None)`` (long loads: events read
+    with ``total=None`` while paging, then events applied of ``total``),
+    ``batch_delay`` (default 0.05 s: the longest an edit waits before its batch),
+    ``cache_interval`` (default 5 s), ``policy`` (a SnapshotPolicy), ``assembler``
+    (a ChunkAssembler with other limits), ``read_only``.
+    """
+    return SyncedDoc(client, room_id, name, **kw)
