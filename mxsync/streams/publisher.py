@@ -42,6 +42,7 @@ import logging
 from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from types import TracebackType
+from typing import Any
 
 import anyio
 import msgspec
@@ -50,7 +51,6 @@ from ..engine.surface import Engine
 from ..engine.taskgroups import exit_stack
 from ..errors import BufferFull, ConfigError, MatrixError, MxsyncError
 from ..protocol.readings import Reading, Value
-from ..protocol.types import MAX_CONTENT_BYTES
 from .buffer import Row
 from .config import OverflowPolicy, PublisherConfig
 from .meta import SensorState
@@ -136,34 +136,9 @@ class Publisher:
       to deliver everything; the rest stays in the store for the next run.
     """
 
-    def __init__(
-        self,
-        client: Engine,
-        room_id: str,
-        device: str,
-        *,
-        precision: int | None = None,
-        description: str | None = None,
-        max_age: float = 1.0,
-        max_buffered: int = 1_000_000,
-        overflow: OverflowPolicy = "block",
-        meta_interval: float = 5.0,
-        presence: bool = True,
-        last_will: bool = True,
-        offline_after: float = 30.0,
-        heartbeat: float = 60.0,
-        save_interval: float = 0.1,
-        window: int = 2,
-        max_bytes: int = MAX_CONTENT_BYTES,
-        close_timeout: float = 60.0,
-    ) -> None:
-        self._cfg = cfg = PublisherConfig.build(
-            room_id, device, precision=precision, description=description,
-            max_age=max_age, max_buffered=max_buffered, overflow=overflow,
-            meta_interval=meta_interval, presence=presence, last_will=last_will,
-            offline_after=offline_after, heartbeat=heartbeat, save_interval=save_interval,
-            window=window, max_bytes=max_bytes, close_timeout=close_timeout,
-        )
+    def __init__(self, client: Engine, room_id: str, device: str, **options: Any) -> None:
+        # The keyword arguments (listed above) are PublisherConfig.build's: checked there.
+        self._cfg = cfg = PublisherConfig.build(room_id, device, **options)
         self._client = client
         self._sensors = Sensors(cfg.device, cfg.precision)
         self._pump = Pump(client, cfg)
