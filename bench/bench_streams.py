@@ -126,7 +126,7 @@ async def end_to_end(hs: DevServer, tmp: Path, n: int) -> tuple[float, float]:
                         await done.wait()
                     elapsed = time.perf_counter() - start
                     stats = p.statistics()
-    return n / elapsed, stats["bytes_per_reading"]
+    return n / elapsed, stats.bytes_per_reading
 
 
 async def sustained_default(hs: DevServer, tmp: Path, seconds: float,

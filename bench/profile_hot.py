@@ -243,7 +243,7 @@ async def readings(hs: DevServer, n: int, profile: Callable[[str], Any]) -> None
                         elapsed = time.perf_counter() - started
                 st = pub.statistics()
     say(f"readings: {n} published in {published:.2f} s, at the subscriber after "
-        f"{elapsed:.2f} s ({n / elapsed:,.0f}/s), {st['batches_sent']} batches")
+        f"{elapsed:.2f} s ({n / elapsed:,.0f}/s), {st.batches_sent} batches")
 
 
 WORKLOADS: dict[str, tuple[Callable[[DevServer, int, Any], Awaitable[None]], int]] = {

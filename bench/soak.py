@@ -418,7 +418,8 @@ async def run(
                         except TimeoutError:
                             drain_error = {
                                 "published": published[0], "received": tally.received,
-                                "pub": pub.statistics(), "sub": sub.statistics(),
+                                "pub": msgspec.to_builtins(pub.statistics()),
+                                "sub": msgspec.to_builtins(sub.statistics()),
                                 "d1": msgspec.to_builtins(d1.statistics()),
                                 "d2": msgspec.to_builtins(d2.statistics()),
                                 "d1_sv": d1.doc.get_state().hex(),
@@ -479,10 +480,10 @@ async def run(
         "published": published[0],
         "received": tally.received,
         "batches": tally.batches,
-        "duplicates": sub_stats["duplicates"],
-        "gaps": sub_stats["gaps"],
+        "duplicates": sub_stats.duplicates,
+        "gaps": sub_stats.gaps,
         "out_of_order": tally.out_of_order,
-        "publisher": pub_stats,
+        "publisher": msgspec.to_builtins(pub_stats),
         "doc": final_doc,
         "fresh_open_equal": fresh_equal,
         "fresh_open_stats": {k: getattr(fresh_stats, k) for k in

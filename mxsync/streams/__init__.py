@@ -13,15 +13,18 @@ What MQTT/Sparkplug users rely on, through Matrix:
   past, and device presence.
 
 The wire format is ``mxsync.protocol.readings`` (docs/PROTOCOL.md section 3).
-Modules: ``publisher`` (the send path), ``buffer`` (its tables in the
-client's store), ``presence`` (birth and last will), ``subscriber`` (the
-receive path) and ``history`` (paging and buckets).
+Modules, each owning its own state: ``publisher`` (the public send API and
+its lifecycle), ``config`` (its checked settings), ``pump`` (buffer, encoder,
+sealed and in-flight batches, write-behind), ``buffer`` (the pump's tables in
+the client's store), ``sensors`` (declarations and last values), ``meta``
+(sensor state updates), ``presence`` (birth and last will), ``subscriber``
+(the receive path) and ``history`` (paging and buckets).
 """
 
 from ..protocol.readings import Reading, SensorMeta
 from .history import Bucket, HistoryProgress, aggregate
-from .publisher import BufferFull, OverflowPolicy, Publisher
-from .subscriber import DeviceStatus, Subscriber
+from .publisher import BufferFull, OverflowPolicy, Publisher, PublisherStatistics
+from .subscriber import DeviceStatus, Subscriber, SubscriberStatistics
 
 __all__ = [
     "Bucket",
@@ -30,8 +33,10 @@ __all__ = [
     "HistoryProgress",
     "OverflowPolicy",
     "Publisher",
+    "PublisherStatistics",
     "Reading",
     "SensorMeta",
     "Subscriber",
+    "SubscriberStatistics",
     "aggregate",
 ]

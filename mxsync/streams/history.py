@@ -169,51 +169,79 @@ async def read_history(
         await power_levels_before(client, room_id, token),
         room_creators(await client.state_event(room_id, CREATE)),
     )
-    seen: set[tuple[str, str, int | None, int]] = set()
-    found: list[Reading] = []
-    n_events = n_batches = 0
-    position = scan_from
-    done = False
-    while True:
+    scan = _Scan(reader, sensor, start_ms, end_ms, scan_from, stop_at, levels, progress)
+    if not scan.take(events) and token is not None:
+        async for page in client.pages(room_id, token, direction="f", limit=page_size,
+                                       types=[READINGS, POWER_LEVELS]):
+            if page.events and scan.take(page.events):
+                break
+    found = scan.found
+    found.sort(key=by_time)
+    return found
+
+
+class _Scan:
+    """The state of one ``read_history`` walk: batches seen, readings found, the
+    power levels in force and how far it got."""
+
+    def __init__(
+        self,
+        reader: BatchReader,
+        sensor: str,
+        start_ms: int,
+        end_ms: int,
+        scan_from: int,
+        stop_at: int,
+        levels: PowerLevels,
+        progress: Callable[[HistoryProgress], object] | None,
+    ) -> None:
+        self._reader = reader
+        self._sensor = sensor
+        self._start_ms, self._end_ms = start_ms, end_ms
+        self._scan_from, self._stop_at = scan_from, stop_at
+        self._levels = levels
+        self._progress = progress
+        self._seen: set[tuple[str, str, int | None, int]] = set()
+        self.found: list[Reading] = []
+        self._events = self._batches = 0
+        self._position = scan_from
+
+    def take(self, events: list[RoomEvent]) -> bool:
+        """Read one page of events (in timeline order); True: the range is done."""
+        sensor, reader = self._sensor, self._reader
+        done = False
         for ev in events:
-            if ev.origin_server_ts >= stop_at:
+            if ev.origin_server_ts >= self._stop_at:
                 done = True
                 break
-            position = max(position, ev.origin_server_ts)
-            n_events += 1
-            levels = levels.after(ev)
-            batch = reader.batch(ev, levels)
+            self._position = max(self._position, ev.origin_server_ts)
+            self._events += 1
+            self._levels = self._levels.after(ev)
+            batch = reader.batch(ev, self._levels)
             if batch is None:
                 continue
             key = (ev.sender, batch.device, batch.session, batch.seq)
-            if key in seen:
+            if key in self._seen:
                 continue
-            seen.add(key)
+            self._seen.add(key)
             if not any(s.sensor == sensor for s in batch.series):
                 continue
             readings = reader.readings(ev, batch)
             if readings is None:
                 continue
-            n_batches += 1
-            found.extend(
-                r for r in readings if r.sensor == sensor and start_ms <= r.t_ms < end_ms
+            self._batches += 1
+            self.found.extend(
+                r for r in readings
+                if r.sensor == sensor and self._start_ms <= r.t_ms < self._end_ms
             )
-        if progress is not None:
-            span = max(1, stop_at - scan_from)
-            progress(HistoryProgress(
-                events=n_events, batches=n_batches, readings=len(found),
-                position_ms=position,
-                fraction=1.0 if done else min(1.0, (position - scan_from) / span),
+        if self._progress is not None:
+            span = max(1, self._stop_at - self._scan_from)
+            self._progress(HistoryProgress(
+                events=self._events, batches=self._batches, readings=len(self.found),
+                position_ms=self._position,
+                fraction=1.0 if done else min(1.0, (self._position - self._scan_from) / span),
             ))
-        if done or token is None:
-            break
-        page = await client.messages(room_id, token, direction="f", limit=page_size,
-                                     types=[READINGS, POWER_LEVELS])
-        if not page.events or page.end == token:
-            break
-        events, token = page.events, page.end
-    found.sort(key=by_time)
-    return found
+        return done
 
 
 def bucket_bounds(start_ms: int, end_ms: int, buckets: int) -> list[int]:

@@ -35,7 +35,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
-from typing import Any
 
 import anyio
 import msgspec
@@ -64,7 +63,7 @@ from .history import (
     read_history,
 )
 
-__all__ = ["Subscriber", "DeviceStatus"]
+__all__ = ["Subscriber", "SubscriberStatistics", "DeviceStatus"]
 
 log = logging.getLogger("mxsync.streams.subscriber")
 
@@ -93,6 +92,27 @@ class DeviceStatus(msgspec.Struct, frozen=True, kw_only=True):
     description: str | None = None
     #: True when the subscriber inferred the state (missed heartbeats).
     inferred: bool = False
+
+
+class SubscriberStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """What :meth:`Subscriber.statistics` reports (live batches since the start)."""
+
+    #: Live batches taken in (each (sender, device, session, seq) once).
+    batches: int
+    #: Readings delivered to the live stream (after the sensor filter).
+    readings: int
+    #: Batches seen again (a seq not above the last of its session): skipped.
+    duplicates: int
+    #: Jumps in a session's seq numbers (each is logged).
+    gaps: int
+    #: Batches those jumps skipped over (dropped by the device, or lost).
+    missing_batches: int
+    #: Malformed readings events skipped (live, latest and history).
+    malformed: int
+    #: Readings events skipped: their sender had no power level for them there.
+    forbidden: int
+    #: Device status changes a watcher missed because its queue was full.
+    lost_device_changes: int
 
 
 class Subscriber:
@@ -395,13 +415,13 @@ class Subscriber:
 
     async def _scan_latest(self, sensor: str, known: Reading | None) -> Reading | None:
         """The newest reading of ``sensor`` in the last ``latest_scan`` batches."""
-        token: str | None = None
+        if self._latest_scan < 1:
+            return None  # nothing to look through: not even one request
         scanned = 0
-        while scanned < self._latest_scan:
-            page = await self._client.messages(
-                self._room, token, direction="b", limit=min(20, self._latest_scan),
-                types=[READINGS, POWER_LEVELS],
-            )
+        async for page in self._client.pages(
+            self._room, None, direction="b", limit=min(20, self._latest_scan),
+            types=[READINGS, POWER_LEVELS],
+        ):
             levels = await levels_backwards(self._client, self._room, page,
                                             self._levels.creators)
             for ev, in_force in zip(page.events, levels, strict=True):
@@ -415,9 +435,8 @@ class Subscriber:
                 if readings:
                     mine = [r for r in readings if r.sensor == sensor]
                     return max(mine, key=by_time) if mine else None
-            if not page.events or page.end is None:
-                return None
-            token = page.end
+            if scanned >= self._latest_scan:
+                break
         return None
 
     # -- history ------------------------------------------------------------------------
@@ -491,17 +510,17 @@ class Subscriber:
                 self._watchers.remove(send)
             send.close()
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "batches": self._batches,
-            "readings": self._readings,
-            "duplicates": self._duplicates,
-            "gaps": self._gaps,
-            "missing_batches": self._missing,
-            "malformed": self._reader.malformed,
-            "forbidden": self._reader.forbidden,
-            "lost_device_changes": self._lost_changes,
-        }
+    def statistics(self) -> SubscriberStatistics:
+        return SubscriberStatistics(
+            batches=self._batches,
+            readings=self._readings,
+            duplicates=self._duplicates,
+            gaps=self._gaps,
+            missing_batches=self._missing,
+            malformed=self._reader.malformed,
+            forbidden=self._reader.forbidden,
+            lost_device_changes=self._lost_changes,
+        )
 
 
 def _newer(a: Reading | None, b: Reading | None) -> Reading | None:

@@ -255,7 +255,7 @@ PUBLISHER = textwrap.dedent(
                     if (i + 1) % every == 0:
                         await pub.persist()  # a durability checkpoint
                         st = pub.statistics()
-                        print("PERSISTED", i + 1, st["readings_sent"], flush=True)
+                        print("PERSISTED", i + 1, st.readings_sent, flush=True)
                     if i % 100 == 99:
                         await anyio.sleep(0.005)  # about 15,000 readings/s, continuously
                 await pub.flush()
@@ -424,7 +424,7 @@ async def test_outage_of_20s_under_two_editors_and_a_device_loses_nothing_and_ba
                 with anyio.move_on_after(1.0):
                     extra = await sub.__anext__()
                     pytest.fail(f"a reading came twice: {extra}")
-                assert sub.statistics()["duplicates"] == 0
+                assert sub.statistics().duplicates == 0
     assert live == published  # every reading once, in order
     assert set(states.values()) == {"backing_off"}, states
     # Each client runs a sync loop (backoff 0.5 s doubling, capped at 30 s: 6-8

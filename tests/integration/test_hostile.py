@@ -392,7 +392,7 @@ async def test_a_writer_flooding_garbage_leaves_documents_streams_and_memory_int
     assert all(ch in expected["t"] for ch in "before.after.")
     # Bob skipped the garbage and kept going.
     assert doc_stats.skipped >= 50, doc_stats
-    assert sub_stats["malformed"] >= 20, sub_stats
+    assert sub_stats.malformed >= 20, sub_stats
     # Every clean reading exactly once, in order; anything else Bob yielded came from
     # a batch the reference decoder accepts (a valid batch Mallory was free to send).
     assert [(r.t_ms, r.value) for r in got if r.device == "clean"] == clean
@@ -551,7 +551,7 @@ async def test_a_dashboard_cannot_publish_and_gets_a_clear_error(hs, make_user, 
     assert err.errcode == "M_FORBIDDEN" and err.status == 403
     assert READINGS in str(err) and "M_FORBIDDEN" in str(err)  # says what and why
     assert DOC_UPDATE in str(doc_info.value)
-    assert stats["failed"] == 1 and stats["readings_sent"] == 0
+    assert stats.failed == 1 and stats.readings_sent == 0
     assert pending == 0  # a refusal is final: nothing retries forever
     refusals = [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.ERROR]
     assert any("rogue" in msg and "refused" in msg for msg in refusals), refusals
@@ -587,7 +587,7 @@ async def test_events_from_senders_without_the_level_are_ignored_even_if_deliver
             r = await sub.__anext__()
         assert r.device == "real"
         assert "rogue" not in sub.devices and sub.devices["real"].online
-        assert sub.statistics()["forbidden"] == 1
+        assert sub.statistics().forbidden == 1
 
 
 async def test_a_document_declaration_from_a_sender_without_the_level_is_ignored(
@@ -662,7 +662,7 @@ async def test_each_batch_counts_by_the_levels_in_force_where_it_stands(
         with anyio.move_on_after(0.5):
             r = await sub.__anext__()
             pytest.fail(f"a reading sent without the level came out: {r}")
-        assert sub.statistics()["forbidden"] == 2
+        assert sub.statistics().forbidden == 2
     assert [r.value for r in got] == list(range(10)) and {r.device for r in got} == {"d"}
     # The same events as a page of history read backwards, from the room's start (no
     # older levels to look up: the oldest batch is judged by the current ones).

@@ -105,10 +105,10 @@ async def test_100k_readings_arrive_complete_in_order_and_exact(make_user, make_
             stats = pub.statistics()
             got = await take(sub, len(data), deadline=60)
     # Rate limits were the default ones: a few events carried everything.
-    assert stats["readings_sent"] == 100_000
-    assert stats["batches_sent"] <= 8, stats
-    assert 0 < stats["bytes_per_reading"] < 4, stats
-    assert sub.statistics()["duplicates"] == 0 and sub.statistics()["gaps"] == 0
+    assert stats.readings_sent == 100_000
+    assert stats.batches_sent <= 8, stats
+    assert 0 < stats.bytes_per_reading < 4, stats
+    assert sub.statistics().duplicates == 0 and sub.statistics().gaps == 0
     want = by_sensor(Reading(s, 0, expected(s, v)) for s, v in data)
     have = by_sensor(got)
     assert set(have) == {"temp", "count", "door"}
@@ -199,7 +199,7 @@ async def test_a_demoted_device_keeps_what_it_published_while_it_could(make_user
         with anyio.fail_after(30):  # the client's sync loop is past every event of dev
             while not await demoted():  # noqa: ASYNC110 - the state cache, polled
                 await anyio.sleep(0.02)
-        assert live.statistics()["batches"] <= 2  # the third is judged from here on
+        assert live.statistics().batches <= 2  # the third is judged from here on
         got = await take(live, 15, deadline=30)
         assert [(r.t_ms, r.value, r.device) for r in got] == [
             (r.t_ms, r.value, r.device) for r in published
@@ -220,7 +220,7 @@ async def test_a_demoted_device_keeps_what_it_published_while_it_could(make_user
         await live._on_event(RoomEvent(event_id="$forged-state", type=DEVICE, content=alive,
                                        state_key="rogue", **forged))
         stats = live.statistics()
-        assert (stats["forbidden"], stats["batches"]) == (1, 4)
+        assert (stats.forbidden, stats.batches) == (1, 4)
         assert "rogue" not in live.devices
         with anyio.move_on_after(0.5):
             r = await live.__anext__()
@@ -240,7 +240,7 @@ async def test_a_demoted_device_keeps_what_it_published_while_it_could(make_user
         assert latest is not None and (latest.t_ms, latest.value) == (t0 + 1_400, 14)
         assert cold.sensors["power"].last_value() == 14
         assert cold.devices["meter"].sender == dev.user_id
-        assert stats["forbidden"] == 0
+        assert stats.forbidden == 0
 
 
 def one_reading(device: str, t_ms: int) -> dict[str, object]:
@@ -388,7 +388,7 @@ async def test_missed_heartbeats_mark_a_device_offline_and_a_batch_revives_it(
 
 RESTART_SCRIPT = textwrap.dedent(
     """
-    import sys, anyio, random, json
+    import sys, anyio, random, json, msgspec
     from mxsync import Client
 
     async def main(url, user, password, store, room, n):
@@ -402,9 +402,9 @@ RESTART_SCRIPT = textwrap.dedent(
                         await anyio.lowlevel.checkpoint()
                 await pub.persist()
                 with anyio.fail_after(60):  # the rate limit piles sealed batches up
-                    while pub.statistics()["sealed_pending"] < 2:
+                    while pub.statistics().sealed_pending < 2:
                         await anyio.sleep(0.05)
-                print(json.dumps(pub.statistics()), flush=True)
+                print(json.dumps(msgspec.to_builtins(pub.statistics())), flush=True)
                 await anyio.sleep(3600)
 
     anyio.run(main, *sys.argv[1:7])
@@ -444,7 +444,7 @@ async def test_kill_9_then_restart_delivers_every_reading_once(
     async with Client(hs.url, dev_creds.user_id, password=dev_creds.password,
                       store_path=store) as again:
         async with again.publisher(room, device="logger", presence=False) as pub:
-            assert pub.statistics()["restored"] + pub.statistics()["sealed_pending"] > 0
+            assert pub.statistics().restored + pub.statistics().sealed_pending > 0
             with anyio.fail_after(120):
                 await pub.flush()
     # The homeserver's own history: every batch once, seq without gaps, values in order.
@@ -482,7 +482,7 @@ async def test_overflow_policies_block_or_drop_oldest_with_a_visible_gap(
                     v = rng.randrange(10**9)
                     pub.publish("x", v)
                     sent.append(v)
-            assert pub.buffered == 5_000 and pub.statistics()["published"] == len(sent)
+            assert pub.buffered == 5_000 and pub.statistics().published == len(sent)
             dev.nio.homeserver = real
             with anyio.fail_after(60):
                 for _ in range(3_000):
@@ -504,21 +504,21 @@ async def test_overflow_policies_block_or_drop_oldest_with_a_visible_gap(
                 if i % 500 == 0:
                     await anyio.lowlevel.checkpoint()
             stats = pub.statistics()
-            assert stats["dropped"] > 0 and pub.buffered <= 2 * 5_000
+            assert stats.dropped > 0 and pub.buffered <= 2 * 5_000
             dev.nio.homeserver = real
             with anyio.fail_after(60):
                 await pub.flush()
             stats = pub.statistics()
-        got = await take(sub, len(sent) - stats["dropped"], deadline=60)
+        got = await take(sub, len(sent) - stats.dropped, deadline=60)
     values = [r.value for r in got]
-    assert len(values) == len(sent) - stats["dropped"]
+    assert len(values) == len(sent) - stats.dropped
     it = iter(sent)
     assert all(v in it for v in values)  # a subsequence: order kept, nothing invented
     # Every seq was either delivered or dropped; the subscriber counts the holes it sees
     # (drops before the first batch it saw are not holes to it, but seq does not start at 0).
     seqs = sorted({r.seq for r in got})
-    assert len(seqs) + stats["dropped_batches"] == stats["next_seq"]
-    assert sub.statistics()["missing_batches"] == seqs[-1] - seqs[0] + 1 - len(seqs)
+    assert len(seqs) + stats.dropped_batches == stats.next_seq
+    assert sub.statistics().missing_batches == seqs[-1] - seqs[0] + 1 - len(seqs)
     assert seqs != list(range(len(seqs)))
 
 
@@ -563,10 +563,10 @@ async def test_bad_input_is_a_clear_local_error(make_user, make_client):
             pub.declare("x", precision=10)
         with pytest.raises(ConfigError):
             pub.publish_many([Reading("ok", now_ms(), 1), Reading("bad id", now_ms(), 2)])
-        assert pub.statistics()["published"] == 0 and pub.buffered == 0
+        assert pub.statistics().published == 0 and pub.buffered == 0
         pub.declare("x", precision=1)
         pub.publish("x", 0.1 + 0.2)  # rounded to the declared precision: fine
-        assert pub.statistics()["published"] == 1
+        assert pub.statistics().published == 1
 
 
 async def test_malformed_batches_are_skipped_logged_once_and_harmless(
@@ -594,7 +594,7 @@ async def test_malformed_batches_are_skipped_logged_once_and_harmless(
             pub.publish("after", 42)
         (r,) = await take(sub, 1, deadline=60)
         assert (r.sensor, r.value) == ("after", 42)
-        assert sub.statistics()["malformed"] == len(garbage)
+        assert sub.statistics().malformed == len(garbage)
     warnings = [rec for rec in caplog.records
                 if rec.levelno == logging.WARNING and "malformed" in rec.getMessage()]
     assert len(warnings) == 1 and dev.user_id in warnings[0].getMessage()
