@@ -3,7 +3,7 @@
 ``async with client.open_doc(room_id, name) as sdoc:`` yields a SyncedDoc whose
 ``sdoc.doc`` is an ordinary ``pycrdt.Doc``. Local edits are sent, remote edits are
 applied; the wire format is docs/PROTOCOL.md, section "Documents"
-(``mxsync/protocol/docs.py``). This package owns the I/O around that protocol:
+(the package ``mxsync/protocol/docs/``). This package owns the I/O around that protocol:
 the local cache, batching, snapshots, loading and following a document.
 
 Data path of a local edit: transaction observer (marks the document dirty) ->
