@@ -17,7 +17,10 @@ Layout of the state directory (reused across runs, so data persists)::
                          homeserver.yaml (top-level keys replace).
     log.config           rewritten on every start: WARNING and up to homeserver.log
     homeserver.log       Synapse's log, plus its stdout and stderr
-    homeserver.db        the SQLite database
+    homeserver.db        the SQLite database (``database="sqlite"``, the default)
+    postgres/            the PostgreSQL cluster and its socket
+                         (``database="postgres"``, see :mod:`mxsync.dev.postgres`)
+    postgres.log         its log
     federation.crt/.key  the federation listener's self-signed certificate
                          (a federating server only, see :mod:`mxsync.dev.tls`)
     media_store/         uploaded media
@@ -43,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import importlib.util
 import logging
 import os
 import signal
@@ -68,6 +72,7 @@ from .config import (
     write_run_config,
 )
 from .lock import StateDirLock
+from .postgres import PostgresCluster
 from .process import (
     LIVE_CHILDREN,
     STOP_GRACE_SECONDS,
@@ -181,6 +186,7 @@ class DevServer:
         self._startup_timeout = startup_timeout
         self._lock = StateDirLock(self.state_dir / LOCK_FILE)
         self._proc: subprocess.Popen[bytes] | None = None
+        self.postgres: PostgresCluster | None = None
         self._session: aiohttp.ClientSession | None = None
         self._secret: str | None = None
         self._admin: Credentials | None = None
@@ -237,6 +243,7 @@ class DevServer:
         try:
             await self._wait_for_orphan(previous)
             self._secret = ensure_base_config(self.state_dir, self.server_name)
+            database = await self._start_database()
             self._session = aiohttp.ClientSession()
             for attempt in range(1, _PORT_ATTEMPTS + 1):
                 if self._requested_port is None:
@@ -250,6 +257,7 @@ class DevServer:
                     server_name=self.server_name,
                     mode=self.rate_limits,
                     federation_port=self.federation_port,
+                    database=database,
                 )
                 log_offset = self._mark_log()
                 self._proc = self._spawn()
@@ -276,6 +284,9 @@ class DevServer:
         with anyio.CancelScope(shield=True):
             try:
                 await self._stop_child()
+                if self.postgres is not None:
+                    await self.postgres.stop()
+                    self.postgres = None
             finally:
                 if self._session is not None:
                     await self._session.close()
@@ -295,6 +306,18 @@ class DevServer:
             f"state dir {self.state_dir} is still used by Synapse pid {pid}, left by a "
             "DevServer that was killed; stop that process first"
         )
+
+    async def _start_database(self) -> dict[str, Any] | None:
+        """Start the PostgreSQL cluster if asked for; Synapse's ``database`` section."""
+        if self.database != "postgres":
+            return None
+        if self._python == sys.executable and importlib.util.find_spec("psycopg2") is None:
+            raise DevServerError(
+                "database='postgres' needs psycopg2 next to Synapse: pip install psycopg2-binary"
+            )
+        self.postgres = PostgresCluster(self.state_dir, startup_timeout=self._startup_timeout)
+        await self.postgres.start()
+        return self.postgres.synapse_database()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         argv = [

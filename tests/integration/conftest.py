@@ -96,7 +96,7 @@ async def make_client(hs: DevServer, tmp_path: Path) -> AsyncIterator[ClientFact
 # -- a federation -----------------------------------------------------------------
 
 #: The databases of the federation's servers, in order.
-FEDERATION_DATABASES: tuple[Database, ...] = ("sqlite", "sqlite")
+FEDERATION_DATABASES: tuple[Database, ...] = ("sqlite", "postgres")
 
 
 @pytest.fixture(scope="session")

@@ -11,17 +11,24 @@ with fresh traffic, which is what real rooms do.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import anyio
 import pytest
 
-from mxsync.dev import Credentials, Federation
+from mxsync.dev import Credentials, DevServer, Federation
+from mxsync.dev.config import read_yaml
+from mxsync.dev.process import pid_alive
 from mxsync.protocol import api
 
 pytestmark = pytest.mark.anyio
@@ -142,3 +149,56 @@ async def test_drop_cut_then_heal_with_reset(fed_link: Federation, shared: Share
 async def test_reject_cut_then_heal_without_reset(fed_link: Federation,
                                                   shared: SharedRoom) -> None:
     await _partition_and_heal(fed_link, shared, "reject", reset=False)
+
+
+async def test_second_server_is_on_postgresql(federation: Federation) -> None:
+    hs = federation.servers[1]
+    assert hs.database == "postgres" and hs.postgres is not None
+    overlay = read_yaml(hs.state_dir / "devserver.yaml")
+    assert overlay["database"]["name"] == "psycopg2"
+    assert overlay["database"]["args"]["host"] == str(hs.postgres.socket_dir)
+    # Synapse's own tables, seen through the cluster's socket; users registered above.
+    out = subprocess.run(
+        hs.postgres.psql_argv("-tAc", "SELECT count(*) FROM users"),
+        capture_output=True, text=True, timeout=30, check=True,
+    )
+    assert int(out.stdout) >= 1
+    encoding = subprocess.run(
+        hs.postgres.psql_argv("-tAc", "SELECT pg_encoding_to_char(encoding), datcollate "
+                              "FROM pg_database WHERE datname = current_database()"),
+        capture_output=True, text=True, timeout=30, check=True,
+    )
+    assert encoding.stdout.strip() == "UTF8|C"
+    assert federation.servers[0].database == "sqlite"
+
+
+def _our_children(state_dir: Path) -> list[str]:
+    """Command lines of running processes that mention ``state_dir``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(state_dir) in cmd:
+            found.append(cmd)
+    return found
+
+
+async def test_stopping_leaves_no_postgres_or_synapse() -> None:
+    base = Path(tempfile.mkdtemp(prefix="mxsync-pgstop-"))
+    os.chmod(base, 0o711)
+    try:
+        hs = DevServer(base / "hs", database="postgres", federation=True,
+                       server_name="127.0.0.1:1", startup_timeout=120)
+        async with hs:
+            assert hs.postgres is not None
+            pids = [hs.pid, hs.postgres.pid]
+            assert all(pids) and len(_our_children(base)) >= 2
+        assert not any(pid_alive(pid) for pid in pids if pid is not None)
+        assert _our_children(base) == []
+        assert hs.postgres is None
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
