@@ -155,18 +155,18 @@ class TcpProxy:
 
     async def _handle(self, client: SocketStream) -> None:
         self.accepted += 1
-        with anyio.CancelScope() as scope:
-            self._live.add(scope)
-            self._streams.add(client)
-            try:
+        scope = anyio.CancelScope()
+        self._live.add(scope)
+        self._streams.add(client)
+        try:
+            with scope:
                 await self._relay(client)
-            except Exception:  # one connection's failure must not stop the proxy
-                log.exception("proxy :%s connection failed", self._port_or_none())
-            finally:
-                self._live.discard(scope)
-                self._streams.discard(client)
-        with anyio.CancelScope(shield=True):
-            with contextlib.suppress(Exception):
+        except Exception:  # one connection's failure must not stop the proxy
+            log.exception("proxy :%s connection failed", self._port_or_none())
+        finally:
+            self._live.discard(scope)
+            self._streams.discard(client)
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await client.aclose()
 
     async def _relay(self, client: SocketStream) -> None:

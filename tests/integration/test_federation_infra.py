@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -34,6 +36,7 @@ from mxsync.protocol import api
 pytestmark = pytest.mark.anyio
 
 CROSS_DEADLINE = 90.0
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -202,3 +205,51 @@ async def test_stopping_leaves_no_postgres_or_synapse() -> None:
         assert hs.postgres is None
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+async def _read_lines(stream: Any, n: int, seconds: float) -> list[str]:
+    buf = b""
+    with anyio.fail_after(seconds):
+        while buf.count(b"\n") < n:
+            buf += await stream.receive()
+    return buf.decode().splitlines()[:n]
+
+
+async def _cli_federation(state_dir: Path) -> list[str]:
+    """Run ``mxsync devserver --federation 2``; its lines, checked, then Ctrl-C."""
+    proc = await anyio.open_process(
+        [sys.executable, "-m", "mxsync.cli.devserver", "--federation", "2",
+         "--state-dir", str(state_dir)],
+        cwd=REPO, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = await _read_lines(proc.stdout, 2, 120)
+        async with aiohttp.ClientSession() as session:
+            for line in lines:
+                url, name = line.split(" ")
+                async with session.get(f"{url}/_matrix/client/versions") as resp:
+                    assert resp.status == 200
+                # The name leads to the proxy, and through it to the TLS listener.
+                async with session.get(f"https://{name}/_matrix/federation/v1/version",
+                                       ssl=False) as resp:
+                    assert resp.status == 200
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+        with anyio.fail_after(30):
+            assert await proc.wait() == 0
+        assert _our_children(state_dir) == []
+        return lines
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            with anyio.fail_after(10):
+                await proc.wait()
+
+
+async def test_cli_federation_prints_urls_and_names_and_keeps_them(tmp_path: Path) -> None:
+    first = await _cli_federation(tmp_path)
+    names = [line.split(" ")[1] for line in first]
+    assert all(name.startswith("127.0.0.1:") for name in names) and len(set(names)) == 2
+    # A state dir keeps its server name: a second run listens on the same proxy ports.
+    again = await _cli_federation(tmp_path)
+    assert [line.split(" ")[1] for line in again] == names
