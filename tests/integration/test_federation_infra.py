@@ -260,3 +260,20 @@ async def test_cli_federation_prints_urls_and_names_and_keeps_them(tmp_path: Pat
     # A state dir keeps its server name: a second run listens on the same proxy ports.
     again = await _cli_federation(tmp_path)
     assert [line.split(" ")[1] for line in again] == names
+
+
+async def test_mxsync_clients_on_both_servers_share_a_room(
+    fed_user: Any, fed_client: Any
+) -> None:
+    """The fixtures the cross-server feature tests build on: a Client per server."""
+    alice = await fed_client(await fed_user(0, "ca"))
+    bob = await fed_client(await fed_user(1, "cb"))
+    room = await alice.create_room(invite=[bob.user_id], writers=[alice.user_id, bob.user_id])
+    with anyio.fail_after(CROSS_DEADLINE):
+        await bob.join(room)
+    async with bob.room_events(room, ["org.mxsync.test"]) as recv:
+        handle = await alice.send(room, "org.mxsync.test", {"n": 1})
+        await handle.wait()
+        with anyio.fail_after(CROSS_DEADLINE):
+            event = await recv.receive()
+    assert event.sender == alice.user_id and event.content == {"n": 1}
