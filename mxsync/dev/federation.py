@@ -105,11 +105,10 @@ class Federation(anyio.AsyncContextManagerMixin):
         for proxy in self.proxies:
             proxy.heal()
 
-    async def heal_link(self, *, reset: bool = True) -> None:
-        """:meth:`heal`; with ``reset``, also :meth:`reset_connections` at once."""
+    async def heal_link(self, *, reset: bool = True) -> int:
+        """:meth:`heal`; with ``reset``, also :meth:`reset_connections` (its count)."""
         self.heal()
-        if reset:
-            await self.reset_connections()
+        return await self.reset_connections() if reset else 0
 
     async def reset_connections(self) -> int:
         """Ask every server to drop its backoff towards every peer; return how many did."""

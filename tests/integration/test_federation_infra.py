@@ -6,7 +6,9 @@ cores shared with other suites), from heal until the other side's /messages
 shows an event sent during the partition:
 
 - with the admin reset (``heal_link(reset=True)``): 0.0-0.3 s after a "drop" or
-  a "reject" cut of 3-20 s;
+  a "reject" cut of 3-20 s. There is only a backoff to reset once Synapse has
+  given up retrying within the request (max_long_retries: ~4 s of "reject",
+  longer than a "drop" of 45 s, whose held connections simply resume);
 - without it, "drop" (held connections resume): 0.3-0.4 s even after 45 s;
 - without it, "reject" of 3 s: 1-2 s (Synapse's own short retry);
 - without it, "reject" of 20 s: 42 s, with no new traffic. The destination is
@@ -132,28 +134,36 @@ async def test_messages_flow_both_ways(federation: Federation, shared: SharedRoo
 
 
 async def _partition_and_heal(fed: Federation, shared: SharedRoom, mode: str,
-                              *, reset: bool) -> tuple[float, float]:
+                              *, reset: bool, hold: float = 2.0) -> int:
     tag = f"{mode}-{'reset' if reset else 'plain'}"
     fed.cut(mode)  # type: ignore[arg-type]
     # Each side still serves its own clients while the link is down.
     with anyio.fail_after(30):
         await shared.alice.say(shared.room_id, f"A during {tag}")
         await shared.bob.say(shared.room_id, f"B during {tag}")
-    await anyio.sleep(2)
+    await anyio.sleep(hold)
     assert f"A during {tag}" in await shared.alice.bodies(shared.room_id)
     assert f"A during {tag}" not in await shared.bob.bodies(shared.room_id)
     assert f"B during {tag}" not in await shared.alice.bodies(shared.room_id)
-    await fed.heal_link(reset=reset)
+    resets = await fed.heal_link(reset=reset)
     nudge_b = None if reset else shared.bob
     nudge_a = None if reset else shared.alice
     to_b = await wait_seen(shared.bob, shared.room_id, {f"A during {tag}"}, nudge=nudge_a)
     to_a = await wait_seen(shared.alice, shared.room_id, {f"B during {tag}"}, nudge=nudge_b)
-    print(f"heal after {tag}: A->B {to_b:.1f} s, B->A {to_a:.1f} s")
-    return to_b, to_a
+    print(f"heal after {tag}: A->B {to_b:.1f} s, B->A {to_a:.1f} s, {resets} resets")
+    return resets
 
 
 async def test_drop_cut_then_heal_with_reset(fed_link: Federation, shared: SharedRoom) -> None:
     await _partition_and_heal(fed_link, shared, "drop", reset=True)
+
+
+async def test_reject_cut_puts_peers_in_backoff_that_the_admin_reset_clears(
+    fed_link: Federation, shared: SharedRoom
+) -> None:
+    # Refused connections fail fast, but Synapse first retries within the request
+    # (max_long_retries, ~4 s here) before it records a backoff to reset.
+    assert await _partition_and_heal(fed_link, shared, "reject", reset=True, hold=7) >= 1
 
 
 async def test_reject_cut_then_heal_without_reset(fed_link: Federation,
