@@ -192,33 +192,28 @@ async def test_second_server_is_on_postgresql(federation: Federation) -> None:
     assert federation.servers[0].database == "sqlite"
 
 
-def _our_children(state_dir: Path) -> list[str]:
-    """Command lines of running processes that mention ``state_dir``."""
+def _processes() -> list[tuple[int, int, str]]:
+    """(pid, parent pid, command line) of every running process."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
+            ppid = int((proc / "stat").read_text().rpartition(")")[2].split()[1])
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
+        except (OSError, ValueError, IndexError):
             continue
-        if str(state_dir) in cmd:
-            found.append(cmd)
+        found.append((int(proc.name), ppid, cmd))
     return found
+
+
+def _our_children(state_dir: Path) -> list[str]:
+    """Command lines of running processes that mention ``state_dir``."""
+    return [cmd for _, _, cmd in _processes() if str(state_dir) in cmd]
 
 
 def _children_of(pid: int) -> list[int]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rpartition(")")[2].split()[1]) == pid:
-            found.append(int(proc.name))
-    return found
+    return [child for child, ppid, _ in _processes() if ppid == pid]
 
 
 async def test_stopping_leaves_no_postgres_or_synapse() -> None:
