@@ -85,6 +85,9 @@ def add_devserver_parser(
     )
     parser.add_argument("--server-name", default="localhost", help="default: %(default)s")
     parser.set_defaults(func=cmd_devserver)
+    from .user import add_user_parser
+
+    add_user_parser(parser)
     return parser
 
 

@@ -63,6 +63,7 @@ from .config import (
     OVERLAY_CONFIG,
     RateLimitMode,
     ensure_base_config,
+    read_yaml,
     write_run_config,
 )
 from .lock import StateDirLock
@@ -247,6 +248,56 @@ class DevServer:
             await self.stop()
             raise
 
+    @classmethod
+    async def attach(cls, state_dir: str | Path = DEFAULT_STATE_DIR,
+                     wait: float = 30.0) -> DevServer:
+        """The DevServer already running on ``state_dir`` (``mxsync devserver``), to
+        register users on it; ``stop()`` detaches and leaves the server running.
+
+        Raises :class:`~mxsync.errors.DevServerError` when none runs there or it does
+        not answer within ``wait`` seconds.
+        """
+        hs = cls(state_dir)
+        info = hs._lock.holder()
+        if info is None:
+            raise DevServerError(f"no devserver runs on {hs.state_dir}; start one with "
+                                 f"`mxsync devserver --state-dir {state_dir}`")
+        base = read_yaml(hs.state_dir / BASE_CONFIG)
+        hs.server_name = str(base.get("server_name", hs.server_name))
+        hs._secret = ensure_base_config(hs.state_dir, hs.server_name)
+        deadline = anyio.current_time() + wait
+        while not isinstance(info.get("url"), str):  # the holder is still starting
+            if anyio.current_time() > deadline:
+                raise DevServerError(f"the devserver on {hs.state_dir} has no URL yet")
+            await anyio.sleep(0.2)
+            info = hs._lock.holder() or {}
+        url = str(info["url"])
+        hs._port = int(url.rpartition(":")[2])
+        hs._session = aiohttp.ClientSession()
+        try:
+            await hs._wait_answers(deadline)
+        except BaseException:
+            await hs.stop()
+            raise
+        return hs
+
+    async def _answers(self) -> bool:
+        """Does the server answer /_matrix/client/versions (within 2 s)?"""
+        assert self._session is not None
+        versions = f"{self.url}{api.versions().path}"
+        try:
+            async with self._session.get(versions,
+                                         timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def _wait_answers(self, deadline: float) -> None:
+        while not await self._answers():
+            if anyio.current_time() > deadline:
+                raise DevServerError(f"the devserver at {self.url} does not answer")
+            await anyio.sleep(0.2)
+
     async def stop(self) -> None:
         """Stop Synapse (SIGTERM, SIGKILL after a grace period) and release the lock."""
         with anyio.CancelScope(shield=True):
@@ -293,9 +344,7 @@ class DevServer:
         return proc
 
     async def _wait_ready(self, proc: subprocess.Popen[bytes], log_offset: int) -> None:
-        assert self._session is not None
         versions = f"{self.url}{api.versions().path}"
-        probe_timeout = aiohttp.ClientTimeout(total=2)
         try:
             with anyio.fail_after(self._startup_timeout):
                 while True:
@@ -305,12 +354,8 @@ class DevServer:
                             f"Synapse exited with code {code} during startup; "
                             f"end of {self.log_path}:\n{_tail(self.log_path, log_offset)}"
                         )
-                    try:
-                        async with self._session.get(versions, timeout=probe_timeout) as resp:
-                            if resp.status == 200:
-                                return
-                    except (aiohttp.ClientError, TimeoutError):
-                        pass
+                    if await self._answers():
+                        return
                     await anyio.sleep(0.1)
         except TimeoutError:
             raise DevServerError(

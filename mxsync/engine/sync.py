@@ -320,7 +320,12 @@ class SyncLoop:
     async def sync_once(self, timeout_ms: int | None = None) -> bool:
         """One /sync round trip, dispatched and persisted. Returns whether it had events."""
         since = self.status.since
-        timeout = 0 if since is None else (self.timeout_ms if timeout_ms is None else timeout_ms)
+        # The first sync of a run never long-polls: a returning client (stored
+        # since-token) is live at once instead of waiting out an empty poll.
+        first = since is None or self.status.syncs == 0
+        timeout = (0 if first else self.timeout_ms) if timeout_ms is None else timeout_ms
+        if since is None:
+            timeout = 0
         resp = await self._http.call(api.sync(self.filter_json(), since, timeout),
                                      http_timeout=timeout / 1000 + 30)
         next_batch = resp.get("next_batch")
