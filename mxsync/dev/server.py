@@ -281,6 +281,20 @@ class DevServer:
             raise
         return hs
 
+    @classmethod
+    async def logins(cls, *names: str,
+                     state_dir: str | Path = DEFAULT_STATE_DIR) -> list[Credentials]:
+        """Logins of ``names`` on the devserver running on ``state_dir``, registered
+        if new (passwords derived, so the same on every call)::
+
+            alice, bob = await DevServer.logins("alice", "bob")
+        """
+        hs = await cls.attach(state_dir)
+        try:
+            return [await hs.register(name) for name in names]
+        finally:
+            await hs.stop()
+
     async def _answers(self) -> bool:
         """Does the server answer /_matrix/client/versions (within 2 s)?"""
         assert self._session is not None

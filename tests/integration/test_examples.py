@@ -221,3 +221,34 @@ async def test_demo_serves_every_page_and_stops_without_leftovers(tmp_path):
     with anyio.fail_after(10):
         while leftovers := _processes_mentioning(str(state)):  # noqa: ASYNC110
             await anyio.sleep(0.1)
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(300)
+async def test_demo_whose_reader_died_stops_everything_on_ctrl_c(tmp_path):
+    """``mxsync demo | tee demo.log``, tee dies, then Ctrl-C: the demo's prints
+    fail with EPIPE, yet it stops its examples first (the devices go offline) and
+    leaves no process behind."""
+    state = tmp_path / "demo"
+    demo = DemoRun(state)
+    try:
+        demo.read_until(r"Ctrl-C stops everything", 150)
+        assert demo.proc.stdout is not None
+        demo.proc.stdout.close()  # the reader is gone: every later print hits EPIPE
+        demo.proc.send_signal(signal.SIGINT)
+        demo.proc.wait(120)
+    finally:
+        if demo.proc.poll() is None:
+            demo.proc.kill()
+            demo.proc.wait(10)
+    assert demo.proc.returncode == 0
+    with anyio.fail_after(10):
+        while leftovers := _processes_mentioning(str(state)):  # noqa: ASYNC110
+            await anyio.sleep(0.1)
+    assert not leftovers
+    sensors_log = (state / "logs" / "sensors.log").read_text()
+    for device in ("office", "greenhouse", "front-door"):
+        assert f"sensors: {device} is offline (shutdown)" in sensors_log, sensors_log
+    logins = state / "logins.env"
+    assert logins.stat().st_mode & 0o777 == 0o600
+    assert "MXSYNC_USER=@ops:localhost" in logins.read_text()
