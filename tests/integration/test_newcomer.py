@@ -154,3 +154,32 @@ async def test_readme_snippets_run_as_written(hs: DevServer, tmp_path: Path):
             done = await anyio.run_process([sys.executable, "-c", code], cwd=tmp_path,
                                            check=False)
         assert done.returncode == 0, f"README snippet {i}:\n{code}\n{done.stderr.decode()}"
+
+
+async def test_whiteboard_of_a_member_who_may_not_declare_stops_on_the_first_sigterm(
+    hs: DevServer, make_user, make_client, tmp_path: Path
+):
+    alice, bob = await make_user("alice"), await make_user("bob")
+    a = await make_client(alice)
+    room = await a.create_room("wb", invite=[bob.user_id], writers=[])
+    env = {**os.environ, "MXSYNC_PASSWORD": bob.password,
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "examples.whiteboard", "--homeserver", hs.url, "--user",
+         bob.user_id, "--room", room, "--port", "0", "--store", str(tmp_path / "bob.db")],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        # It says what it waits for (at WARNING: the example's default level).
+        line = await anyio.to_thread.run_sync(proc.stderr.readline)
+        assert "waiting up to 30 s for 'whiteboard' to be declared" in line, line
+        assert "needs power level 50" in line
+        proc.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        await anyio.to_thread.run_sync(proc.wait, 60)
+        assert time.monotonic() - stopped < 5
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
