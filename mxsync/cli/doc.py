@@ -130,8 +130,11 @@ async def _pick_name(client: Any, room_id: str, name: str | None) -> str:
         return names[0]
     if not names:
         raise ConfigError(f"no document is declared in {room_id}")
-    what = "pick one with --name" if name is None else f"no {name!r} among them"
-    raise ConfigError(f"documents declared in {room_id}: {', '.join(names)}; {what}")
+    listing = ", ".join(names)
+    if name is None:
+        raise ConfigError(f"{room_id} has several documents: {listing}; pick one with --name")
+    raise ConfigError(f"document {name!r} is not declared in {room_id}; declared there: "
+                      f"{listing}")
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
