@@ -14,7 +14,11 @@ One process tree:
   and ``examples.whiteboard`` twice (alice's and bob's). Their output goes to
   ``<state-dir>/logs/``.
 
-It prints one line per page with its URL once every page answers. Ctrl-C (or
+It writes the demo users' logins to ``<state-dir>/logins.env`` (mode 0600, the
+``MXSYNC_*`` lines the ``mxsync`` command reads) and prints one line per page
+with its URL once every page answers. Its output may go nowhere at any time (a
+``| tee`` that died): a print never fails, and never stands in the way of
+stopping. Ctrl-C (or
 SIGTERM, or ``--seconds``) stops the children first (SIGINT, so that the
 devices mark themselves offline while the homeserver still runs; SIGKILL to
 their process group after a grace period), then the homeserver. Each child
