@@ -3,8 +3,8 @@
 :class:`DevServer` owns one Synapse child process per state directory: its
 lifecycle (start, readiness, stop, no orphans) and user registration through
 the shared-secret admin API, also on a server another process runs there
-(:meth:`DevServer.attach`, :meth:`DevServer.logins`: ``mxsync devserver user add``). What goes into the config files is
-:mod:`mxsync.dev.config`'s, the lock is :mod:`mxsync.dev.lock`'s, the process
+(:meth:`DevServer.attach`, :meth:`DevServer.logins`; ``mxsync devserver user
+add``). What goes into the config files is :mod:`mxsync.dev.config`'s, the lock is :mod:`mxsync.dev.lock`'s, the process
 helpers are :mod:`mxsync.dev.process`'s; the ``mxsync devserver`` command is
 :mod:`mxsync.cli.devserver`.
 
