@@ -5,7 +5,8 @@ lifecycle (start, readiness, stop, no orphans) and user registration through
 the shared-secret admin API, also on a server another process runs there
 (:meth:`DevServer.attach`, :meth:`DevServer.logins`; ``mxsync devserver user
 add``). What goes into the config files is :mod:`mxsync.dev.config`'s, the
-lock is :mod:`mxsync.dev.lock`'s, the process helpers are :mod:`mxsync.dev.process`'s; the ``mxsync devserver`` command is
+lock is :mod:`mxsync.dev.lock`'s, the process helpers are
+:mod:`mxsync.dev.process`'s; the ``mxsync devserver`` command is
 :mod:`mxsync.cli.devserver`.
 
 Layout of the state directory (reused across runs, so data persists)::
