@@ -246,7 +246,8 @@ def sayer(out: TextIO) -> Callable[[str], None]:
 def write_logins(path: Path, url: str, creds: dict[str, Credentials]) -> None:
     """The demo users' logins, mode 0600, as ``mxsync`` reads them from the environment."""
     lines = [f"# Logins of the mxsync demo's users on {url} (a dev server: do not reuse).",
-             "# For one user: export $(grep -A3 '^# alice' THIS_FILE | grep -v '#')"]
+             "# One user's, for the mxsync command: "
+             "export $(mxsync devserver user add NAME --state-dir <demo>/devserver)"]
     for name, c in creds.items():
         lines += [f"# {name}", f"MXSYNC_HOMESERVER={url}", f"MXSYNC_USER={c.user_id}",
                   f"MXSYNC_PASSWORD={c.password}"]
@@ -296,7 +297,9 @@ async def _serve(children: Children, sensors: Child, pages: list[Child], logins:
         say(f"{child.name:<19} {child.url}")
     say(f"{'sensors (plant)':<19} office, greenhouse, front-door publishing every 1 s"
         f" (pid {sensors.proc.pid}; `kill -INT {sensors.proc.pid}` takes them offline)")
-    say(f"{'logins':<19} {logins} (0600: {', '.join(USERS)}; for the mxsync command)")
+    say(f"{'logins':<19} {logins} (0600; users {', '.join(USERS)})")
+    say(f"{'':<19} e.g. export $(mxsync devserver user add {USERS[-1]} "
+        f"--state-dir {logins.parent / 'devserver'})")
     say(f"{'logs':<19} {children.log_dir}")
     say("Ctrl-C stops everything." if seconds is None
         else f"stopping in {seconds:g} s (or Ctrl-C).")
@@ -328,6 +331,7 @@ async def run_demo(state_dir: Path, seconds: float | None = None,
         write_logins(logins, hs.url, creds)
         say(f"homeserver          {hs.url}  (Synapse; default rate limits, "
             f"lifted for {', '.join(LIFTED)}; state in {state_dir})")
+        say(f"{'rooms':<19} sensors {rooms['sensors']}  whiteboard {rooms['whiteboard']}")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(root), env.get("PYTHONPATH", "")) if p
