@@ -13,12 +13,9 @@ is running there. It prints the login as environment lines that every
 from __future__ import annotations
 
 import argparse
-import sys
-
-import anyio
 
 from ..dev import DEFAULT_STATE_DIR, DevServer
-from ..errors import MxsyncError
+from .common import run_command
 
 __all__ = ["add_user_parser", "cmd_user_add"]
 
@@ -46,20 +43,13 @@ def add_user_parser(devserver: argparse.ArgumentParser) -> None:
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
-    async def main() -> str:
+    async def main() -> None:
         hs = await DevServer.attach(getattr(args, "state_dir", DEFAULT_STATE_DIR))
         try:
             creds = await hs.register(args.name, args.password, admin=args.admin)
         finally:
             await hs.stop()
-        return (f"MXSYNC_HOMESERVER={creds.homeserver}\nMXSYNC_USER={creds.user_id}\n"
-                f"MXSYNC_PASSWORD={creds.password}")
+        print(f"MXSYNC_HOMESERVER={creds.homeserver}\nMXSYNC_USER={creds.user_id}\n"
+              f"MXSYNC_PASSWORD={creds.password}")
 
-    try:
-        print(anyio.run(main, backend="asyncio"))
-    except MxsyncError as exc:
-        print(f"mxsync devserver user add: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return run_command("mxsync devserver user add", main)

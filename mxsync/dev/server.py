@@ -262,8 +262,9 @@ class DevServer:
         hs = cls(state_dir)
         info = hs._lock.holder()
         if info is None:
+            flag = "" if Path(state_dir) == Path(DEFAULT_STATE_DIR) else f" --state-dir {state_dir}"
             raise DevServerError(f"no devserver runs on {hs.state_dir}; start one with "
-                                 f"`mxsync devserver --state-dir {state_dir}`")
+                                 f"`mxsync devserver{flag}`")
         base = read_yaml(hs.state_dir / BASE_CONFIG)
         hs.server_name = str(base.get("server_name", hs.server_name))
         hs._secret = ensure_base_config(hs.state_dir, hs.server_name)
