@@ -322,9 +322,7 @@ class SyncLoop:
     async def sync_once(self, timeout_ms: int | None = None) -> bool:
         """One /sync round trip, dispatched and persisted. Returns whether it had events."""
         since = self.status.since
-        if since is None or self.status.syncs == 0:
-            # The first sync of a run never long-polls: a returning client (stored
-            # since-token) is live at once instead of waiting out an empty poll.
+        if since is None or self.status.syncs == 0:  # the first of a run: no long-poll
             timeout = 0
         else:
             timeout = self.timeout_ms if timeout_ms is None else timeout_ms
