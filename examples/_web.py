@@ -34,7 +34,10 @@ __all__ = [
     "page_app",
     "run_app",
     "serve",
+    "unless_stopped",
 ]
+
+log = logging.getLogger("examples")
 
 _NO_CACHE = {"Cache-Control": "no-cache"}
 
@@ -131,6 +134,31 @@ async def serve(app: web.Application, host: str, port: int) -> AsyncIterator[str
             await runner.cleanup()
 
 
+#: How long the first signal lets ``main`` leave normally before cancelling it.
+STOP_GRACE = 20.0
+
+
+async def unless_stopped(stop: anyio.Event | None, awaitable: Awaitable[object]) -> bool:
+    """Await ``awaitable`` unless ``stop`` is set first; True if it completed.
+
+    For the waits of a start (a load, a join) that a stop must not sit out."""
+    if stop is None:
+        await awaitable
+        return True
+    done = False
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            await stop.wait()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        await awaitable
+        done = True
+        tg.cancel_scope.cancel()
+    return done
+
+
 def run_app(main: Callable[[anyio.Event], Awaitable[None]], *, verbose: int = 0,
             prog: str) -> int:
     """Run ``main(stop)`` on anyio's asyncio backend; return the exit status.
@@ -138,7 +166,8 @@ def run_app(main: Callable[[anyio.Event], Awaitable[None]], *, verbose: int = 0,
     The first SIGINT (Ctrl-C) or SIGTERM sets ``stop``: ``main`` is expected to
     return soon after, leaving its ``async with`` blocks normally, so that a
     publisher marks its devices offline and a whiteboard marks its user absent
-    (both need the homeserver for that). A second signal cancels ``main``.
+    (both need the homeserver for that). A second signal cancels ``main``, and so
+    does the first after ``STOP_GRACE`` seconds: a stop never hangs.
     """
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -154,6 +183,12 @@ def run_app(main: Callable[[anyio.Event], Awaitable[None]], *, verbose: int = 0,
                             tg.cancel_scope.cancel()
                             return
                         stop.set()
+                        tg.start_soon(cancel_later)
+
+                async def cancel_later() -> None:
+                    await anyio.sleep(STOP_GRACE)
+                    log.warning("still stopping after %g s; cancelling", STOP_GRACE)
+                    tg.cancel_scope.cancel()
 
                 tg.start_soon(watch_signals)
                 await main(stop)

@@ -29,7 +29,7 @@ from anyio.abc import TaskStatus
 
 from mxsync import Client, MxsyncError
 
-from .._web import SOCKETS, Changes, json_dumps, page_app, serve
+from .._web import SOCKETS, Changes, json_dumps, page_app, serve, unless_stopped
 from .model import BOARD_H, BOARD_W, HEARTBEAT_MS, Board, InvalidStroke
 
 __all__ = ["DOC_NAME", "WhiteboardApp", "run_whiteboard"]
@@ -180,7 +180,8 @@ async def run_whiteboard(
     """
     room_id = await client.join(room)
     async with client.open_doc(room_id, doc_name) as sdoc:
-        await sdoc.wait_synced()
+        if not await unless_stopped(stop, sdoc.wait_synced()):
+            return  # stopped while loading: nothing to serve or to say
         board = Board(sdoc.doc, client.user_id)
         room_name = await _room_name(client, room_id)
         try:

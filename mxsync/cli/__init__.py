@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .demo import add_demo_parser
 
     add_demo_parser(sub)
-    for module in ("mxsync.cli.doc", "mxsync.cli.sensor"):
+    for module in ("mxsync.cli.doc", "mxsync.cli.sensor", "mxsync.cli.room"):
         try:
             mod = __import__(module, fromlist=["add_parser"])
         except ImportError:
@@ -43,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # A wait for the homeserver's rate limit is said, not suffered in silence.
+    logging.getLogger("mxsync.ratelimit").setLevel(min(level, logging.INFO))
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()

@@ -14,16 +14,20 @@ the command line::
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-from collections.abc import AsyncIterator, Callable
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import anyio
 
 from ..client import Client
-from ..errors import ConfigError
+from ..errors import ConfigError, MxsyncError
 
-__all__ = ["add_login_args", "cancel_on_signal", "client_from_args"]
+__all__ = ["add_login_args", "cancel_on_signal", "client_from_args", "client_store",
+           "run_command"]
 
 
 def add_login_args(parser: argparse.ArgumentParser) -> None:
@@ -38,17 +42,21 @@ def add_login_args(parser: argparse.ArgumentParser) -> None:
                         help="client store file (env MXSYNC_STORE; default .mxsync/<user>.db)")
 
 
+def client_store(args: argparse.Namespace) -> Path:
+    """The store of ``--store``, by default ``.mxsync/<localpart>.db``."""
+    if args.store is not None:
+        return Path(args.store)
+    local = str(args.user).lstrip("@").split(":")[0]
+    return Path(".mxsync") / f"{local}.db"
+
+
 def client_from_args(args: argparse.Namespace, **kw: object) -> Client:
     if not args.homeserver:
         raise ConfigError("no homeserver: pass --homeserver or set MXSYNC_HOMESERVER")
     if not args.user:
         raise ConfigError("no user: pass --user or set MXSYNC_USER")
-    store = args.store
-    if store is None:
-        local = str(args.user).lstrip("@").split(":")[0]
-        store = Path(".mxsync") / f"{local}.db"
-    return Client(args.homeserver, args.user, password=args.password, store_path=store,
-                  **kw)  # type: ignore[arg-type]
+    return Client(args.homeserver, args.user, password=args.password,
+                  store_path=client_store(args), **kw)  # type: ignore[arg-type]
 
 
 async def cancel_on_signal(
@@ -59,3 +67,68 @@ async def cancel_on_signal(
         say(signum)
         scope.cancel()
         return
+
+
+def run_command(prog: str, main: Callable[[], Awaitable[object]]) -> int:
+    """Run ``main`` until it returns or the first SIGINT/SIGTERM; return the exit status.
+
+    A refusal is printed once, as ``prog: message`` (no traceback); a signal stops
+    every wait at once (130).
+    """
+    stopped: list[int] = []
+
+    async def run() -> object:
+        result: object = None
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cancel_on_signal, signals, tg.cancel_scope, stopped.append)
+                result = await main()
+                tg.cancel_scope.cancel()
+        return result
+
+    held = _HeldErrors()
+    handlers = logging.getLogger().handlers
+    for handler in handlers:
+        handler.addFilter(held)
+    try:
+        result = anyio.run(run, backend="asyncio")
+    except KeyboardInterrupt:
+        return 130
+    except BaseException as exc:
+        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]
+        if not isinstance(exc, MxsyncError):
+            held.release(handlers)
+            raise
+        # The error that ended the command says it all: once, without the log
+        # lines of the library that raised it.
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for handler in handlers:
+            handler.removeFilter(held)
+    held.release(handlers)
+    if stopped:
+        return 130
+    return int(result) if isinstance(result, int) else 0
+
+
+class _HeldErrors(logging.Filter):
+    """Holds back mxsync's ERROR records while a command runs: a command that
+    fails reports its error itself; one that succeeds gets them afterwards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and record.name.startswith("mxsync."):
+            self.records.append(record)
+            return False
+        return True
+
+    def release(self, handlers: list[logging.Handler]) -> None:
+        records, self.records = self.records, []
+        for record in records:
+            for handler in handlers:
+                handler.handle(record)

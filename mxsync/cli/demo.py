@@ -8,14 +8,17 @@ cleanly) and exit statuses; what runs is :mod:`mxsync.dev.demo`'s. Also runs as
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 import anyio
 
-from ..dev.demo import DEFAULT_STATE_DIR, run_demo
+from ..dev.demo import DEFAULT_STATE_DIR, run_demo, sayer
 from ..errors import ConfigError, DemoError, DevServerError, MxsyncError
 from .common import cancel_on_signal
 
@@ -39,10 +42,13 @@ def add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the ``demo`` subcommand; return the exit status."""
+    say = sayer(sys.stdout)
+
     async def main() -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(cancel_on_signal, signals, tg.cancel_scope, _say_stopping)
+                tg.start_soon(cancel_on_signal, signals, tg.cancel_scope,
+                              lambda _: say("stopping ..."))
                 await run_demo(args.state_dir, args.seconds)
                 tg.cancel_scope.cancel()
 
@@ -54,14 +60,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
         while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
             exc = exc.exceptions[0]
         if isinstance(exc, DemoError | DevServerError | ConfigError | MxsyncError):
-            print(f"mxsync demo: {exc}", file=sys.stderr)
+            sayer(sys.stderr)(f"mxsync demo: {exc}")
             return 1
         raise
+    finally:
+        _quiet_if_closed(sys.stdout)
     return 0
 
 
-def _say_stopping(signum: int) -> None:
-    print("stopping ...", flush=True)
+def _quiet_if_closed(stream: TextIO) -> None:
+    """A stdout whose reader is gone would fail once more at exit (its buffer is
+    flushed then): point it at /dev/null instead."""
+    try:
+        stream.flush()
+    except (BrokenPipeError, ValueError):
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

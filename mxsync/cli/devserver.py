@@ -115,7 +115,7 @@ def add_devserver_parser(
     """Add ``devserver`` to a subcommand set; ``args.func`` is :func:`cmd_devserver`."""
     parser = subparsers.add_parser(
         "devserver",
-        help="run an embedded Synapse homeserver for development",
+        help="run an embedded Synapse for development (`devserver user add NAME`: users)",
         description="Run a real Synapse on 127.0.0.1, print its URL, serve until Ctrl-C.",
     )
     parser.add_argument("--port", type=int, default=None, help="default: a free port")
@@ -143,6 +143,9 @@ def add_devserver_parser(
         "and print each one's URL and server name",
     )
     parser.set_defaults(func=cmd_devserver)
+    from .user import add_user_parser
+
+    add_user_parser(parser)
     return parser
 
 

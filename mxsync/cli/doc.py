@@ -14,17 +14,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import Any, Final
 
-import anyio
 import pycrdt
 
-from ..errors import ConfigError, MxsyncError, ProtocolError
+from ..errors import ConfigError, ProtocolError
 from ..protocol import docs as proto
 from ..protocol.types import DOC, DOC_SNAPSHOT, DOC_UPDATE
-from .common import add_login_args, client_from_args
+from .common import add_login_args, client_from_args, run_command
 
-__all__ = ["add_parser", "doc_to_json", "room_doc_stats", "cmd_cat", "cmd_stats"]
+__all__ = ["add_parser", "cmd_cat", "cmd_stats", "declared_docs", "doc_to_json",
+           "room_doc_stats", "stats_table"]
 
 _KINDS = {"text": pycrdt.Text, "map": pycrdt.Map, "array": pycrdt.Array,
           "xml": pycrdt.XmlFragment}
@@ -35,7 +35,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     actions = p.add_subparsers(dest="doc_command", metavar="ACTION", required=True)
     cat = actions.add_parser("cat", help="print a document's content as JSON")
     cat.add_argument("room", help="room id (!...)")
-    cat.add_argument("--name", default="default", help="document name (default: default)")
+    cat.add_argument("--name", default=None,
+                     help="document name (default: the room's only document; several "
+                     "are listed)")
     cat.add_argument("--type", action="append", default=[], metavar="ROOT=KIND",
                      help="kind of a root: text, map, array or xml (guessed when not given)")
     add_login_args(cat)
@@ -113,28 +115,46 @@ def _progress(enabled: bool) -> Any:
                     console=Console(stderr=True), transient=True, disable=not enabled)
 
 
+async def declared_docs(client: Any, room_id: str) -> list[str]:
+    """The names of the documents declared in the room, sorted."""
+    return sorted(ev.state_key for ev in await client.room_state(room_id)
+                  if ev.type == DOC and ev.state_key and ev.content)
+
+
+async def _pick_name(client: Any, room_id: str, name: str | None) -> str:
+    """``name``, else the room's only document; else an error listing them."""
+    names = await declared_docs(client, room_id)
+    if name is not None and (name in names or not names):
+        return name
+    if name is None and len(names) == 1:
+        return names[0]
+    if not names:
+        raise ConfigError(f"no document is declared in {room_id}")
+    listing = ", ".join(names)
+    if name is None:
+        raise ConfigError(f"{room_id} has several documents: {listing}; pick one with --name")
+    raise ConfigError(f"document {name!r} is not declared in {room_id}; declared there: "
+                      f"{listing}")
+
+
 def cmd_cat(args: argparse.Namespace) -> int:
-    async def main() -> dict[str, Any]:
+    async def main() -> None:
         kinds = _parse_kinds(args.type)
         async with client_from_args(args) as client:
+            name = await _pick_name(client, args.room, args.name)
             with _progress(sys.stderr.isatty()) as progress:
-                task = progress.add_task(f"loading {args.name}", total=None)
+                task = progress.add_task(f"loading {name}", total=None)
 
                 def on_progress(done: int, total: int | None) -> None:
                     progress.update(task, completed=done, total=total)
 
-                async with client.open_doc(args.room, args.name, on_progress=on_progress,
+                async with client.open_doc(args.room, name, on_progress=on_progress,
                                            read_only=True) as sdoc:
                     await sdoc.wait_synced()
-                    return doc_to_json(sdoc.doc, kinds)
+                    content = doc_to_json(sdoc.doc, kinds)
+        print(json.dumps(content, ensure_ascii=False, indent=2))
 
-    try:
-        content = anyio.run(main, backend="asyncio")
-    except MxsyncError as exc:
-        print(f"mxsync doc cat: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(content, ensure_ascii=False, indent=2))
-    return 0
+    return run_command("mxsync doc cat", main)
 
 
 # ------------------------------------------------------------------------ stats
@@ -210,52 +230,59 @@ async def room_doc_stats(client: Any, room_id: str,
         if not page.events or page.end is None or page.end == token:
             break
         token = page.end
-    for ev in await client.room_state(room_id):
-        if ev.type == DOC and ev.state_key and ev.content:
-            docs.setdefault(ev.state_key, _new_stats())["declared"] = True
+    for name in await declared_docs(client, room_id):
+        docs.setdefault(name, _new_stats())["declared"] = True
     for st in docs.values():
         st["senders"] = len(st["senders"])
     return docs
 
 
+#: The rows of the ``stats`` table: one statistic a row, one document a column,
+#: so that it fits 100 columns whatever the number of statistics.
+_STAT_ROWS: Final = (
+    ("declared", "declared"), ("update events", "update_events"),
+    ("  of which chunks", "update_chunk_events"), ("update bytes", "update_payload_bytes"),
+    ("snapshots", "snapshots"), ("snapshot events", "snapshot_events"),
+    ("updates since snapshot", "updates_since_snapshot"),
+    ("last snapshot bytes", "last_snapshot_state_bytes"),
+    ("content bytes", "content_bytes"), ("malformed", "malformed_events"),
+    ("senders", "senders"),
+)
+
+
+def stats_table(room_id: str, docs: dict[str, dict[str, Any]]) -> Any:
+    """The rich Table of ``stats``: a row per statistic, a column per document."""
+    from rich.table import Table
+
+    table = Table(title=f"documents in {room_id}", title_justify="left")
+    table.add_column("")
+    names = sorted(docs)
+    for name in names:
+        table.add_column(name, justify="right", overflow="fold")
+    for title, key in _STAT_ROWS:
+        table.add_row(title, *[
+            ("yes" if docs[n][key] else "no") if key == "declared"
+            else ("-" if docs[n][key] is None else f"{docs[n][key]:,}")
+            for n in names
+        ])
+    return table
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
-    async def main() -> dict[str, dict[str, Any]]:
+    async def main() -> None:
         async with client_from_args(args) as client:
             with _progress(sys.stderr.isatty() and not args.json) as progress:
                 task = progress.add_task("reading history", total=None)
-                return await room_doc_stats(
+                docs = await room_doc_stats(
                     client, args.room, lambda n: progress.update(task, completed=n)
                 )
+        if args.json:
+            print(json.dumps(docs, indent=2, sort_keys=True))
+        elif not docs:
+            print(f"no documents in {args.room}")
+        else:
+            from rich.console import Console
 
-    try:
-        docs = anyio.run(main, backend="asyncio")
-    except MxsyncError as exc:
-        print(f"mxsync doc stats: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(docs, indent=2, sort_keys=True))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
+            Console().print(stats_table(args.room, docs))
 
-    table = Table(title=f"documents in {args.room}")
-    columns = [
-        ("document", None), ("declared", "declared"), ("update events", "update_events"),
-        ("of which chunks", "update_chunk_events"), ("update bytes", "update_payload_bytes"),
-        ("snapshots", "snapshots"), ("snapshot events", "snapshot_events"),
-        ("updates since snapshot", "updates_since_snapshot"),
-        ("last snapshot bytes", "last_snapshot_state_bytes"),
-        ("content bytes", "content_bytes"), ("malformed", "malformed_events"),
-        ("senders", "senders"),
-    ]
-    for title, _ in columns:
-        table.add_column(title, justify="left" if title == "document" else "right")
-    for name, st in sorted(docs.items()):
-        cells = [name] + [
-            ("yes" if st[k] else "no") if k == "declared"
-            else ("-" if st[k] is None else f"{st[k]:,}")
-            for _, k in columns[1:] if k is not None
-        ]
-        table.add_row(*cells)
-    Console().print(table)
-    return 0
+    return run_command("mxsync doc stats", main)

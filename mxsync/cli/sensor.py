@@ -27,11 +27,13 @@ from ..client import Client
 from ..errors import ConfigError, MxsyncError
 from ..protocol.readings import Reading, Value
 from ..streams import DeviceStatus
-from .common import add_login_args, client_from_args
+from .common import add_login_args, client_from_args, client_store, run_command
 
 __all__ = ["add_parser", "parse_value", "parse_time", "format_time"]
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+#: How long ``publish`` waits for its last events under the homeserver's rate limit.
+_SEND_TIMEOUT = 120.0
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000,
              "w": 604_800_000}
 
@@ -135,13 +137,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _run(main: Any, args: argparse.Namespace) -> int:
-    try:
-        return int(anyio.run(main, args) or 0)
-    except MxsyncError as exc:
-        print(f"mxsync sensor: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return run_command(f"mxsync sensor {args.sensor_command}", lambda: main(args))
 
 
 async def _room(client: Client, room: str) -> str:
@@ -166,6 +162,14 @@ async def _publish(args: argparse.Namespace) -> None:
             pub.declare(args.sensor, precision=args.precision, unit=args.unit)
             pub.publish(args.sensor, value, t=t)
             await pub.flush()
+        # The publisher's last events (its shutdown state, its sensor's state)
+        # may still be in the outbox: a success means they are on the homeserver.
+        with anyio.move_on_after(_SEND_TIMEOUT):
+            await client.outbox.flush()
+        if client.outbox.pending:
+            raise MxsyncError(f"{client.outbox.pending} event(s) not sent within "
+                              f"{_SEND_TIMEOUT:g} s; they stay in the store "
+                              f"({client_store(args)}) for the next run")
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
@@ -200,16 +204,20 @@ async def _tail(args: argparse.Namespace, out: TextIO | None = None) -> None:
                 out.flush()
 
             # Like an MQTT retained message: the last known values first.
+            shown: dict[str, int] = {}
             for sensor in sorted(sub.sensors):
                 if args.sensors and sensor not in args.sensors:
                     continue
                 last = await sub.latest(sensor)
                 if last is not None:
                     show(last, " (last)")
+                    shown[sensor] = last.t_ms
             async with anyio.create_task_group() as tg:
                 tg.start_soon(devices)
                 async for r in sub:
-                    show(r)
+                    # A batch that arrives live may hold the reading shown as last.
+                    if r.t_ms > shown.get(r.sensor, -1):
+                        show(r)
 
 
 def _print_device(st: DeviceStatus, out: TextIO) -> None:

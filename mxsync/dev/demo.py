@@ -14,7 +14,11 @@ One process tree:
   and ``examples.whiteboard`` twice (alice's and bob's). Their output goes to
   ``<state-dir>/logs/``.
 
-It prints one line per page with its URL once every page answers. Ctrl-C (or
+It writes the demo users' logins to ``<state-dir>/logins.env`` (mode 0600, the
+``MXSYNC_*`` lines the ``mxsync`` command reads) and prints one line per page
+with its URL once every page answers. Its output may go nowhere at any time (a
+``| tee`` that died): a print never fails, and never stands in the way of
+stopping. Ctrl-C (or
 SIGTERM, or ``--seconds``) stops the children first (SIGINT, so that the
 devices mark themselves offline while the homeserver still runs; SIGKILL to
 their process group after a grace period), then the homeserver. Each child
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -48,7 +53,7 @@ from ..errors import DemoError, MxsyncError
 from .process import free_port, port_free, signal_group, spawn, wait_until
 from .server import Credentials, DevServer
 
-__all__ = ["DEFAULT_STATE_DIR", "run_demo"]
+__all__ = ["DEFAULT_STATE_DIR", "run_demo", "sayer", "write_logins"]
 
 #: The source checkout: two directories above this mxsync/dev/.
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
@@ -221,29 +226,112 @@ async def _rooms(
     return rooms, created
 
 
+def sayer(out: TextIO) -> Callable[[str], None]:
+    """``say(line)``: print a line to ``out``; once nobody reads it any more (a closed
+    pipe), say nothing: stopping must not fail on a print."""
+    closed = False
+
+    def say(line: str) -> None:
+        nonlocal closed
+        if closed:
+            return
+        try:
+            print(line, file=out, flush=True)
+        except (BrokenPipeError, ValueError):  # ValueError: ``out`` was closed
+            closed = True
+
+    return say
+
+
+def write_logins(path: Path, url: str, creds: dict[str, Credentials]) -> None:
+    """The demo users' logins, mode 0600, as ``mxsync`` reads them from the environment."""
+    lines = [f"# Logins of the mxsync demo's users on {url} (a dev server: do not reuse).",
+             "# One user's, for the mxsync command: "
+             "export $(mxsync devserver user add NAME --state-dir <demo>/devserver)"]
+    for name, c in creds.items():
+        lines += [f"# {name}", f"MXSYNC_HOMESERVER={url}", f"MXSYNC_USER={c.user_id}",
+                  f"MXSYNC_PASSWORD={c.password}"]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with open(fd, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+    os.chmod(path, 0o600)  # an older file kept its mode
+
+
+def _start_examples(children: Children, hs: DevServer, state_dir: Path,
+                    rooms: dict[str, str], created: set[str],
+                    creds: dict[str, Credentials]) -> tuple[Child, list[Child]]:
+    """Start the sensors and the three pages; return them."""
+    def login(name: str) -> list[str]:
+        return ["--homeserver", hs.url, "--user", creds[name].user_id,
+                "--store", str(state_dir / f"{name}.db")]
+
+    # A new sensors room gets an hour of simulated history, so that the
+    # dashboard has something to show at once.
+    backfill = ["--backfill", "60"] if "sensors" in created else []
+    sensors = children.start("sensors", "examples.iot_sensor.sensor",
+                             [*login("plant"), "--room", rooms["sensors"], *backfill],
+                             creds["plant"].password)
+    pages: list[Child] = []
+    for title, module, name, room in (
+        ("whiteboard (alice)", "examples.whiteboard", "alice", rooms["whiteboard"]),
+        ("whiteboard (bob)", "examples.whiteboard", "bob", rooms["whiteboard"]),
+        ("dashboard (ops)", "examples.iot_sensor.dashboard", "ops", rooms["sensors"]),
+    ):
+        port = free_port()
+        child = children.start(title, module,
+                               [*login(name), "--room", room, "--port", str(port)],
+                               creds[name].password)
+        child.url = f"http://127.0.0.1:{port}/"
+        pages.append(child)
+    return sensors, pages
+
+
+async def _serve(children: Children, sensors: Child, pages: list[Child], logins: Path,
+                 seconds: float | None, say: Callable[[str], None]) -> None:
+    """Wait for every page, say where they are, run until cancelled or ``seconds``."""
+    deadline = time.monotonic() + STARTUP_SECONDS
+    await _wait_output(children, sensors, "publishing", deadline)
+    for child in pages:
+        await _wait_page(children, child, deadline)
+    for child in pages:
+        say(f"{child.name:<19} {child.url}")
+    say(f"{'sensors (plant)':<19} office, greenhouse, front-door publishing every 1 s"
+        f" (pid {sensors.proc.pid}; `kill -INT {sensors.proc.pid}` takes them offline)")
+    say(f"{'logins':<19} {logins} (0600; users {', '.join(USERS)})")
+    say(f"{'':<19} e.g. export $(mxsync devserver user add {USERS[-1]} "
+        f"--state-dir {logins.parent / 'devserver'})")
+    say(f"{'logs':<19} {children.log_dir}")
+    say("Ctrl-C stops everything." if seconds is None
+        else f"stopping in {seconds:g} s (or Ctrl-C).")
+    with anyio.move_on_after(math.inf if seconds is None else seconds):
+        while True:
+            # A child stopped by hand (the sensors, to watch the dashboard)
+            # is reported; the demo goes on.
+            children.report_exits(say)
+            await anyio.sleep(0.5)
+
+
 async def run_demo(state_dir: Path, seconds: float | None = None,
                    out: TextIO = sys.stdout) -> None:
     """Run the demo until cancelled, or for ``seconds`` once every page answers."""
     root = _examples_root()
     state_dir = Path(await anyio.Path(state_dir).absolute())
     await anyio.Path(state_dir).mkdir(parents=True, exist_ok=True)
-
-    def say(line: str) -> None:
-        print(line, file=out, flush=True)
-
+    say = sayer(out)
     saved_path = state_dir / "demo.json"
     saved = _load_saved(saved_path)
     port = _homeserver_port(state_dir, saved)
     async with DevServer(state_dir / "devserver", port=port, rate_limits="default") as hs:
         creds = {name: await hs.register(name) for name in USERS}
-        users = {name: c.user_id for name, c in creds.items()}
         for name in LIFTED:
-            await hs.override_ratelimit(users[name])
+            await hs.override_ratelimit(creds[name].user_id)
         rooms, created = await _rooms(hs, saved, creds)
         saved_path.write_text(json.dumps({"port": port, "rooms": rooms}, indent=2))
+        logins = state_dir / "logins.env"
+        write_logins(logins, hs.url, creds)
         say(f"homeserver          {hs.url}  (Synapse; default rate limits, "
             f"lifted for {', '.join(LIFTED)}; state in {state_dir})")
-
+        say(f"{'rooms':<19} sensors {rooms['sensors']}  whiteboard {rooms['whiteboard']}")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(root), env.get("PYTHONPATH", "")) if p
@@ -251,46 +339,10 @@ async def run_demo(state_dir: Path, seconds: float | None = None,
         env["PYTHONUNBUFFERED"] = "1"
         children = Children(state_dir / "logs", env)
         try:
-            def login(name: str) -> list[str]:
-                return ["--homeserver", hs.url, "--user", users[name],
-                        "--store", str(state_dir / f"{name}.db")]
-
-            # A new sensors room gets an hour of simulated history, so that the
-            # dashboard has something to show at once.
-            backfill = ["--backfill", "60"] if "sensors" in created else []
-            sensors = children.start("sensors", "examples.iot_sensor.sensor",
-                                     [*login("plant"), "--room", rooms["sensors"], *backfill],
-                                     creds["plant"].password)
-            pages: list[Child] = []
-            for title, module, name, room in (
-                ("whiteboard (alice)", "examples.whiteboard", "alice", rooms["whiteboard"]),
-                ("whiteboard (bob)", "examples.whiteboard", "bob", rooms["whiteboard"]),
-                ("dashboard (ops)", "examples.iot_sensor.dashboard", "ops", rooms["sensors"]),
-            ):
-                port = free_port()
-                child = children.start(title, module,
-                                       [*login(name), "--room", room, "--port", str(port)],
-                                       creds[name].password)
-                child.url = f"http://127.0.0.1:{port}/"
-                pages.append(child)
-            deadline = time.monotonic() + STARTUP_SECONDS
-            await _wait_output(children, sensors, "publishing", deadline)
-            for child in pages:
-                await _wait_page(children, child, deadline)
-            for child in pages:
-                say(f"{child.name:<19} {child.url}")
-            say(f"{'sensors (plant)':<19} office, greenhouse, front-door publishing every 1 s"
-                f" (pid {sensors.proc.pid}; `kill -INT {sensors.proc.pid}` takes them offline)")
-            say(f"{'logs':<19} {children.log_dir}")
-            say("Ctrl-C stops everything." if seconds is None
-                else f"stopping in {seconds:g} s (or Ctrl-C).")
-            with anyio.move_on_after(float("inf") if seconds is None else seconds):
-                while True:
-                    # A child stopped by hand (the sensors, to watch the dashboard)
-                    # is reported; the demo goes on.
-                    children.report_exits(say)
-                    await anyio.sleep(0.5)
+            sensors, pages = _start_examples(children, hs, state_dir, rooms, created, creds)
+            await _serve(children, sensors, pages, logins, seconds, say)
         finally:
-            say("stopping the examples ...")
+            # The children first (their devices go offline while the homeserver
+            # runs), and only then a word about it: a print may fail.
             await children.stop()
-            say("stopping the homeserver ...")
+            say("stopped the examples; stopping the homeserver ...")

@@ -63,6 +63,22 @@ class StateDirLock:
         self.write(pid=os.getpid())
         return previous
 
+    def holder(self) -> dict[str, Any] | None:
+        """What the live holder wrote in the file, or None when nobody holds the lock."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            return self._read()
+        finally:
+            os.close(fd)  # also drops a shared lock we got: nobody held it
+        return None
+
     def _read(self) -> dict[str, Any]:
         try:
             data = json.loads(self.path.read_text() or "{}")

@@ -2,9 +2,11 @@
 
 :class:`DevServer` owns one Synapse child process per state directory: its
 lifecycle (start, readiness, stop, no orphans) and user registration through
-the shared-secret admin API. What goes into the config files is
-:mod:`mxsync.dev.config`'s, the lock is :mod:`mxsync.dev.lock`'s, the process
-helpers are :mod:`mxsync.dev.process`'s; the ``mxsync devserver`` command is
+the shared-secret admin API, also on a server another process runs there
+(:meth:`DevServer.attach`, :meth:`DevServer.logins`; ``mxsync devserver user
+add``). What goes into the config files is :mod:`mxsync.dev.config`'s, the
+lock is :mod:`mxsync.dev.lock`'s, the process helpers are
+:mod:`mxsync.dev.process`'s; the ``mxsync devserver`` command is
 :mod:`mxsync.cli.devserver`.
 
 Layout of the state directory (reused across runs, so data persists)::
@@ -69,6 +71,7 @@ from .config import (
     OVERLAY_CONFIG,
     RateLimitMode,
     ensure_base_config,
+    read_yaml,
     write_run_config,
 )
 from .lock import StateDirLock
@@ -287,6 +290,71 @@ class DevServer:
             await self.stop()
             raise
 
+    @classmethod
+    async def attach(cls, state_dir: str | Path = DEFAULT_STATE_DIR,
+                     wait: float = 30.0) -> DevServer:
+        """The DevServer already running on ``state_dir`` (``mxsync devserver``), to
+        register users on it; ``stop()`` detaches and leaves the server running.
+
+        Raises :class:`~mxsync.errors.DevServerError` when none runs there or it does
+        not answer within ``wait`` seconds.
+        """
+        hs = cls(state_dir)
+        info = hs._lock.holder()
+        if info is None:
+            flag = "" if Path(state_dir) == Path(DEFAULT_STATE_DIR) else f" --state-dir {state_dir}"
+            raise DevServerError(f"no devserver runs on {hs.state_dir}; start one with "
+                                 f"`mxsync devserver{flag}`")
+        base = read_yaml(hs.state_dir / BASE_CONFIG)
+        hs.server_name = str(base.get("server_name", hs.server_name))
+        hs._secret = ensure_base_config(hs.state_dir, hs.server_name)
+        deadline = anyio.current_time() + wait
+        while not isinstance(info.get("url"), str):  # the holder is still starting
+            if anyio.current_time() > deadline:
+                raise DevServerError(f"the devserver on {hs.state_dir} has no URL yet")
+            await anyio.sleep(0.2)
+            info = hs._lock.holder() or {}
+        url = str(info["url"])
+        hs._port = int(url.rpartition(":")[2])
+        hs._session = aiohttp.ClientSession()
+        try:
+            await hs._wait_answers(deadline)
+        except BaseException:
+            await hs.stop()
+            raise
+        return hs
+
+    @classmethod
+    async def logins(cls, *names: str,
+                     state_dir: str | Path = DEFAULT_STATE_DIR) -> list[Credentials]:
+        """Logins of ``names`` on the devserver running on ``state_dir``, registered
+        if new (passwords derived, so the same on every call)::
+
+            alice, bob = await DevServer.logins("alice", "bob")
+        """
+        hs = await cls.attach(state_dir)
+        try:
+            return [await hs.register(name) for name in names]
+        finally:
+            await hs.stop()
+
+    async def _answers(self) -> bool:
+        """Does the server answer /_matrix/client/versions (within 2 s)?"""
+        assert self._session is not None
+        versions = f"{self.url}{api.versions().path}"
+        try:
+            async with self._session.get(versions,
+                                         timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def _wait_answers(self, deadline: float) -> None:
+        while not await self._answers():
+            if anyio.current_time() > deadline:
+                raise DevServerError(f"the devserver at {self.url} does not answer")
+            await anyio.sleep(0.2)
+
     async def stop(self) -> None:
         """Stop Synapse (SIGTERM, SIGKILL after a grace period) and release the lock."""
         with anyio.CancelScope(shield=True):
@@ -348,9 +416,7 @@ class DevServer:
         return proc
 
     async def _wait_ready(self, proc: subprocess.Popen[bytes], log_offset: int) -> None:
-        assert self._session is not None
         versions = f"{self.url}{api.versions().path}"
-        probe_timeout = aiohttp.ClientTimeout(total=2)
         try:
             with anyio.fail_after(self._startup_timeout):
                 while True:
@@ -360,12 +426,8 @@ class DevServer:
                             f"Synapse exited with code {code} during startup; "
                             f"end of {self.log_path}:\n{_tail(self.log_path, log_offset)}"
                         )
-                    try:
-                        async with self._session.get(versions, timeout=probe_timeout) as resp:
-                            if resp.status == 200:
-                                return
-                    except (aiohttp.ClientError, TimeoutError):
-                        pass
+                    if await self._answers():
+                        return
                     await anyio.sleep(0.1)
         except TimeoutError:
             raise DevServerError(

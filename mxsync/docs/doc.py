@@ -124,6 +124,7 @@ class SyncedDoc:
         policy: proto.SnapshotPolicy | None = None,
         assembler: proto.ChunkAssembler | None = None,
         read_only: bool = False,
+        declare_timeout: float | None = 30.0,
     ) -> None:
         if not isinstance(room_id, str) or not room_id.startswith("!"):
             raise ConfigError(f"not a room id: {room_id!r}")
@@ -145,7 +146,7 @@ class SyncedDoc:
         self._replica.on_update = self._writer.consider_snapshot
         self._loader = Loader(client, room_id, name, replica=self._replica,
                               lane=self._writer.lane, read_only=read_only,
-                              on_progress=on_progress)
+                              on_progress=on_progress, declare_timeout=declare_timeout)
         self._stack: AsyncExitStack | None = None
         self._subscription: pycrdt.Subscription | None = None
         self._synced = anyio.Event()
@@ -304,6 +305,7 @@ class SyncedDoc:
                             self.room_id, exc, delay)
                 await anyio.sleep(delay)
             except (MatrixError, ProtocolError) as exc:
+                # Also raised by wait_synced (and so said by whoever waits).
                 log.error("cannot load %r of %s: %s", self.name, self.room_id, exc)
                 self._load_error = exc
                 self._loaded()
@@ -340,6 +342,9 @@ def open_doc(client: Engine, room_id: str, name: str = "default", **kw: Any) -> 
     with ``total=None`` while paging, then events applied of ``total``),
     ``batch_delay`` (default 0.05 s: the longest an edit waits before its batch),
     ``cache_interval`` (default 5 s), ``policy`` (a SnapshotPolicy), ``assembler``
-    (a ChunkAssembler with other limits), ``read_only``.
+    (a ChunkAssembler with other limits), ``read_only``, ``declare_timeout`` (default
+    30 s: how long a member who may not declare the document waits for one who may;
+    then :meth:`SyncedDoc.wait_synced` raises ForbiddenError naming the level it
+    takes; None waits for ever, with a warning in the log).
     """
     return SyncedDoc(client, room_id, name, **kw)

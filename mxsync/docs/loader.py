@@ -17,6 +17,7 @@ read through the engine's one page iterator (``Engine.pages`` and
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
@@ -27,11 +28,11 @@ import anyio.lowlevel
 import pycrdt
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ..engine.authz import judge_state
+from ..engine.authz import judge_state, levels_for
 from ..engine.events import MessagesPage, RoomEvent
 from ..engine.pages import paginate
 from ..engine.surface import Engine
-from ..errors import MatrixError, ProtocolError
+from ..errors import ForbiddenError, MatrixError, ProtocolError
 from ..protocol import docs as proto
 from ..protocol.types import DOC, DOC_SNAPSHOT, DOC_UPDATE
 from . import cache
@@ -87,8 +88,11 @@ class Loader:
     """Loads one document into its replica (see the module docstring)."""
 
     def __init__(self, client: Engine, room_id: str, name: str, *, replica: Replica,
-                 lane: str, read_only: bool, on_progress: ProgressCallback | None) -> None:
+                 lane: str, read_only: bool, on_progress: ProgressCallback | None,
+                 declare_timeout: float | None = 30.0) -> None:
         self.client = client
+        #: How long to wait for someone else to declare the document (None: ever).
+        self.declare_timeout = declare_timeout
         self.room_id = room_id
         self.name = name
         self.replica = replica
@@ -122,13 +126,32 @@ class Loader:
             await self.client.send(self.room_id, DOC, proto.encode_declaration(),
                                    state_key=self.name, lane=self.lane)
         else:
-            log.info("waiting for %r to be declared in %s", self.name, self.room_id)
+            await self._await_declaration(recv)
+
+    async def _await_declaration(self, recv: MemoryObjectReceiveStream[RoomEvent]) -> None:
+        """Wait (at most ``declare_timeout``) for a writer to declare the document;
+        then raise ForbiddenError naming the power level it takes."""
+        me = self.client.user_id
+        have, needed = levels_for(await self.client.get_state(self.room_id, PL), me, DOC,
+                                  state=True)
+        why = (f"{me} may not declare it: declaring a document (state event {DOC}) "
+               f"needs power level {needed}, {me} has {have}")
+        limit = self.declare_timeout
+        log.warning("waiting %s for %r to be declared in %s by a member who may, since %s",
+                    "without a deadline" if limit is None else f"up to {limit:g} s",
+                    self.name, self.room_id, why)
+        with anyio.move_on_after(math.inf if limit is None else limit):
             async for ev in recv:
                 if (ev.type == DOC and ev.state_key == self.name and ev.content
                         and await self._declared_by_writer(ev)):
                     self._check_declaration(ev.content)
-                    break
+                    return
                 self.backlog.append(ev)
+        raise ForbiddenError(
+            403, "M_FORBIDDEN",
+            f"document {self.name!r} is not declared in {self.room_id} and {why}; have a "
+            f"member with power level {needed} open it first, or raise {me}'s level",
+        )
 
     async def _declared_by_writer(self, ev: RoomEvent) -> bool:
         """Did the declaration's sender have the level for it where it stands

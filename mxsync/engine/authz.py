@@ -29,6 +29,7 @@ __all__ = [
     "PowerLevels",
     "judge_state",
     "levels_backwards",
+    "levels_for",
     "power_level_allows",
     "power_levels_before",
     "room_creators",
@@ -91,6 +92,15 @@ def power_level_allows(
     """
     if sender in creators:
         return True
+    have, needed = levels_for(power_levels, sender, event_type, state=state)
+    return have >= needed
+
+
+def levels_for(
+    power_levels: dict[str, Any] | None, sender: str, event_type: str, *, state: bool
+) -> tuple[int, int]:
+    """``(sender's level, level event_type needs)`` under ``m.room.power_levels``
+    content (creators aside: see :func:`power_level_allows`)."""
     pl = power_levels or {}
     users = pl.get("users") if isinstance(pl.get("users"), dict) else {}
     events = pl.get("events") if isinstance(pl.get("events"), dict) else {}
@@ -102,7 +112,7 @@ def power_level_allows(
         needed = _int(pl.get("state_default"), 50 if power_levels is not None else 0)
     else:
         needed = _int(pl.get("events_default"), 0)
-    return user_level >= needed
+    return user_level, needed
 
 
 class PowerLevels(msgspec.Struct, frozen=True):

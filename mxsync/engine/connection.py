@@ -1,7 +1,8 @@
 """Connection: one Matrix account, one nio AsyncClient, one store, one sync loop, one outbox.
 
-``async with Connection(...)`` logs in (reusing the session kept in the store,
-so that transaction ids stay valid across restarts), starts the sync loop and
+``async with Connection(...)`` logs in (with the password if one is given, else
+with the session kept in the store; the device id kept there either way, so that
+transaction ids stay valid across restarts), starts the sync loop and
 the outbox in its task group, and stops both on exit. It owns those parts;
 features never see them: they use the :class:`~mxsync.engine.surface.Engine`
 surface this class implements. The Client users see
@@ -187,10 +188,15 @@ class Connection:
                 saved.user_id != self.user_id or saved.homeserver != self.homeserver
             ):
                 raise ConfigError(
-                    f"the store belongs to {saved.user_id} on {saved.homeserver}, "
-                    f"not {self.user_id} on {self.homeserver}"
+                    f"the store {self.store.path} belongs to {saved.user_id} on "
+                    f"{saved.homeserver}, not {self.user_id} on {self.homeserver}; give "
+                    "this user its own store (store_path; `mxsync --store`), or delete "
+                    "that file if its unsent events may go"
                 )
-        token = self._access_token or (saved.access_token if saved else None)
+        # A password given is checked by logging in with it (same device), never
+        # ignored in favour of a stored session it might not match.
+        stored = saved.access_token if saved and self._password is None else None
+        token = self._access_token or stored
         if token is not None:
             self.http.access_token = token
             try:

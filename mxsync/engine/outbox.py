@@ -57,6 +57,8 @@ _PACE_DECAY = 0.95
 _PACE_FLOOR = 0.05
 
 log = logging.getLogger("mxsync.outbox")
+#: Every rate-limit pause, at INFO: the ``mxsync`` command shows them.
+rate_log = logging.getLogger("mxsync.ratelimit")
 _json = msgspec.json.Encoder()
 
 
@@ -348,6 +350,9 @@ class Outbox:
             except RateLimitedError as exc:
                 self.rate_limited += 1
                 delay = (exc.retry_after_ms or 1000) / 1000
+                if self._resume_at <= time.monotonic():  # once per pause, not per lane
+                    rate_log.info("rate limited by the homeserver, next send in %.1f s "
+                                  "(%d event(s) waiting)", delay, self.pending)
                 self._resume_at = max(self._resume_at, time.monotonic() + delay)
                 self._pace = min(max(self._pace, delay), _PACE_CAP)
                 throttled = True

@@ -36,7 +36,9 @@ Invariants:
   since-token) only seeds the state cache and positions, it delivers nothing.
 - It never spins: errors back off exponentially with jitter (capped), rate
   limits wait ``retry_after_ms``, and a server that answers an empty long-poll
-  at once is polled at most ``1 / min_interval`` times a second. An error in
+  at once is polled at most ``1 / min_interval`` times a second. The first sync
+  of a run does not long-poll (timeout 0), so a returning client is live at
+  once and ``wait_synced`` never waits out an empty poll. An error in
   the middle of a gap fill fails the batch; the retry resumes the gap from the
   last event delivered.
 - It never sleeps through a recovery: a transient error is waited out on the
@@ -320,7 +322,10 @@ class SyncLoop:
     async def sync_once(self, timeout_ms: int | None = None) -> bool:
         """One /sync round trip, dispatched and persisted. Returns whether it had events."""
         since = self.status.since
-        timeout = 0 if since is None else (self.timeout_ms if timeout_ms is None else timeout_ms)
+        if since is None or self.status.syncs == 0:  # the first of a run: no long-poll
+            timeout = 0
+        else:
+            timeout = self.timeout_ms if timeout_ms is None else timeout_ms
         resp = await self._http.call(api.sync(self.filter_json(), since, timeout),
                                      http_timeout=timeout / 1000 + 30)
         next_batch = resp.get("next_batch")

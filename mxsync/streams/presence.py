@@ -153,7 +153,7 @@ class Presence:
                 session=self._session,
                 last_seq=self._last_seq() if reason == "shutdown" else None,
                 reason=reason,
-                description=self._description if online else None,
+                description=self._description,  # kept while offline too
             )
         )
 

@@ -324,10 +324,14 @@ class Subscriber:
         self._device_ts[device] = ev.origin_server_ts
         if state.online:
             self._device_seen[device] = max(self._device_seen.get(device, 0), seen_ms)
+        # An offline state says no description: the device is still what it was.
+        old_status = self._devices.get(device)
+        description = state.description if state.description is not None else (
+            old_status.description if old_status is not None else None)
         self._set_device(DeviceStatus(
             device=device, sender=ev.sender, online=state.online, since_ms=state.since_ms,
             event_ts=ev.origin_server_ts, reason=state.reason, heartbeat_ms=state.heartbeat_ms,
-            session=state.session, last_seq=state.last_seq, description=state.description,
+            session=state.session, last_seq=state.last_seq, description=description,
         ))
 
     def _alive(self, device: str, sender: str) -> None:

@@ -160,6 +160,18 @@ class DemoRun:
         return out
 
 
+async def _assert_stopped_cleanly(state: Path) -> None:
+    """No process of the demo is left, and on Ctrl-C its devices marked themselves
+    offline (the room says so)."""
+    with anyio.fail_after(10):
+        while leftovers := _processes_mentioning(str(state)):  # noqa: ASYNC110
+            await anyio.sleep(0.1)
+    assert not leftovers
+    sensors_log = (state / "logs" / "sensors.log").read_text()
+    for device in ("office", "greenhouse", "front-door"):
+        assert f"sensors: {device} is offline (shutdown)" in sensors_log, sensors_log
+
+
 async def _get(url: str) -> tuple[int, str]:
     async with aiohttp.ClientSession() as http, http.get(url) as resp:
         return resp.status, await resp.text()
@@ -201,14 +213,7 @@ async def test_demo_serves_every_page_and_stops_without_leftovers(tmp_path):
             demo.proc.send_signal(signal.SIGINT)  # Ctrl-C
         demo.finish(120)
     assert demo.proc.returncode == 0, "\n".join(demo.lines)
-    with anyio.fail_after(10):
-        while leftovers := _processes_mentioning(str(state)):  # noqa: ASYNC110
-            await anyio.sleep(0.1)
-    assert not leftovers
-    # On Ctrl-C the devices marked themselves offline (the room says so).
-    sensors_log = (state / "logs" / "sensors.log").read_text()
-    for device in ("office", "greenhouse", "front-door"):
-        assert f"sensors: {device} is offline (shutdown)" in sensors_log, sensors_log
+    await _assert_stopped_cleanly(state)
 
     # A second run reuses the homeserver's port and the rooms, and stops by itself.
     saved = json.loads((state / "demo.json").read_text())
@@ -219,5 +224,30 @@ async def test_demo_serves_every_page_and_stops_without_leftovers(tmp_path):
     assert json.loads((state / "demo.json").read_text()) == saved
     assert f"http://127.0.0.1:{saved['port']}" in demo.lines[0]
     with anyio.fail_after(10):
-        while leftovers := _processes_mentioning(str(state)):  # noqa: ASYNC110
+        while _processes_mentioning(str(state)):  # noqa: ASYNC110
             await anyio.sleep(0.1)
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(300)
+async def test_demo_whose_reader_died_stops_everything_on_ctrl_c(tmp_path):
+    """``mxsync demo | tee demo.log``, tee dies, then Ctrl-C: the demo's prints
+    fail with EPIPE, yet it stops its examples first (the devices go offline) and
+    leaves no process behind."""
+    state = tmp_path / "demo"
+    demo = DemoRun(state)
+    try:
+        demo.read_until(r"Ctrl-C stops everything", 150)
+        assert demo.proc.stdout is not None
+        demo.proc.stdout.close()  # the reader is gone: every later print hits EPIPE
+        demo.proc.send_signal(signal.SIGINT)
+        demo.proc.wait(120)
+    finally:
+        if demo.proc.poll() is None:
+            demo.proc.kill()
+            demo.proc.wait(10)
+    assert demo.proc.returncode == 0
+    await _assert_stopped_cleanly(state)
+    logins = state / "logins.env"
+    assert logins.stat().st_mode & 0o777 == 0o600
+    assert "MXSYNC_USER=@ops:localhost" in logins.read_text()

@@ -318,7 +318,7 @@ async def test_clean_exit_marks_offline_at_once_and_cancels_the_will(make_user, 
             death = await changes.receive()
         assert time.monotonic() - closing < 10
     assert (death.online, death.reason, death.session) == (False, "shutdown", birth.session)
-    assert death.last_seq == 0
+    assert (death.last_seq, death.description) == (0, "cellar pump")  # described offline too
     # No last will is left on the homeserver to mark the device offline again later.
     pending = await dev.http.call(api.delayed_events())
     assert pending["delayed_events"] == []

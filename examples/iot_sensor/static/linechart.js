@@ -27,6 +27,21 @@
     return `${String(d.getHours()).padStart(2, '0')}:${String(d.getMinutes()).padStart(2, '0')}`;
   }
 
+  // Consecutive points further apart than three times the spacing around them
+  // (and than 5 s) have no data between them: [[t, v], ...] -> runs of points.
+  function splitAtGaps(pts) {
+    const runs = [[pts[0]]];
+    for (let i = 1; i < pts.length; i++) {
+      const dt = pts[i][0] - pts[i - 1][0];
+      const before = i > 1 ? pts[i - 1][0] - pts[i - 2][0] : 0;
+      const after = i + 1 < pts.length ? pts[i + 1][0] - pts[i][0] : 0;
+      const usual = Math.max(before, after);
+      if (usual > 0 && dt > 3 * usual && dt > 5000) runs.push([]);
+      runs[runs.length - 1].push(pts[i]);
+    }
+    return runs;
+  }
+
   function withAlpha(hex, a) {
     const n = parseInt(hex.slice(1), 16);
     return `rgba(${(n >> 16) & 255}, ${(n >> 8) & 255}, ${n & 255}, ${a})`;
@@ -170,21 +185,27 @@
       }
       const pts = this.points;
       if (!pts.length) return;
-      c.beginPath();
-      pts.forEach(([t, v], i) => (i ? c.lineTo(x(t), y(v)) : c.moveTo(x(t), y(v))));
       const last = pts[pts.length - 1];
       const grad = c.createLinearGradient(0, y(Math.max(...pts.map((p) => p[1]))), 0, bottom);
       grad.addColorStop(0, withAlpha(this.color, 0.22));
       grad.addColorStop(1, withAlpha(this.color, 0.0));
-      c.save();
-      c.lineTo(x(last[0]), bottom);
-      c.lineTo(x(pts[0][0]), bottom);
-      c.closePath();
-      c.fillStyle = grad;
-      c.fill();
-      c.restore();
+      // A downtime is a gap, not a straight line as if there had been data.
+      const runs = splitAtGaps(pts);
+      for (const run of runs) {
+        c.save();
+        c.beginPath();
+        run.forEach(([t, v], i) => (i ? c.lineTo(x(t), y(v)) : c.moveTo(x(t), y(v))));
+        c.lineTo(x(run[run.length - 1][0]), bottom);
+        c.lineTo(x(run[0][0]), bottom);
+        c.closePath();
+        c.fillStyle = grad;
+        c.fill();
+        c.restore();
+      }
       c.beginPath();
-      pts.forEach(([t, v], i) => (i ? c.lineTo(x(t), y(v)) : c.moveTo(x(t), y(v))));
+      for (const run of runs) {
+        run.forEach(([t, v], i) => (i ? c.lineTo(x(t), y(v)) : c.moveTo(x(t), y(v))));
+      }
       c.strokeStyle = this.color;
       c.lineWidth = 1.8;
       c.lineJoin = 'round';
