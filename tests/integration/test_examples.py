@@ -17,12 +17,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import anyio
 import pytest
-from pycrdt import Doc
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # ``examples`` is a folder of the checkout, not installed
@@ -33,19 +31,7 @@ from examples.whiteboard.model import (  # noqa: E402
     BOARD_W,
 )
 from examples.whiteboard.server import run_whiteboard  # noqa: E402
-
-
-def stroke(sid: str, *points: int, color: str = "#112233", width: int = 3) -> dict[str, Any]:
-    return {"id": sid, "color": color, "width": width, "points": list(points)}
-
-
-def sync(*docs: Doc) -> None:
-    """Exchange every update between the docs (what the room does)."""
-    for a in docs:
-        for b in docs:
-            if a is not b:
-                b.apply_update(a.get_update(b.get_state()))
-
+from tests.unit.test_examples_model import stroke  # noqa: E402
 
 # --------------------------------------------------------------------------- whiteboard server
 
