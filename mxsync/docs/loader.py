@@ -50,6 +50,11 @@ _COLD_PAGES: Final = (64, 256)
 _PAGE: Final = 1000
 #: How far past a snapshot's ``covers`` a cold open reads to complete chunk sets.
 _CHUNK_LOOKBACK: Final = 4096
+#: How many document updates in a row, older than a snapshot's ``covers``, must
+#: be contained in its state vector before a cold open stops reading back: the
+#: timeline is in depth order, and a concurrent branch (another homeserver's
+#: edits during a partition) interleaves with ``covers``'s side down to the fork.
+_BRANCH_QUIET: Final = 64
 
 COUNTERS: Final = ("load_events", "load_pages", "load_http_ms")
 
@@ -281,8 +286,12 @@ class BackwardScan:
     """Reads a room's history newest first and finds where a cold open can start.
 
     That is the first snapshot of the document that completes and validates, its
-    ``covers`` event, and the completion of every update chunk set with a chunk
-    after ``covers`` (within ``_CHUNK_LOOKBACK`` events).
+    ``covers`` event, the completion of every update chunk set with a chunk
+    after ``covers`` (within ``_CHUNK_LOOKBACK`` events), and, judged by content,
+    the updates older than ``covers`` that the snapshot's state vector lacks: it
+    reads on until ``_BRANCH_QUIET`` updates in a row are contained in it (or
+    ``_CHUNK_LOOKBACK`` events past ``covers``). A snapshot's position is never
+    trusted alone (PROTOCOL.md, "Ordering").
     """
 
     def __init__(self, name: str, rejected: frozenset[str] = frozenset()) -> None:
@@ -296,6 +305,11 @@ class BackwardScan:
         self.covers_index: int | None = None
         self.open_sets: dict[tuple[str, str], set[int]] = {}
         self.past_covers = 0
+        #: Updates in a row past ``covers`` contained in the snapshot's state vector.
+        self.quiet = 0
+        #: Updates past ``covers`` the snapshot's state vector lacks.
+        self.uncovered = 0
+        self._sv: bytes | None = None
 
     def without_snapshot(self, window: list[RoomEvent]) -> BackwardScan:
         assert self.snapshot_event is not None
@@ -307,7 +321,9 @@ class BackwardScan:
     def done(self) -> bool:
         if self.snapshot is None or self.snapshot.covers is None or self.covers_index is None:
             return False
-        return not self.open_sets or self.past_covers > _CHUNK_LOOKBACK
+        if self.past_covers > _CHUNK_LOOKBACK:
+            return True
+        return not self.open_sets and self.quiet >= _BRANCH_QUIET
 
     def see(self, ev: RoomEvent, index: int) -> None:
         if ev.type not in (DOC_UPDATE, DOC_SNAPSHOT) or ev.content.get("doc") != self.name:
@@ -323,6 +339,12 @@ class BackwardScan:
                 return
         elif self.covers_index is None and ev.event_id == self.snapshot.covers:
             self.covers_index = index
+        elif self.covers_index is not None and isinstance(decoded, proto.DocUpdate):
+            if self._contained(decoded.update):
+                self.quiet += 1
+            else:
+                self.quiet = 0
+                self.uncovered += 1
         if isinstance(decoded, proto.DocChunk) and decoded.kind == "update":
             key = (ev.sender, decoded.chunk.id)
             if self.covers_index is None:
@@ -334,6 +356,17 @@ class BackwardScan:
             seen.add(decoded.chunk.index)
             if len(seen) >= decoded.chunk.count:
                 del self.open_sets[key]
+
+    def _contained(self, update: bytes) -> bool:
+        """Are the update's structs in the snapshot's state vector? (Deletions are
+        not counted by state vectors: the open applies these updates anyway.)"""
+        assert self.snapshot is not None
+        if self._sv is None:
+            self._sv = self.snapshot.sv or pycrdt.get_state(self.snapshot.state)
+        try:
+            return pycrdt.get_update(update, self._sv)[:1] == b"\x00"
+        except Exception:
+            return True  # not a diffable update: the replica will judge it
 
     def _candidate(self, ev: RoomEvent, decoded: Any, index: int) -> bool:
         """Take ``ev`` as the snapshot if it is a whole, valid one; True if taken."""
