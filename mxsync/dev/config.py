@@ -2,9 +2,18 @@
 
 Owns what goes into them: ``homeserver.yaml`` (written once: server_name and
 the secrets; yours to extend), ``devserver.yaml`` (rewritten on every start:
-listener and port, paths, rate limits, delayed events; Synapse merges it over
-homeserver.yaml, top-level keys replace) and ``log.config``, and the names of
-every file in the state directory.
+listeners and ports, database, paths, rate limits, delayed events, federation;
+Synapse merges it over homeserver.yaml, top-level keys replace) and
+``log.config``, and the names of every file in the state directory.
+
+Federation (when a federation port is given): a second listener, TLS with the
+self-signed certificate of :mod:`mxsync.dev.tls`, serving only federation
+(the client listener then serves only the client API), peers' certificates
+not checked, loopback allowed as a destination, no trusted key servers (each
+server's keys are fetched from itself), and retries and backoff cut from
+minutes to seconds (:data:`FEDERATION_RETRIES`) so a healed link carries
+events again within a test's patience. ``rc_federation`` keeps Synapse's
+defaults, as real servers do.
 
 Rate limits: ``"default"`` keeps Synapse's own message limit (``rc_message``,
 0.2 events/s, burst 10), as real servers do; ``"relaxed"`` lifts it too. In
@@ -23,17 +32,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import ConfigError
+from .tls import ensure_certificate
 
 __all__ = [
     "BASE_CONFIG",
     "LOCK_FILE",
     "LOG_FILE",
+    "FEDERATION_RETRIES",
     "OVERLAY_CONFIG",
     "RateLimitMode",
     "ensure_base_config",
+    "federation_settings",
     "log_config",
     "rate_limits",
     "read_yaml",
+    "sqlite_database",
     "write_config",
     "write_run_config",
 ]
@@ -53,7 +66,7 @@ LOCK_FILE = "devserver.lock"
 # Effectively unlimited for a single-machine dev server.
 _UNLIMITED = {"per_second": 100_000, "burst_count": 1_000_000}
 # Every client-facing limiter Synapse 1.163 reads (synapse/config/ratelimiting.py)
-# except rc_message and rc_federation (a different shape; federation is unused).
+# except rc_message and rc_federation (a different shape; real servers keep it).
 _LIFTED_IN_BOTH_MODES: dict[str, Any] = {
     "rc_registration": _UNLIMITED,
     "rc_registration_token_validity": _UNLIMITED,
@@ -72,6 +85,20 @@ _LIFTED_IN_BOTH_MODES: dict[str, Any] = {
     "rc_reports": _UNLIMITED,
     "rc_user_directory": _UNLIMITED,
     "rc_profile": _UNLIMITED,
+}
+
+# Synapse 1.163's federation section (synapse/config/federation.py). The
+# defaults (60 s timeout, 10 long retries up to 60 s apart, a 10 min first
+# backoff growing to 7 days) would hold a healed link down for the rest of a test.
+FEDERATION_RETRIES: dict[str, Any] = {
+    "client_timeout": "10s",
+    "max_short_retries": 1,
+    "max_short_retry_delay": 500,  # ms
+    "max_long_retries": 2,
+    "max_long_retry_delay": "2s",
+    "destination_min_retry_interval": "1s",
+    "destination_retry_multiplier": 1.5,
+    "destination_max_retry_interval": "5s",
 }
 
 
@@ -166,26 +193,63 @@ def ensure_base_config(state_dir: Path, server_name: str) -> str:
     return secret
 
 
+def sqlite_database(state_dir: Path) -> dict[str, Any]:
+    """Synapse's ``database`` section for the state dir's SQLite file."""
+    return {"name": "sqlite3", "args": {"database": str(state_dir / DATABASE)}}
+
+
+def _listener(port: int | None, names: list[str], *, tls: bool) -> dict[str, Any]:
+    return {
+        "port": port,
+        "bind_addresses": ["127.0.0.1"],
+        "type": "http",
+        "tls": tls,
+        "x_forwarded": False,
+        "resources": [{"names": names, "compress": False}],
+    }
+
+
+def federation_settings(state_dir: Path, federation_port: int) -> dict[str, Any]:
+    """The overlay keys of a federating server: its TLS listener and the rest."""
+    cert, key = ensure_certificate(state_dir)
+    return {
+        "tls_certificate_path": str(cert),
+        "tls_private_key_path": str(key),
+        "federation_verify_certificates": False,
+        # The default blocklist has 127.0.0.0/8, for federation too.
+        "ip_range_blacklist": [],
+        "federation": FEDERATION_RETRIES,
+        "listeners": [_listener(federation_port, ["federation"], tls=True)],
+    }
+
+
 def write_run_config(
-    state_dir: Path, *, url: str, port: int | None, server_name: str, mode: RateLimitMode
+    state_dir: Path,
+    *,
+    url: str,
+    port: int | None,
+    server_name: str,
+    mode: RateLimitMode,
+    federation_port: int | None = None,
+    database: dict[str, Any] | None = None,
 ) -> None:
-    """Rewrite log.config and devserver.yaml for a start on ``port``."""
+    """Rewrite log.config and devserver.yaml for a start on ``port``.
+
+    ``federation_port``: also serve federation there, over TLS (see the module
+    docstring). ``database``: Synapse's ``database`` section, SQLite if None.
+    """
     sd = state_dir
     (sd / MEDIA_STORE).mkdir(exist_ok=True)
     write_config(sd / LOG_CONFIG, "Rewritten on every start.", log_config(sd / LOG_FILE))
+    federating: dict[str, Any] = {}
+    client_names = ["client", "federation"]
+    if federation_port is not None:
+        federating = federation_settings(sd, federation_port)
+        client_names = ["client"]
     overlay: dict[str, Any] = {
         "public_baseurl": f"{url}/",
-        "listeners": [
-            {
-                "port": port,
-                "bind_addresses": ["127.0.0.1"],
-                "type": "http",
-                "tls": False,
-                "x_forwarded": False,
-                "resources": [{"names": ["client", "federation"], "compress": False}],
-            }
-        ],
-        "database": {"name": "sqlite3", "args": {"database": str(sd / DATABASE)}},
+        "listeners": [_listener(port, client_names, tls=False), *federating.pop("listeners", [])],
+        "database": database or sqlite_database(sd),
         "media_store_path": str(sd / MEDIA_STORE),
         "signing_key_path": str(sd / f"{server_name}.signing.key"),
         "log_config": str(sd / LOG_CONFIG),
@@ -200,6 +264,7 @@ def write_run_config(
         # passwords guard nothing.
         "bcrypt_rounds": 4,
         **rate_limits(mode),
+        **federating,
     }
     write_config(
         sd / OVERLAY_CONFIG,

@@ -14,13 +14,14 @@ import contextlib
 import ctypes
 import functools
 import os
+import pwd
 import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import anyio
 
@@ -31,6 +32,7 @@ __all__ = [
     "is_synapse",
     "pid_alive",
     "port_free",
+    "run_to_end",
     "signal_group",
     "spawn",
     "wait_until",
@@ -68,11 +70,17 @@ def spawn(
     *,
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
+    user: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``argv`` in its own session, stdout and stderr to ``out``, no stdin.
 
-    On Linux the child gets SIGTERM when the calling thread dies.
+    On Linux the child gets SIGTERM when the calling thread dies. ``user``
+    (root only): run as that user, in its primary group, with no other groups;
+    the death signal still holds, since Python's child sets it after the switch.
     """
+    ids: dict[str, Any] = {}
+    if user is not None:
+        ids = {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
     prctl = _prctl()
     # PR_SET_PDEATHSIG fires when the *thread* that forked dies, so this must
     # run on the event loop's thread, never in a worker thread.
@@ -86,7 +94,34 @@ def spawn(
         env=env,
         start_new_session=True,
         preexec_fn=preexec,
+        **ids,
     )
+
+
+async def run_to_end(
+    argv: Sequence[str],
+    out: BinaryIO,
+    seconds: float,
+    *,
+    cwd: Path | None = None,
+    user: str | None = None,
+) -> int:
+    """Run a short-lived command like :func:`spawn`; its exit code, killed after ``seconds``.
+
+    Raises TimeoutError when it had to be killed.
+    """
+    proc = spawn(argv, out, cwd=cwd, user=user)
+    LIVE_CHILDREN.add(proc)
+    try:
+        if not await wait_until(lambda: proc.poll() is not None, seconds):
+            raise TimeoutError(f"{argv[0]} did not finish within {seconds:g} s")
+        return proc.returncode
+    finally:
+        if proc.poll() is None:
+            signal_group(proc, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(STOP_GRACE_SECONDS)
+        LIVE_CHILDREN.discard(proc)
 
 
 def pid_alive(pid: int) -> bool:

@@ -33,6 +33,7 @@ __all__ = [
     "admin_register_nonce",
     "admin_register",
     "admin_override_ratelimit",
+    "admin_reset_connection",
     "sync",
     "create_room",
     "join",
@@ -129,6 +130,13 @@ def admin_override_ratelimit(user_id: str, messages_per_second: int, burst_count
     return Request(method="POST", path=f"{_ADMIN}/users/{q(user_id)}/override_ratelimit",
                    body={"messages_per_second": messages_per_second, "burst_count": burst_count},
                    what="override ratelimit")
+
+
+def admin_reset_connection(destination: str) -> Request:
+    """Clear the federation backoff towards ``destination`` and wake its queue."""
+    return Request(method="POST",
+                   path=f"{_ADMIN}/federation/destinations/{q(destination)}/reset_connection",
+                   body={}, what="reset federation connection")
 
 
 def sync(filter_json: str, since: str | None, timeout_ms: int) -> Request:

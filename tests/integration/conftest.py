@@ -4,11 +4,22 @@ The homeserver keeps Synapse's default message rate limits (0.2 events/s,
 burst 10), the ones real servers run. Tests that need volume lift the limit
 for their own users through the admin API (``relaxed=True``), exactly as an
 operator would for a bridge or a bot.
+
+``federation`` is a second, separate world for behaviour that crosses servers:
+two Synapses that federate (the first on SQLite, the second on PostgreSQL),
+each behind a proxy whose link a test cuts and heals. ``fed_user(i)``
+registers a user on server *i*; ``fed_link`` is the federation for one test,
+healed (and its backoff reset) when the test ends so the next starts joined up;
+``Federation.heal_link(reset=...)`` heals with or without the admin reset.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -19,7 +30,7 @@ import pytest
 from anyio.abc import TaskStatus
 
 from mxsync import Client
-from mxsync.dev import Credentials, DevServer
+from mxsync.dev import Credentials, Database, DevServer, Federation
 
 _counter = itertools.count()
 
@@ -80,3 +91,53 @@ async def make_client(hs: DevServer, tmp_path: Path) -> AsyncIterator[ClientFact
 
         yield make
         tg.cancel_scope.cancel()
+
+
+# -- a federation -----------------------------------------------------------------
+
+#: The databases of the federation's servers, in order.
+FEDERATION_DATABASES: tuple[Database, ...] = ("sqlite", "postgres")
+
+
+@pytest.fixture(scope="session")
+async def federation() -> AsyncIterator[Federation]:
+    # Not under pytest's tmp dir: that is mode 0700, and PostgreSQL runs as the
+    # postgres user, who must reach its data directory.
+    base = Path(tempfile.mkdtemp(prefix="mxsync-federation-"))
+    os.chmod(base, 0o711)
+    try:
+        async with Federation(base, FEDERATION_DATABASES, rate_limits="default") as fed:
+            yield fed
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+FedUserFactory = Callable[..., Awaitable[Credentials]]
+
+
+@pytest.fixture
+def fed_user(federation: Federation) -> FedUserFactory:
+    """``await fed_user(i, prefix, relaxed=False)``: a new user on server ``i``."""
+
+    async def make(server: int, prefix: str = "f", *, relaxed: bool = False) -> Credentials:
+        hs = federation.servers[server]
+        creds = await hs.register(f"{prefix}{next(_counter)}x{uuid.uuid4().hex[:6]}")
+        if relaxed:
+            await hs.override_ratelimit(creds.user_id)
+        return creds
+
+    return make
+
+
+@pytest.fixture
+async def fed_link(federation: Federation) -> AsyncIterator[Federation]:
+    """The federation for one test, healed and reset however the test ends.
+
+    In the test, ``await fed_link.heal_link(reset=...)`` heals (with ``reset``,
+    also dropping Synapse's backoff at once); ``fed_link.cut(mode)`` cuts.
+    """
+    try:
+        yield federation
+    finally:
+        with contextlib.suppress(Exception):
+            await federation.heal_link(reset=True)
