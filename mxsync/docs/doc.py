@@ -141,6 +141,7 @@ class SyncedDoc:
         policy: proto.SnapshotPolicy | None = None,
         assembler: proto.ChunkAssembler | None = None,
         read_only: bool = False,
+        snapshots: bool = True,
     ) -> None:
         if not isinstance(room_id, str) or not room_id.startswith("!"):
             raise ConfigError(f"not a room id: {room_id!r}")
@@ -159,6 +160,8 @@ class SyncedDoc:
         self._writer = Writer(client, room_id, name, replica=self._replica, local=self._local,
                               batch_delay=batch_delay, cache_interval=cache_interval,
                               read_only=read_only)
+        if not snapshots:
+            self._writer.may_snapshot = False
         self._replica.on_update = self._writer.consider_snapshot
         self._replica.on_concurrent = self._writer.fresh_snapshot
         self._loader = Loader(client, room_id, name, replica=self._replica,
@@ -406,6 +409,7 @@ def open_doc(client: Engine, room_id: str, name: str = "default", **kw: Any) -> 
     with ``total=None`` while paging, then events applied of ``total``),
     ``batch_delay`` (default 0.05 s: the longest an edit waits before its batch),
     ``cache_interval`` (default 5 s), ``policy`` (a SnapshotPolicy), ``assembler``
-    (a ChunkAssembler with other limits), ``read_only``.
+    (a ChunkAssembler with other limits), ``read_only``, ``snapshots`` (False: this
+    client never posts snapshots).
     """
     return SyncedDoc(client, room_id, name, **kw)
