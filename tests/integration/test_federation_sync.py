@@ -230,7 +230,11 @@ async def test_a_partition_heals_with_nothing_lost(federation: Federation, fed_u
                     break
         assert readings == list(range(BATCHES))
         stats = sub.statistics()
-        assert stats.duplicates == 0 and stats.missing_batches == 0
+        print(f"{variant}: subscriber {stats}")
+        # A batch the subscriber found by looking back (after a jump) may come
+        # again through the sync loop's later gap fill: skipped, never delivered.
+        assert stats.missing_batches == 0 and stats.gaps == 0
+        assert stats.duplicates <= stats.repaired_batches
 
         final = content(da)
         for creds, via in ((late_a, names[0]), (late_b, names[0])):
