@@ -91,8 +91,9 @@ class DocStatistics(msgspec.Struct, frozen=True, kw_only=True):
     pending_updates: int
     #: Look-backs that ended with updates still pending (each is logged).
     unrepaired: int
-    #: Updates before a snapshot's ``covers`` that the snapshot lacked (applied
-    #: when opening from it: judged by content, not position).
+    #: Updates before a snapshot's ``covers`` applied when opening from it because
+    #: the snapshot may lack them (inserts its state vector lacks, or deletions,
+    #: which state vectors do not show): judged by content, not position.
     uncovered: int
     #: Updates of a concurrent branch merged (made before the newest snapshot,
     #: not in it); each makes the writer post a fresh snapshot soon.

@@ -16,6 +16,9 @@ disabled (nothing can hide a lost update); with a client offline during the heal
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -216,7 +219,9 @@ async def test_a_partition_heals_with_nothing_lost(federation: Federation, fed_u
         print(f"{variant}: converged {time.monotonic() - heal_started:.1f} s after the heal "
               f"({took:.1f} s of waiting), gaps filled: alice {alice.sync.gap_fills}, "
               f"bob {bob.sync.gap_fills}, events fetched: "
-              f"{alice.sync.gap_events_fetched + bob.sync.gap_events_fetched}")
+              f"{alice.sync.gap_events_fetched + bob.sync.gap_events_fetched}; "
+              f"looked back: alice repaired {da.statistics().repaired}, "
+              f"bob repaired {db.statistics().repaired}")
         text, m = content(da)
         for side in "ab":
             assert all(f"{side}{i} " in text for i in range(0, EDITS, 4)), side
@@ -247,3 +252,73 @@ async def test_a_partition_heals_with_nothing_lost(federation: Federation, fed_u
                 await until(lambda s=sdoc: content(s) == final, 60)
                 assert sdoc.statistics().pending_updates == 0
         hosts.cancel_scope.cancel()
+
+
+DEVICE_SCRIPT = textwrap.dedent(
+    """
+    import sys, anyio
+    from mxsync import Client
+
+    async def main(url, user, password, store, room):
+        async with Client(url, user, password=password, store_path=store) as c:
+            async with c.publisher(room, device="sensor-9", offline_after=3.0) as pub:
+                await pub.wait_online()
+                print("ONLINE", pub.presence_mode, flush=True)
+                i = 0
+                while True:
+                    pub.publish("temp", 20 + i % 10)
+                    i += 1
+                    await anyio.sleep(0.2)
+
+    anyio.run(main, *sys.argv[1:6])
+    """
+)
+
+
+async def test_a_device_that_dies_while_partitioned_is_offline_on_both_sides(
+    federation: Federation, fed_user, start_client, tmp_path
+):
+    """Killed (SIGKILL) on one side of a cut: its homeserver's last will marks it
+    offline there; after the heal the other side has the same device state."""
+    dev_creds = await fed_user(0, "will", relaxed=True)
+    near_creds = await fed_user(0, "near")
+    far_creds = await fed_user(1, "far")
+    owner = await start_client(dev_creds)
+    room = await owner.create_room("wills", invite=[near_creds.user_id, far_creds.user_id],
+                                   writers=[dev_creds.user_id])
+    near = await start_client(near_creds)
+    far = await start_client(far_creds)
+    with anyio.fail_after(120):
+        await near.join(room)
+        await far.join(room, via=[federation.server_names[0]])
+    script = tmp_path / "device.py"
+    script.write_text(DEVICE_SCRIPT)
+    async with near.subscribe(room) as sub_near, far.subscribe(room) as sub_far:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), dev_creds.homeserver, dev_creds.user_id,
+             dev_creds.password, str(tmp_path / "device.db"), room], stdout=subprocess.PIPE)
+        try:
+            with anyio.fail_after(60):
+                line = await anyio.to_thread.run_sync(proc.stdout.readline)
+            assert line.split() == [b"ONLINE", b"will"]
+            with anyio.fail_after(60):
+                await sub_near.wait_device("sensor-9", online=True)
+                await sub_far.wait_device("sensor-9", online=True)
+            federation.cut("drop")
+        finally:
+            proc.kill()  # no shutdown state: only the homeserver's last will
+            proc.wait(timeout=10)
+        try:
+            with anyio.fail_after(3.0 + 30.0):
+                st = await sub_near.wait_device("sensor-9", online=False)
+            assert st.reason == "last-will" and not st.inferred
+        finally:
+            await federation.heal_link(reset=True)
+
+        def told() -> bool:
+            st = sub_far.devices().get("sensor-9")
+            return st is not None and not st.online and st.reason == "last-will"
+
+        await until(told, 90)
+        far_st, near_st = sub_far.devices()["sensor-9"], sub_near.devices()["sensor-9"]
+        assert (far_st.session, far_st.sender) == (near_st.session, near_st.sender)
