@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -28,6 +27,10 @@ import anyio
 import pycrdt
 import pytest
 from anyio.abc import TaskStatus
+
+# The device of the single-server last-will test (offline_after=3 s), run on one
+# side of a cut. (tests/integration is on sys.path: pytest's prepend import mode.)
+from test_streams import DEVICE_SCRIPT
 
 from mxsync import Client
 from mxsync.dev import Credentials, Federation
@@ -254,27 +257,6 @@ async def test_a_partition_heals_with_nothing_lost(federation: Federation, fed_u
         hosts.cancel_scope.cancel()
 
 
-DEVICE_SCRIPT = textwrap.dedent(
-    """
-    import sys, anyio
-    from mxsync import Client
-
-    async def main(url, user, password, store, room):
-        async with Client(url, user, password=password, store_path=store) as c:
-            async with c.publisher(room, device="sensor-9", offline_after=3.0) as pub:
-                await pub.wait_online()
-                print("ONLINE", pub.presence_mode, flush=True)
-                i = 0
-                while True:
-                    pub.publish("temp", 20 + i % 10)
-                    i += 1
-                    await anyio.sleep(0.2)
-
-    anyio.run(main, *sys.argv[1:6])
-    """
-)
-
-
 async def test_a_device_that_dies_while_partitioned_is_offline_on_both_sides(
     federation: Federation, fed_user, start_client, tmp_path
 ):
@@ -316,9 +298,9 @@ async def test_a_device_that_dies_while_partitioned_is_offline_on_both_sides(
             await federation.heal_link(reset=True)
 
         def told() -> bool:
-            st = sub_far.devices().get("sensor-9")
+            st = sub_far.devices.get("sensor-9")
             return st is not None and not st.online and st.reason == "last-will"
 
         await until(told, 90)
-        far_st, near_st = sub_far.devices()["sensor-9"], sub_near.devices()["sensor-9"]
+        far_st, near_st = sub_far.devices["sensor-9"], sub_near.devices["sensor-9"]
         assert (far_st.session, far_st.sender) == (near_st.session, near_st.sender)
