@@ -47,13 +47,7 @@ from ..engine.authz import PowerLevels, judge_state, levels_backwards, room_crea
 from ..engine.events import RoomEvent
 from ..engine.surface import Engine
 from ..engine.taskgroups import exit_stack
-from ..errors import (
-    ConfigError,
-    HomeserverUnavailable,
-    MatrixError,
-    ProtocolError,
-    TransientError,
-)
+from ..errors import ConfigError, ProtocolError
 from ..protocol.readings import (
     Reading,
     SensorMeta,
@@ -71,15 +65,11 @@ from .history import (
     by_time,
     read_history,
 )
+from .holes import Key, find_batches
 
 __all__ = ["Subscriber", "SubscriberStatistics", "DeviceStatus"]
 
 log = logging.getLogger("mxsync.streams.subscriber")
-
-#: Waits before each look-back for the batches a jump skipped (seconds; later
-#: batches wait meanwhile), and how far back each looks.
-_HOLE_DELAYS = (0.0, 1.0, 2.0, 4.0)
-_HOLE_EVENTS = 5_000
 
 
 def _now_ms() -> int:
@@ -306,42 +296,13 @@ class Subscriber:
                         last + 1, batch.seq - 1)
         await self._take(ev, key, batch.seq, readings)
 
-    async def _fill_hole(self, key: tuple[str, str, int | None], last: int, upto: int) -> int:
-        """Look back (bounded, with backoff) for the batches ``last+1 .. upto-1`` of
-        ``key`` and take the ones found in order; the last seq taken.
-
-        The sync loop's gap repair normally delivers them first; this covers a
-        server that could not backfill them yet (its peer unreachable or in
-        backoff right after a heal). Readings stay in order: later batches wait.
-        """
-        sender, device, session = key
-        found: dict[int, tuple[RoomEvent, list[Reading]]] = {}
-        below = False  # the look-back passed the hole: the server has no more of it
-        for delay in _HOLE_DELAYS:
-            await anyio.sleep(delay)
-            try:
-                async for old in self._client.look_back(self._room, [READINGS],
-                                                        max_events=_HOLE_EVENTS):
-                    batch = None if old.sender != sender else self._reader.batch(
-                        old, self._levels)
-                    if batch is None or batch.device != device or batch.session != session:
-                        continue
-                    if batch.seq <= last:
-                        # A device's batches form a chain, which the graph keeps in
-                        # order: what is missing between was not found by paging
-                        # through (and backfilling) the hole.
-                        below = True
-                        break
-                    if batch.seq < upto and batch.seq not in found:
-                        readings = self._reader.readings(old, batch)
-                        if readings is not None:
-                            found[batch.seq] = (old, readings)
-                    if len(found) == upto - last - 1:
-                        break
-            except (HomeserverUnavailable, TransientError, MatrixError) as exc:
-                log.info("looking back for batches of %s failed (%s)", device, exc)
-            if below or len(found) == upto - last - 1:
-                break
+    async def _fill_hole(self, key: Key, last: int, upto: int) -> int:
+        """Look back for the batches ``last+1 .. upto-1`` of ``key``
+        (:mod:`mxsync.streams.holes`) and take the ones found in order; the last
+        seq taken. Readings stay in order: later batches wait meanwhile."""
+        sender, device, _ = key
+        found = await find_batches(self._client, self._room, self._reader, self._levels,
+                                   key, last, upto)
         for seq in sorted(found):
             old, readings = found[seq]
             if seq > last + 1:
@@ -354,7 +315,7 @@ class Subscriber:
             last = seq
         return last
 
-    async def _take(self, ev: RoomEvent, key: tuple[str, str, int | None], seq: int,
+    async def _take(self, ev: RoomEvent, key: Key, seq: int,
                     readings: list[Reading]) -> None:
         batch_device = key[1]
         self._seqs[key] = seq

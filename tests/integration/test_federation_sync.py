@@ -138,6 +138,76 @@ async def until(check: Callable[[], Awaitable[bool] | bool], deadline: float,
             await anyio.sleep(0.25)
 
 
+async def edit_apart(da: Any, db: Any, pub: Any) -> None:
+    """Both sides edit, the device publishes one batch per reading: all at once."""
+    async def publish() -> None:
+        for i in range(BATCHES):
+            pub.publish("x", i)
+            await pub.flush()  # one batch each
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(edit_side, da, "a", EDITS)
+        tg.start_soon(edit_side, db, "b", EDITS)
+        tg.start_soon(publish)
+    assert content(da) != content(db)
+
+
+async def wait_converged(da: Any, db: Any, *, nudge: bool) -> float:
+    """Seconds until both replicas agree with nothing pending; ``nudge``: one
+    fresh edit per side every 5 s meanwhile (Synapse's own retry wakes on it)."""
+    nudges = 0
+
+    async def one_more() -> None:
+        nonlocal nudges
+        nudges += 1
+        da.doc.get("m", type=pycrdt.Map)[f"nudge-a{nudges}"] = nudges
+        db.doc.get("m", type=pycrdt.Map)[f"nudge-b{nudges}"] = nudges
+
+    def converged() -> bool:
+        sa, sb = da.statistics(), db.statistics()
+        return (content(da) == content(db) and sa.pending_updates == 0
+                and sb.pending_updates == 0 and sa.pending_edits == 0
+                and sb.pending_edits == 0)
+
+    took = await until(converged, HEAL_DEADLINE, one_more if nudge else None)
+    text, m = content(da)
+    for side in "ab":
+        assert all(f"{side}{i} " in text for i in range(0, EDITS, 4)), side
+        assert all(f"u-{side}{i}" in m for i in range(3, EDITS, 4)), side
+    return took
+
+
+async def check_readings(sub: Any, variant: str) -> None:
+    """Every reading the device published across the cut, once, in order."""
+    readings = []
+    with anyio.fail_after(HEAL_DEADLINE):
+        async for r in sub:
+            readings.append(r.value)
+            if len(readings) >= BATCHES:
+                break
+    assert readings == list(range(BATCHES))
+    stats = sub.statistics()
+    print(f"{variant}: subscriber {stats}")
+    # A batch the subscriber found by looking back (after a jump) may come
+    # again through the sync loop's later gap fill: skipped, never delivered.
+    assert stats.missing_batches == 0 and stats.gaps == 0
+    assert stats.duplicates <= stats.repaired_batches
+
+
+async def check_late_joiners(start_client: Any, room: str, joiners: list[Credentials],
+                             via: str, final: tuple[str, dict[str, Any]]) -> None:
+    """A fresh client on each side joins (through ``via``), opens, and agrees."""
+    for creds in joiners:
+        late = await start_client(creds, store_path=None)
+        with anyio.fail_after(120):
+            await late.join(room, via=[via])
+        async with late.open_doc(room, "d", read_only=True) as sdoc:
+            with anyio.fail_after(120):
+                await sdoc.wait_synced()
+            await until(lambda s=sdoc: content(s) == final, 60)
+            assert sdoc.statistics().pending_updates == 0
+
+
 @pytest.mark.parametrize("variant", ["reset", "no-reset", "no-snapshots", "offline"])
 async def test_a_partition_heals_with_nothing_lost(federation: Federation, fed_user,
                                                    start_client, tmp_path, variant):
@@ -178,17 +248,7 @@ async def test_a_partition_heals_with_nothing_lost(federation: Federation, fed_u
 
         federation.cut("drop")
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(edit_side, da, "a", EDITS)
-                tg.start_soon(edit_side, db, "b", EDITS)
-
-                async def publish() -> None:
-                    for i in range(BATCHES):
-                        pub.publish("x", i)
-                        await pub.flush()  # one batch each
-
-                tg.start_soon(publish)
-            assert content(da) != content(db)
+            await edit_apart(da, db, pub)
             if variant == "offline":
                 await bob_host.stop()  # Bob stops: he misses the heal
         finally:
@@ -203,57 +263,15 @@ async def test_a_partition_heals_with_nothing_lost(federation: Federation, fed_u
             bob, db = await hosts.start(bob_host.run)
             with anyio.fail_after(120):
                 await db.wait_synced()
-        nudges = 0
-
-        async def nudge() -> None:
-            nonlocal nudges
-            nudges += 1
-            if not reset:
-                da.doc.get("m", type=pycrdt.Map)[f"nudge-a{nudges}"] = nudges
-                db.doc.get("m", type=pycrdt.Map)[f"nudge-b{nudges}"] = nudges
-
-        def converged() -> bool:
-            sa, sb = da.statistics(), db.statistics()
-            return (content(da) == content(db) and sa.pending_updates == 0
-                    and sb.pending_updates == 0 and sa.pending_edits == 0
-                    and sb.pending_edits == 0)
-
-        took = await until(converged, HEAL_DEADLINE, nudge)
+        took = await wait_converged(da, db, nudge=not reset)
         print(f"{variant}: converged {time.monotonic() - heal_started:.1f} s after the heal "
               f"({took:.1f} s of waiting), gaps filled: alice {alice.sync.gap_fills}, "
               f"bob {bob.sync.gap_fills}, events fetched: "
               f"{alice.sync.gap_events_fetched + bob.sync.gap_events_fetched}; "
               f"looked back: alice repaired {da.statistics().repaired}, "
               f"bob repaired {db.statistics().repaired}")
-        text, m = content(da)
-        for side in "ab":
-            assert all(f"{side}{i} " in text for i in range(0, EDITS, 4)), side
-            assert all(f"u-{side}{i}" in m for i in range(3, EDITS, 4)), side
-
-        readings = []
-        with anyio.fail_after(HEAL_DEADLINE):
-            async for r in sub:
-                readings.append(r.value)
-                if len(readings) >= BATCHES:
-                    break
-        assert readings == list(range(BATCHES))
-        stats = sub.statistics()
-        print(f"{variant}: subscriber {stats}")
-        # A batch the subscriber found by looking back (after a jump) may come
-        # again through the sync loop's later gap fill: skipped, never delivered.
-        assert stats.missing_batches == 0 and stats.gaps == 0
-        assert stats.duplicates <= stats.repaired_batches
-
-        final = content(da)
-        for creds, via in ((late_a, names[0]), (late_b, names[0])):
-            late = await start_client(creds, store_path=None)
-            with anyio.fail_after(120):
-                await late.join(room, via=[via])
-            async with late.open_doc(room, "d", read_only=True) as sdoc:
-                with anyio.fail_after(120):
-                    await sdoc.wait_synced()
-                await until(lambda s=sdoc: content(s) == final, 60)
-                assert sdoc.statistics().pending_updates == 0
+        await check_readings(sub, variant)
+        await check_late_joiners(start_client, room, [late_a, late_b], names[0], content(da))
         hosts.cancel_scope.cancel()
 
 
