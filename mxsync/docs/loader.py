@@ -27,7 +27,7 @@ import anyio.lowlevel
 import pycrdt
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ..engine.authz import judge_state
+from ..engine.authz import judge_state, power_level_allows
 from ..engine.events import MessagesPage, RoomEvent
 from ..engine.pages import paginate
 from ..engine.surface import Engine
@@ -224,7 +224,9 @@ class Loader:
         def fetch(token: str | None) -> Awaitable[MessagesPage]:
             return self._messages(token, sizes.pop(0) if sizes else _PAGE, _HISTORY_TYPES)
 
-        scan = BackwardScan(self.name)
+        servers = writer_servers(await self.client.get_state(self.room_id, PL),
+                                 self.replica.creators)
+        scan = BackwardScan(self.name, servers=servers)
         token: str | None = None
         exhausted = False
         pages = paginate(fetch, None)  # nothing to clean up: it waits at a yield
@@ -282,6 +284,17 @@ class Loader:
         return self.replica.snapshot_problem(scan.snapshot, scan.snapshot_sender or "", pl)
 
 
+def writer_servers(pl: dict[str, Any] | None, creators: frozenset[str]) -> frozenset[str] | None:
+    """The homeservers of the users the power levels let send document updates,
+    or None when anyone may (``users_default`` high enough: not enumerable)."""
+    if power_level_allows(pl, "@nobody:nowhere.invalid", DOC_UPDATE, state=False):
+        return None
+    users = (pl or {}).get("users")
+    names = [u for u in users if isinstance(u, str)] if isinstance(users, dict) else []
+    return frozenset(u.partition(":")[2] for u in [*names, *creators]
+                     if power_level_allows(pl, u, DOC_UPDATE, state=False, creators=creators))
+
+
 class BackwardScan:
     """Reads a room's history newest first and finds where a cold open can start.
 
@@ -289,14 +302,23 @@ class BackwardScan:
     ``covers`` event, the completion of every update chunk set with a chunk
     after ``covers`` (within ``_CHUNK_LOOKBACK`` events), and, judged by content,
     the updates older than ``covers`` that the snapshot's state vector lacks: it
-    reads on until ``_BRANCH_QUIET`` updates in a row are contained in it (or
+    reads on until ``_BRANCH_QUIET`` updates in a row are contained in it and it
+    has seen a contained update from each writer's homeserver (or
     ``_CHUNK_LOOKBACK`` events past ``covers``). A snapshot's position is never
     trusted alone (PROTOCOL.md, "Ordering").
     """
 
-    def __init__(self, name: str, rejected: frozenset[str] = frozenset()) -> None:
+    def __init__(self, name: str, rejected: frozenset[str] = frozenset(), *,
+                 servers: frozenset[str] | None = None) -> None:
         self.name = name
         self.rejected = rejected
+        #: Homeservers of the document's writers (None: anyone may write). The
+        #: scan reads back past ``covers`` until it saw an update the snapshot
+        #: contains from each: that one is from before any partition the
+        #: snapshot's writer was on the other side of, and the graph puts every
+        #: later update of that server above it.
+        self.servers = servers
+        self.reached: set[str] = set()
         self.asm = proto.ChunkAssembler()
         self.snapshot: proto.DocSnapshot | None = None
         self.snapshot_event: str | None = None
@@ -313,7 +335,8 @@ class BackwardScan:
 
     def without_snapshot(self, window: list[RoomEvent]) -> BackwardScan:
         assert self.snapshot_event is not None
-        scan = BackwardScan(self.name, self.rejected | {self.snapshot_event})
+        scan = BackwardScan(self.name, self.rejected | {self.snapshot_event},
+                            servers=self.servers)
         for i, ev in enumerate(window):
             scan.see(ev, i)
         return scan
@@ -323,7 +346,9 @@ class BackwardScan:
             return False
         if self.past_covers > _CHUNK_LOOKBACK:
             return True
-        return not self.open_sets and self.quiet >= _BRANCH_QUIET
+        if self.open_sets or self.quiet < _BRANCH_QUIET:
+            return False
+        return self.servers is None or self.servers <= self.reached
 
     def see(self, ev: RoomEvent, index: int) -> None:
         if ev.type not in (DOC_UPDATE, DOC_SNAPSHOT) or ev.content.get("doc") != self.name:
@@ -339,9 +364,13 @@ class BackwardScan:
                 return
         elif self.covers_index is None and ev.event_id == self.snapshot.covers:
             self.covers_index = index
-        elif self.covers_index is not None and isinstance(decoded, proto.DocUpdate):
+        elif (self.covers_index is not None and isinstance(decoded, proto.DocUpdate)
+              and decoded.update[:1] != b"\x00"):
+            # (An update of deletions only says nothing either way: the state
+            # vector does not show deletions. The open applies it anyway.)
             if self._contained(decoded.update):
                 self.quiet += 1
+                self.reached.add(ev.sender.partition(":")[2])
             else:
                 self.quiet = 0
                 self.uncovered += 1

@@ -43,9 +43,12 @@ def content(doc: pycrdt.Doc[Any]) -> tuple[str, dict[str, Any]]:
     return str(doc.get("t", type=pycrdt.Text)), dict(doc.get("m", type=pycrdt.Map).to_py())
 
 
-def branches(n: int) -> tuple[list[RoomEvent], pycrdt.Doc[Any], pycrdt.Doc[Any]]:
-    """A common base, then ``n`` edits per side made apart (a partition), as the
-    receiving server orders them: by depth, the two sides interleaved."""
+def branches(n: int, n_b: int | None = None
+             ) -> tuple[list[RoomEvent], pycrdt.Doc[Any], pycrdt.Doc[Any]]:
+    """A common base, then ``n`` edits on A's side and ``n_b`` (default ``n``) on
+    B's made apart (a partition), as the receiving server orders them: by
+    depth, the two sides interleaved, A's surplus above."""
+    n_b = n if n_b is None else n_b
     a: pycrdt.Doc[Any] = pycrdt.Doc()
     a.get("t", type=pycrdt.Text)
     a.get("m", type=pycrdt.Map)
@@ -59,12 +62,16 @@ def branches(n: int) -> tuple[list[RoomEvent], pycrdt.Doc[Any], pycrdt.Doc[Any]]
     for i in range(70):
         u = edit(a, lambda d, i=i: d.get("m", type=pycrdt.Map).__setitem__(f"old{i}", i))
         b.apply_update(u)
-        timeline.append(update_event(f"old{i}", u))
-    for i in range(n):
-        ua = edit(a, lambda d, i=i: d.get("t", type=pycrdt.Text).insert(0, f"a{i} "))
-        ub = edit(b, lambda d, i=i: d.get("t", type=pycrdt.Text).insert(
-            len(str(d.get("t", type=pycrdt.Text))), f"b{i} "))
-        timeline += [update_event(f"a{i}", ua), update_event(f"b{i}", ub, sender=B)]
+        # Before the fork both sides wrote (the sender is what the scan reads).
+        timeline.append(update_event(f"old{i}", u, sender=A if i % 2 else B))
+    for i in range(max(n, n_b)):
+        if i < n:
+            ua = edit(a, lambda d, i=i: d.get("t", type=pycrdt.Text).insert(0, f"a{i} "))
+            timeline.append(update_event(f"a{i}", ua))
+        if i < n_b:
+            ub = edit(b, lambda d, i=i: d.get("t", type=pycrdt.Text).insert(
+                len(str(d.get("t", type=pycrdt.Text))), f"b{i} "))
+            timeline.append(update_event(f"b{i}", ub, sender=B))
     # Set against delete: B deletes the key A sets again, and a key A never touches.
     ub = edit(b, lambda d: d.get("m", type=pycrdt.Map).pop("y"))
     ua = edit(a, lambda d: d.get("m", type=pycrdt.Map).__setitem__("x", 10))
@@ -72,10 +79,11 @@ def branches(n: int) -> tuple[list[RoomEvent], pycrdt.Doc[Any], pycrdt.Doc[Any]]
     return timeline, a, b
 
 
-def open_cold(window_oldest_first: list[RoomEvent]) -> tuple[Replica, BackwardScan]:
+def open_cold(window_oldest_first: list[RoomEvent], servers: frozenset[str] | None = None
+              ) -> tuple[Replica, BackwardScan]:
     """What Loader._cold_open does, without the network: scan newest first until
     done, then the snapshot and every event read, oldest first."""
-    scan = BackwardScan("d")
+    scan = BackwardScan("d", servers=servers)
     window: list[RoomEvent] = []
     for ev in reversed(window_oldest_first):
         window.append(ev)
@@ -107,13 +115,14 @@ def test_a_snapshot_of_one_side_does_not_hide_the_other_sides_edits_sorted_befor
     # B's 40 inserts show in the state vector; deletions (B's, and A's overwrite
     # of "x") only in the content, so those updates are applied too (no-ops for A's).
     assert scan.uncovered == 40 and rep.counts["uncovered"] == 42
+    assert scan.reached == {"hs1", "hs2"}
     # It read past the fork into the quiet history, and stopped there.
     assert scan.quiet >= 64 and len(timeline) - 1 - scan.snapshot_index < len(timeline)
 
 
 def test_a_snapshot_on_a_line_opens_as_before():
-    timeline, a, _ = branches(5)
-    line = [ev for ev in timeline if ev.sender == A]  # no other branch at all
+    timeline, a, _ = branches(5, 0)
+    line = [ev for ev in timeline if ev.event_id != "$bdel"]  # no other branch at all
     (snap,) = proto.encode_snapshot("d", a.get_update(), a.get_state(), "$aset")
     rep, scan = open_cold([*line, event("snap", DOC_SNAPSHOT, snap)])
     assert scan.uncovered == 0
@@ -160,3 +169,20 @@ def test_merging_an_update_older_than_the_newest_snapshot_and_not_in_it_is_repor
     u = edit(a, lambda d: d.get("t", type=pycrdt.Text).insert(0, "new "))
     rep.process(update_event("fresh", u, ts=200_000), live=False)
     assert len(told) == n
+
+
+def test_a_short_branch_below_a_long_one_sided_run_is_found_by_server():
+    """A made 150 edits during the partition, B 10: above B's, 140 of A's have
+    no counterpart at their depth, a long run the snapshot contains. Reading on
+    until a contained update of each writer's server (B's from before the fork)
+    finds B's branch; the run alone would stop above it."""
+    timeline, a, b = branches(150, 10)
+    (snap,) = proto.encode_snapshot("d", a.get_update(), a.get_state(), "$aset")
+    timeline.append(event("snap", DOC_SNAPSHOT, snap))
+    merged: pycrdt.Doc[Any] = pycrdt.Doc()
+    merged.apply_update(a.get_update())
+    merged.apply_update(b.get_update())
+    rep, scan = open_cold(timeline, servers=frozenset({"hs1", "hs2"}))
+    assert content(rep.doc) == content(merged) and scan.uncovered == 10
+    blind, _ = open_cold(timeline)  # anyone may write: no servers to wait for
+    assert content(blind.doc) != content(merged)  # the known limit (PROTOCOL.md)
