@@ -31,6 +31,14 @@ Invariants:
   ``sync_seen`` and deleted from ``sync_gap`` in one transaction, also when the
   drain is cancelled (shielded), so a drain that stops halfway resumes without
   repeats: a new walk skips what the drain delivered.
+- Rechecks. A homeserver whose backwards page is already full locally
+  backfills *in the background* (Synapse 1.163: it backfills at once only when
+  the page shows a depth gap or comes back short), so what it fetches lands
+  after the walk stopped and never reaches /sync. Each repaired gap is walked
+  again from the same ``prev_batch`` after ``RECHECK_DELAYS`` (bounded; the
+  last gap per room; in memory only), delivering what appeared meanwhile.
+  Those events come later than newer ones already delivered: features may not
+  rely on the order of concurrent events (PROTOCOL.md 1.5).
 - The tables are the sync loop's; nobody else reads or writes them.
 """
 
@@ -39,8 +47,10 @@ from __future__ import annotations
 import functools
 import logging
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Final
 
 import anyio
 import msgspec
@@ -49,7 +59,10 @@ from .events import MessagesPage, RoomEvent
 from .pages import paginate
 from .store import Store
 
-__all__ = ["GapRepair", "GapScan", "create_tables", "mark_seen"]
+__all__ = ["GapRepair", "GapScan", "Recheck", "create_tables", "mark_seen"]
+
+#: Seconds after a gap fill at which its walk is repeated (see Rechecks).
+RECHECK_DELAYS: Final = (1.0, 3.0, 8.0)
 
 log = logging.getLogger("mxsync.sync")
 
@@ -132,6 +145,17 @@ class GapScan:
     truncated: bool = False
 
 
+@dataclass
+class Recheck:
+    """A repaired gap to walk again: where from, when, and how often still."""
+
+    room_id: str
+    prev_batch: str
+    due: float
+    #: Index into RECHECK_DELAYS of the next wait.
+    step: int = 0
+
+
 class GapRepair:
     """Walks one gap backwards into the store, then hands it out oldest first."""
 
@@ -141,6 +165,30 @@ class GapRepair:
         self.max_events = max_events
         self.page_events = page_events
         self.keep_seen = keep_seen
+        self._rechecks: dict[str, Recheck] = {}
+
+    # -- rechecks -------------------------------------------------------------------
+
+    def schedule(self, room_id: str, prev_batch: str) -> None:
+        """Walk this gap again later (the newest gap of a room replaces an older one)."""
+        self._rechecks[room_id] = Recheck(room_id, prev_batch,
+                                          time.monotonic() + RECHECK_DELAYS[0])
+
+    def due(self) -> list[Recheck]:
+        """The rechecks due now, each moved to its next time (or dropped after the last)."""
+        now = time.monotonic()
+        out = [r for r in self._rechecks.values() if r.due <= now]
+        for r in out:
+            r.step += 1
+            if r.step >= len(RECHECK_DELAYS):
+                del self._rechecks[r.room_id]
+            else:
+                r.due = now + RECHECK_DELAYS[r.step]
+        return out
+
+    def next_due(self) -> float | None:
+        """When (``time.monotonic()``) the next recheck is due, if any."""
+        return min((r.due for r in self._rechecks.values()), default=None)
 
     async def collect(
         self,

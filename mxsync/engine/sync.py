@@ -24,6 +24,10 @@ Invariants:
   are delivered, the truncation logged, and the state-block events are then
   delivered before it, as they happened before where it starts. The memory
   it takes is one page (``gap_page_events``), whatever the size of the gap.
+  A server may backfill in the background after the walk stopped: each
+  repaired gap is walked again a few times (bounded) before the next /syncs,
+  and what it finds is delivered then (later than newer events: concurrent
+  branches have no order features may rely on).
 - No event is delivered twice: event ids are remembered per room (a bounded
   LRU in memory, and the last ``keep_seen`` per room in the store's
   ``sync_seen`` table, which the gap walk consults). A batch interrupted by a
@@ -52,6 +56,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -118,6 +123,8 @@ class SyncStatistics(msgspec.Struct, frozen=True):
     gap_pages: int = 0
     #: Gaps longer than ``max_gap_events``: only their newest events were delivered.
     gaps_truncated: int = 0
+    #: Events found by walking a repaired gap again (backfilled meanwhile).
+    gap_rechecked: int = 0
 
 
 @dataclass(eq=False)
@@ -197,6 +204,7 @@ class SyncLoop:
         self.gap_events_delivered = 0
         self.gap_pages = 0
         self.gaps_truncated = 0
+        self.gap_rechecked = 0
 
     @property
     def gap_page_events(self) -> int:
@@ -243,7 +251,8 @@ class SyncLoop:
                               events=self.events_delivered, gap_fills=self.gap_fills,
                               gap_events_fetched=self.gap_events_fetched,
                               gap_events_delivered=self.gap_events_delivered,
-                              gap_pages=self.gap_pages, gaps_truncated=self.gaps_truncated)
+                              gap_pages=self.gap_pages, gaps_truncated=self.gaps_truncated,
+                              gap_rechecked=self.gap_rechecked)
 
     def filter_json(self) -> str:
         types = list(SYNC_TYPES)
@@ -345,6 +354,11 @@ class SyncLoop:
         """One /sync round trip, dispatched and persisted. Returns whether it had events."""
         since = self.status.since
         timeout = 0 if since is None else (self.timeout_ms if timeout_ms is None else timeout_ms)
+        rechecked = await self._recheck_gaps()
+        due = self._gap.next_due()
+        if due is not None:
+            # Do not long-poll past the next recheck of a repaired gap.
+            timeout = min(timeout, max(0, int((due - time.monotonic()) * 1000)))
         resp = await self._http.call(api.sync(self.filter_json(), since, timeout),
                                      http_timeout=timeout / 1000 + 30)
         next_batch = resp.get("next_batch")
@@ -407,7 +421,7 @@ class SyncLoop:
             await self._store.run(persist)
         self.status.since = next_batch
         self.status.syncs += 1
-        return bool(batch.delivered) or bool(invited)
+        return bool(batch.delivered) or bool(invited) or rechecked
 
     # -- one room of a batch --------------------------------------------------
 
@@ -492,8 +506,33 @@ class SyncLoop:
             if ev.event_id not in covered:
                 await self._deliver(ev, batch, timeline=False)
         self.gap_events_delivered += count
+        if not scan.truncated:
+            self._gap.schedule(room_id, prev_batch)
         log.info("filled a gap of %d event(s) in %s (%d fetched in %d page(s)%s)", count,
                  room_id, scan.fetched, scan.pages, ", truncated" if scan.truncated else "")
+
+    async def _recheck_gaps(self) -> bool:
+        """Walk due repaired gaps again (:mod:`mxsync.engine.gap`, "Rechecks") and
+        deliver what the server backfilled since; whether anything came."""
+        found = 0
+        for r in self._gap.due():
+            seen = self._rooms.setdefault(r.room_id, _RoomMemory()).seen
+            batch = _Batch(live=True)
+            await self._gap.collect(
+                r.room_id, r.prev_batch, functools.partial(self._messages, r.room_id,
+                                                           direction="b"),
+                last_event_id=None, seen=seen.__contains__, exclude=set())
+
+            async def deliver(ev: RoomEvent, batch: _Batch = batch) -> bool:
+                # Not a position: the timeline has moved on past it.
+                return await self._deliver(ev, batch, timeline=False, record=False)
+
+            count = await self._gap.drain(r.room_id, deliver)
+            if count:
+                self.gap_rechecked += count
+                log.info("a recheck of a gap in %s found %d more event(s)", r.room_id, count)
+            found += count
+        return bool(found)
 
     async def _messages(self, room_id: str, token: str | None,
                         direction: api.Direction) -> MessagesPage:

@@ -42,6 +42,8 @@ class FakeHomeserver:
         self.fail_at = fail_messages_at
         self.requests: list[Request] = []
         self.messages = 0
+        #: Event ids the server does not have yet (a backfill brings them).
+        self.hidden: set[str] = set()
 
     async def call(self, req: Request, **_: Any) -> dict[str, Any]:
         self.requests.append(req)
@@ -56,7 +58,7 @@ class FakeHomeserver:
         assert "to" not in req.query  # never a stream bound (backfilled events: negative)
         pos = int(req.query["from"][1:])
         lo = max(0, pos - req.query["limit"])
-        chunk = self.topo[lo:pos][::-1]
+        chunk = [e for e in self.topo[lo:pos][::-1] if e["event_id"] not in self.hidden]
         answer: dict[str, Any] = {"chunk": chunk, "start": req.query["from"]}
         if lo > 0:
             answer["end"] = f"t{lo}"
@@ -224,3 +226,37 @@ async def test_a_long_gap_is_spilled_to_the_store_not_held(store):
     assert got == [f"e{i}" for i in range(1, 5002)]
     left = await store.run(lambda c: c.execute("SELECT count(*) FROM sync_gap").fetchone()[0])
     assert left == 0
+
+
+@pytest.mark.anyio
+async def test_what_the_server_backfills_after_the_walk_is_found_by_a_recheck(store,
+                                                                               monkeypatch):
+    """A full local page makes Synapse backfill in the background: the first walk
+    sees only our own branch there; the recheck walks again and delivers the
+    other side's events that appeared meanwhile, once."""
+    import mxsync.engine.gap as gap
+
+    monkeypatch.setattr(gap, "RECHECK_DELAYS", (0.0, 0.0))
+    ours = [ev(f"a{i}") for i in range(8)]
+    theirs = [ev(f"b{i}") for i in range(6)]
+    kept = [ev(f"b{i}") for i in range(6, 9)]
+    # By depth the other side's b0..b5 interleave with ours; the server has not
+    # backfilled them yet when the walk comes.
+    topo = ours[:2] + [e for pair in zip(ours[2:], theirs, strict=True) for e in pair] + kept
+    server = FakeHomeserver(topo, [first(ours), limited(kept, len(topo) - 3)])
+    server.hidden = {e["event_id"] for e in theirs}
+    got, loop = await run(server, store, page=4)
+    assert got == ["b6", "b7", "b8"]  # the walk's first page: nothing new, stop
+    server.hidden = set()  # backfilled in the background meanwhile
+    late: list[str] = []
+    async with loop.subscribe(ROOM) as recv:
+        await loop.sync_once()  # the recheck runs before the /sync
+        await loop.sync_once()  # the second recheck finds nothing more
+        while True:
+            try:
+                late.append(recv.receive_nowait().event_id[1:])
+            except anyio.WouldBlock:
+                break
+    assert late == [f"b{i}" for i in range(6)]
+    assert loop.statistics().gap_rechecked == 6
+    assert loop._gap.next_due() is None  # bounded: no more rechecks
