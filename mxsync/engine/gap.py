@@ -36,7 +36,9 @@ Invariants:
   the page shows a depth gap or comes back short), so what it fetches lands
   after the walk stopped and never reaches /sync. Each repaired gap is walked
   again from the same ``prev_batch`` after ``RECHECK_DELAYS`` (bounded; the
-  last gap per room; in memory only), delivering what appeared meanwhile.
+  last gap per room; in memory only), delivering the timeline events that
+  appeared meanwhile (old state events found so would look current: the sync
+  loop leaves them to the state /sync resolves).
   Those events come later than newer ones already delivered: features may not
   rely on the order of concurrent events (PROTOCOL.md 1.5).
 - The tables are the sync loop's; nobody else reads or writes them.

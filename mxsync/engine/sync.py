@@ -26,8 +26,10 @@ Invariants:
   it takes is one page (``gap_page_events``), whatever the size of the gap.
   A server may backfill in the background after the walk stopped: each
   repaired gap is walked again a few times (bounded) before the next /syncs,
-  and what it finds is delivered then (later than newer events: concurrent
-  branches have no order features may rely on).
+  and the timeline events it finds are delivered then (later than newer
+  events: concurrent branches have no order features may rely on); state
+  events it finds are not, as they would look current: the state the server
+  resolves comes through /sync.
 - No event is delivered twice: event ids are remembered per room (a bounded
   LRU in memory, and the last ``keep_seen`` per room in the store's
   ``sync_seen`` table, which the gap walk consults). A batch interrupted by a
@@ -524,7 +526,11 @@ class SyncLoop:
                 last_event_id=None, seen=seen.__contains__, exclude=set())
 
             async def deliver(ev: RoomEvent, batch: _Batch = batch) -> bool:
-                # Not a position: the timeline has moved on past it.
+                if ev.state_key is not None:
+                    # Old state, found late: handed out now it would look current
+                    # (levels, declarations). The state /sync resolves comes anyway.
+                    return False
+                # Not a position either: the timeline has moved on past it.
                 return await self._deliver(ev, batch, timeline=False, record=False)
 
             count = await self._gap.drain(r.room_id, deliver)
