@@ -143,10 +143,11 @@ async def edit_apart(da: Any, db: Any, pub: Any) -> None:
             pub.publish("x", i)
             await pub.flush()  # one batch each
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(edit_side, da, "a", EDITS)
-        tg.start_soon(edit_side, db, "b", EDITS)
-        tg.start_soon(publish)
+    with anyio.fail_after(240):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(edit_side, da, "a", EDITS)
+            tg.start_soon(edit_side, db, "b", EDITS)
+            tg.start_soon(publish)
     assert content(da) != content(db)
 
 
@@ -232,7 +233,8 @@ async def test_a_partition_heals_with_nothing_lost(federation: Federation, fed_u
 
     async with anyio.create_task_group() as hosts, AsyncExitStack() as docs:
         bob_host = Hosted(b_creds, bob_store, room, snapshots=snapshots, via=[names[0]])
-        bob, db = await hosts.start(bob_host.run)
+        with anyio.fail_after(120):
+            bob, db = await hosts.start(bob_host.run)
         da = await docs.enter_async_context(alice.open_doc(room, "d", snapshots=snapshots))
         sub = await docs.enter_async_context(dash.subscribe(room))
         pub = await docs.enter_async_context(dev.publisher(room, device="probe",
@@ -258,7 +260,8 @@ async def test_a_partition_heals_with_nothing_lost(federation: Federation, fed_u
             # sync is limited, his document catches up from its cache.
             await anyio.sleep(10)
             bob_host = Hosted(b_creds, bob_store, room, snapshots=snapshots)
-            bob, db = await hosts.start(bob_host.run)
+            with anyio.fail_after(120):
+                bob, db = await hosts.start(bob_host.run)
             with anyio.fail_after(120):
                 await db.wait_synced()
         took = await wait_converged(da, db, nudge=not reset)
