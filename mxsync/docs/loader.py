@@ -55,6 +55,10 @@ _CHUNK_LOOKBACK: Final = 4096
 #: timeline is in depth order, and a concurrent branch (another homeserver's
 #: edits during a partition) interleaves with ``covers``'s side down to the fork.
 _BRANCH_QUIET: Final = 64
+#: The same when the writers' homeservers are known: a contained update from each
+#: is the proof (see BackwardScan.servers); a short run only rules out a chunk
+#: set or two of the snapshot writer's own side.
+_BRANCH_QUIET_KNOWN: Final = 8
 
 COUNTERS: Final = ("load_events", "load_pages", "load_http_ms")
 
@@ -302,8 +306,9 @@ class BackwardScan:
     ``covers`` event, the completion of every update chunk set with a chunk
     after ``covers`` (within ``_CHUNK_LOOKBACK`` events), and, judged by content,
     the updates older than ``covers`` that the snapshot's state vector lacks: it
-    reads on until ``_BRANCH_QUIET`` updates in a row are contained in it and it
-    has seen a contained update from each writer's homeserver (or
+    reads on until it has seen a contained update from each writer's homeserver
+    (and ``_BRANCH_QUIET_KNOWN`` in a row), or, when anyone may write,
+    ``_BRANCH_QUIET`` updates in a row contained in it (at most
     ``_CHUNK_LOOKBACK`` events past ``covers``). A snapshot's position is never
     trusted alone (PROTOCOL.md, "Ordering").
     """
@@ -346,9 +351,11 @@ class BackwardScan:
             return False
         if self.past_covers > _CHUNK_LOOKBACK:
             return True
-        if self.open_sets or self.quiet < _BRANCH_QUIET:
+        if self.open_sets:
             return False
-        return self.servers is None or self.servers <= self.reached
+        if self.servers is None:
+            return self.quiet >= _BRANCH_QUIET
+        return self.quiet >= _BRANCH_QUIET_KNOWN and self.servers <= self.reached
 
     def see(self, ev: RoomEvent, index: int) -> None:
         if ev.type not in (DOC_UPDATE, DOC_SNAPSHOT) or ev.content.get("doc") != self.name:
