@@ -83,6 +83,7 @@ CREATE TABLE IF NOT EXISTS sync_seen (
     event_id TEXT NOT NULL,
     UNIQUE (room_id, event_id)
 );
+CREATE INDEX IF NOT EXISTS sync_seen_room ON sync_seen(room_id, n);
 """
 
 _encode = msgspec.json.Encoder().encode
