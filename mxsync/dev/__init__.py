@@ -5,6 +5,7 @@
 - :mod:`.federation`: :class:`Federation`, several DevServers that federate,
   each behind a :class:`TcpProxy` (:mod:`.proxy`) whose link tests cut and heal;
 - :mod:`.tls`: the federation listener's self-signed certificate;
+- :mod:`.postgres`: a DevServer's own PostgreSQL cluster (``database="postgres"``);
 - :mod:`.config`: what goes into the state directory's config files;
 - :mod:`.lock`: the lock that keeps two DevServers off one state directory;
 - :mod:`.process`: spawning, signalling and reaping children, free ports;

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import anyio
@@ -54,7 +54,7 @@ def _previous_proxy_port(state_dir: Path) -> int:
     return int(port)
 
 
-class Federation:
+class Federation(anyio.AsyncContextManagerMixin):
     """``n`` federating Synapses, started and stopped as an async context manager.
 
     ::
@@ -86,7 +86,6 @@ class Federation:
         self._server_options = server_options
         self.proxies: list[TcpProxy] = []
         self.servers: list[DevServer] = []
-        self._stack: contextlib.AsyncExitStack | None = None
 
     def __len__(self) -> int:
         return len(self._databases)
@@ -106,11 +105,10 @@ class Federation:
         for proxy in self.proxies:
             proxy.heal()
 
-    async def heal_link(self, *, reset: bool = True) -> None:
-        """:meth:`heal`; with ``reset``, also :meth:`reset_connections` at once."""
+    async def heal_link(self, *, reset: bool = True) -> int:
+        """:meth:`heal`; with ``reset``, also :meth:`reset_connections` (its count)."""
         self.heal()
-        if reset:
-            await self.reset_connections()
+        return await self.reset_connections() if reset else 0
 
     async def reset_connections(self) -> int:
         """Ask every server to drop its backoff towards every peer; return how many did."""
@@ -123,23 +121,14 @@ class Federation:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> Federation:
-        if self._stack is not None:
-            raise RuntimeError("Federation already started")
-        stack = contextlib.AsyncExitStack()
-        await stack.__aenter__()
-        self._stack = stack
-        try:
+    @asynccontextmanager
+    async def __asynccontextmanager__(self) -> AsyncIterator[Federation]:
+        async with contextlib.AsyncExitStack() as stack:
             await self._start(stack)
-        except BaseException as exc:
-            # Not in a shielded scope: the proxies' task groups must exit in the
-            # cancel scope they were entered in (every server's stop shields itself).
-            self._stack = None
-            await stack.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        return self
+            yield self
 
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
+        self.proxies, self.servers = [], []
         for i, database in enumerate(self._databases):
             state_dir = self.base_dir / str(i)
             state_dir.mkdir(parents=True, exist_ok=True)
@@ -174,13 +163,3 @@ class Federation:
             assert hs.federation_port is not None
             proxy.set_target("127.0.0.1", hs.federation_port)
         log.info("federation of %s ready", ", ".join(self.server_names))
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        stack, self._stack = self._stack, None
-        if stack is not None:
-            await stack.__aexit__(exc_type, exc, tb)

@@ -27,7 +27,8 @@ import contextlib
 import logging
 import socket
 import struct
-from types import TracebackType
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Literal
 
 import anyio
@@ -51,7 +52,7 @@ def _reset(stream: SocketStream) -> None:
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
-class TcpProxy:
+class TcpProxy(anyio.AsyncContextManagerMixin):
     """Relay ``127.0.0.1:port`` to a target, with a link to :meth:`cut` and :meth:`heal`.
 
     ::
@@ -72,7 +73,6 @@ class TcpProxy:
         self._live: set[anyio.CancelScope] = set()
         self._streams: set[SocketStream] = set()
         self._listener: MultiListener[SocketStream] | None = None
-        self._tg: anyio.abc.TaskGroup | None = None
         self.accepted = 0
         if target is not None:
             self._open.set()
@@ -82,7 +82,7 @@ class TcpProxy:
     @property
     def port(self) -> int:
         if self._listener is None:
-            raise RuntimeError("TcpProxy has no port until it is entered")
+            raise RuntimeError("TcpProxy has no port outside its context")
         port: int = self._listener.extra(SocketAttribute.local_port)
         return port
 
@@ -127,46 +127,36 @@ class TcpProxy:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> TcpProxy:
-        self._listener = await anyio.create_tcp_listener(
+    @asynccontextmanager
+    async def __asynccontextmanager__(self) -> AsyncIterator[TcpProxy]:
+        listener = await anyio.create_tcp_listener(
             local_host="127.0.0.1", local_port=self._requested_port, reuse_port=False
         )
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._listener.serve, self._handle)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        assert self._tg is not None and self._listener is not None
-        self._tg.cancel_scope.cancel()
+        self._listener = listener
         try:
-            return await self._tg.__aexit__(exc_type, exc, tb)
+            async with listener, anyio.create_task_group() as tg:
+                tg.start_soon(listener.serve, self._handle)
+                yield self
+                tg.cancel_scope.cancel()
         finally:
-            with anyio.CancelScope(shield=True):
-                await self._listener.aclose()
-            self._tg = None
+            self._listener = None
 
     # ------------------------------------------------------------------ relaying
 
     async def _handle(self, client: SocketStream) -> None:
         self.accepted += 1
-        with anyio.CancelScope() as scope:
-            self._live.add(scope)
-            self._streams.add(client)
-            try:
+        scope = anyio.CancelScope()
+        self._live.add(scope)
+        self._streams.add(client)
+        try:
+            with scope:
                 await self._relay(client)
-            except Exception:  # one connection's failure must not stop the proxy
-                log.exception("proxy :%s connection failed", self._port_or_none())
-            finally:
-                self._live.discard(scope)
-                self._streams.discard(client)
-        with anyio.CancelScope(shield=True):
-            with contextlib.suppress(Exception):
+        except Exception:  # one connection's failure must not stop the proxy
+            log.exception("proxy :%s connection failed", self._port_or_none())
+        finally:
+            self._live.discard(scope)
+            self._streams.discard(client)
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await client.aclose()
 
     async def _relay(self, client: SocketStream) -> None:

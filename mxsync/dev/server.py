@@ -144,7 +144,15 @@ class DevServer:
     from the thread that runs the event loop: on Linux the child is tied to the
     lifetime of the thread that started it (``PR_SET_PDEATHSIG``).
 
-    ``register``, ``admin_token`` and ``override_ratelimit`` talk to the admin
+    ``federation``: also serve federation on a TLS listener
+    (``federation_port``, free if None) under ``server_name``, which must then
+    be ``127.0.0.1:PORT`` where peers reach that listener (usually through a
+    proxy: :class:`~mxsync.dev.federation.Federation` sets all this up).
+    ``database="postgres"``: run Synapse on a PostgreSQL cluster of its own in
+    the state dir (:mod:`mxsync.dev.postgres`), stopped with it.
+
+    ``register``, ``admin_token``, ``override_ratelimit`` and
+    ``reset_connection`` talk to the admin
     API with the shared secret kept in the state dir; they raise
     :class:`~mxsync.errors.MatrixError` for a refusal and
     :class:`~mxsync.errors.LoginError` when an existing user has another password.

@@ -8,7 +8,8 @@ operator would for a bridge or a bot.
 ``federation`` is a second, separate world for behaviour that crosses servers:
 two Synapses that federate (the first on SQLite, the second on PostgreSQL),
 each behind a proxy whose link a test cuts and heals. ``fed_user(i)``
-registers a user on server *i*; ``fed_link`` is the federation for one test,
+registers a user on server *i*, ``fed_client(creds)`` starts a Client on that
+user's server; ``fed_link`` is the federation for one test,
 healed (and its backoff reset) when the test ends so the next starts joined up;
 ``Federation.heal_link(reset=...)`` heals with or without the admin reset.
 """
@@ -45,14 +46,18 @@ async def hs(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DevServe
 UserFactory = Callable[..., Awaitable[Credentials]]
 
 
+async def new_user(server: DevServer, prefix: str, *, relaxed: bool = False) -> Credentials:
+    """A user of a fresh name on ``server``; ``relaxed`` lifts its message rate limit."""
+    creds = await server.register(f"{prefix}{next(_counter)}x{uuid.uuid4().hex[:6]}")
+    if relaxed:
+        await server.override_ratelimit(creds.user_id)
+    return creds
+
+
 @pytest.fixture
 def make_user(hs: DevServer) -> UserFactory:
     async def make(prefix: str = "u", *, relaxed: bool = False) -> Credentials:
-        name = f"{prefix}{next(_counter)}x{uuid.uuid4().hex[:6]}"
-        creds = await hs.register(name)
-        if relaxed:
-            await hs.override_ratelimit(creds.user_id)
-        return creds
+        return await new_user(hs, prefix, relaxed=relaxed)
 
     return make
 
@@ -60,11 +65,12 @@ def make_user(hs: DevServer) -> UserFactory:
 ClientFactory = Callable[..., Awaitable[Client]]
 
 
-@pytest.fixture
-async def make_client(hs: DevServer, tmp_path: Path) -> AsyncIterator[ClientFactory]:
-    """Start clients that are stopped when the test ends.
+@contextlib.asynccontextmanager
+async def _clients(tmp_path: Path, url_of: Callable[[Credentials], str]
+                   ) -> AsyncIterator[ClientFactory]:
+    """Start clients (on ``url_of(creds)``) that are stopped when the block ends.
 
-    Each client lives in a task of the fixture's own task group, so that it is
+    Each client lives in a task of the block's own task group, so that it is
     entered and exited in the same task (as anyio requires of task groups),
     whatever task the test body runs in.
     """
@@ -84,13 +90,20 @@ async def make_client(hs: DevServer, tmp_path: Path) -> AsyncIterator[ClientFact
                 store_path = None
             else:
                 store_path = store
-            client = Client(hs.url, creds.user_id, password=creds.password,
+            client = Client(url_of(creds), creds.user_id, password=creds.password,
                             store_path=store_path, **kw)
             started: Client = await tg.start(host, client)
             return started
 
         yield make
         tg.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def make_client(hs: DevServer, tmp_path: Path) -> AsyncIterator[ClientFactory]:
+    """Start clients on ``hs`` that are stopped when the test ends."""
+    async with _clients(tmp_path, lambda creds: hs.url) as make:
+        yield make
 
 
 # -- a federation -----------------------------------------------------------------
@@ -120,13 +133,16 @@ def fed_user(federation: Federation) -> FedUserFactory:
     """``await fed_user(i, prefix, relaxed=False)``: a new user on server ``i``."""
 
     async def make(server: int, prefix: str = "f", *, relaxed: bool = False) -> Credentials:
-        hs = federation.servers[server]
-        creds = await hs.register(f"{prefix}{next(_counter)}x{uuid.uuid4().hex[:6]}")
-        if relaxed:
-            await hs.override_ratelimit(creds.user_id)
-        return creds
+        return await new_user(federation.servers[server], prefix, relaxed=relaxed)
 
     return make
+
+
+@pytest.fixture
+async def fed_client(federation: Federation, tmp_path: Path) -> AsyncIterator[ClientFactory]:
+    """Like ``make_client``, each client on the server its user belongs to."""
+    async with _clients(tmp_path, lambda creds: creds.homeserver) as make:
+        yield make
 
 
 @pytest.fixture

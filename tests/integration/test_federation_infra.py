@@ -1,19 +1,30 @@
 """The federation test infrastructure against real Synapses: rooms that span two
 servers, a link that is cut and healed, and the second server on PostgreSQL.
 
-Observed here (Synapse 1.163, two cores shared with other suites): with the
-admin reset after a heal, events queued during the partition cross in well
-under a second to a few seconds. Without it, a side that went into backoff
-waits for Synapse's own retry, which only a *new* event towards that
-destination (or its once-a-minute catch-up sweep) triggers: the test nudges
-with fresh traffic, which is what real rooms do.
+Observed here (Synapse 1.163, the fast retries of ``mxsync.dev.config``, two
+cores shared with other suites), from heal until the other side's /messages
+shows an event sent during the partition:
+
+- with the admin reset (``heal_link(reset=True)``): 0.0-0.3 s after a "drop" or
+  a "reject" cut of 3-20 s. There is only a backoff to reset once Synapse has
+  given up retrying within the request (max_long_retries: ~4 s of "reject",
+  longer than a "drop" of 45 s, whose held connections simply resume);
+- without it, "drop" (held connections resume): 0.3-0.4 s even after 45 s;
+- without it, "reject" of 3 s: 1-2 s (Synapse's own short retry);
+- without it, "reject" of 20 s: 42 s, with no new traffic. The destination is
+  in backoff and nothing wakes it but a new event towards it or Synapse's
+  once-a-minute catch-up sweep; one new message per side right after the heal
+  brought it down to 0.4-0.6 s. So ``wait_seen`` nudges with fresh traffic
+  when there is no reset, as real rooms do.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -34,6 +45,7 @@ from mxsync.protocol import api
 pytestmark = pytest.mark.anyio
 
 CROSS_DEADLINE = 90.0
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -122,28 +134,36 @@ async def test_messages_flow_both_ways(federation: Federation, shared: SharedRoo
 
 
 async def _partition_and_heal(fed: Federation, shared: SharedRoom, mode: str,
-                              *, reset: bool) -> tuple[float, float]:
+                              *, reset: bool, hold: float = 2.0) -> int:
     tag = f"{mode}-{'reset' if reset else 'plain'}"
     fed.cut(mode)  # type: ignore[arg-type]
     # Each side still serves its own clients while the link is down.
     with anyio.fail_after(30):
         await shared.alice.say(shared.room_id, f"A during {tag}")
         await shared.bob.say(shared.room_id, f"B during {tag}")
-    await anyio.sleep(2)
+    await anyio.sleep(hold)
     assert f"A during {tag}" in await shared.alice.bodies(shared.room_id)
     assert f"A during {tag}" not in await shared.bob.bodies(shared.room_id)
     assert f"B during {tag}" not in await shared.alice.bodies(shared.room_id)
-    await fed.heal_link(reset=reset)
+    resets = await fed.heal_link(reset=reset)
     nudge_b = None if reset else shared.bob
     nudge_a = None if reset else shared.alice
     to_b = await wait_seen(shared.bob, shared.room_id, {f"A during {tag}"}, nudge=nudge_a)
     to_a = await wait_seen(shared.alice, shared.room_id, {f"B during {tag}"}, nudge=nudge_b)
-    print(f"heal after {tag}: A->B {to_b:.1f} s, B->A {to_a:.1f} s")
-    return to_b, to_a
+    print(f"heal after {tag}: A->B {to_b:.1f} s, B->A {to_a:.1f} s, {resets} resets")
+    return resets
 
 
 async def test_drop_cut_then_heal_with_reset(fed_link: Federation, shared: SharedRoom) -> None:
     await _partition_and_heal(fed_link, shared, "drop", reset=True)
+
+
+async def test_reject_cut_puts_peers_in_backoff_that_the_admin_reset_clears(
+    fed_link: Federation, shared: SharedRoom
+) -> None:
+    # Refused connections fail fast, but Synapse first retries within the request
+    # (max_long_retries, ~4 s here) before it records a backoff to reset.
+    assert await _partition_and_heal(fed_link, shared, "reject", reset=True, hold=7) >= 1
 
 
 async def test_reject_cut_then_heal_without_reset(fed_link: Federation,
@@ -172,19 +192,28 @@ async def test_second_server_is_on_postgresql(federation: Federation) -> None:
     assert federation.servers[0].database == "sqlite"
 
 
-def _our_children(state_dir: Path) -> list[str]:
-    """Command lines of running processes that mention ``state_dir``."""
+def _processes() -> list[tuple[int, int, str]]:
+    """(pid, parent pid, command line) of every running process."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
+            ppid = int((proc / "stat").read_text().rpartition(")")[2].split()[1])
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
+        except (OSError, ValueError, IndexError):
             continue
-        if str(state_dir) in cmd:
-            found.append(cmd)
+        found.append((int(proc.name), ppid, cmd))
     return found
+
+
+def _our_children(state_dir: Path) -> list[str]:
+    """Command lines of running processes that mention ``state_dir``."""
+    return [cmd for _, _, cmd in _processes() if str(state_dir) in cmd]
+
+
+def _children_of(pid: int) -> list[int]:
+    return [child for child, ppid, _ in _processes() if ppid == pid]
 
 
 async def test_stopping_leaves_no_postgres_or_synapse() -> None:
@@ -194,11 +223,77 @@ async def test_stopping_leaves_no_postgres_or_synapse() -> None:
         hs = DevServer(base / "hs", database="postgres", federation=True,
                        server_name="127.0.0.1:1", startup_timeout=120)
         async with hs:
-            assert hs.postgres is not None
-            pids = [hs.pid, hs.postgres.pid]
-            assert all(pids) and len(_our_children(base)) >= 2
+            assert hs.postgres is not None and hs.postgres.pid is not None
+            # The postmaster's helpers retitle themselves ("postgres: checkpointer").
+            pids = [hs.pid, hs.postgres.pid, *_children_of(hs.postgres.pid)]
+            assert all(pids) and len(pids) > 3 and len(_our_children(base)) >= 2
         assert not any(pid_alive(pid) for pid in pids if pid is not None)
         assert _our_children(base) == []
         assert hs.postgres is None
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+async def _read_lines(stream: Any, n: int, seconds: float) -> list[str]:
+    buf = b""
+    with anyio.fail_after(seconds):
+        while buf.count(b"\n") < n:
+            buf += await stream.receive()
+    return buf.decode().splitlines()[:n]
+
+
+async def _cli_federation(state_dir: Path) -> list[str]:
+    """Run ``mxsync devserver --federation 2``; its lines, checked, then Ctrl-C."""
+    proc = await anyio.open_process(
+        [sys.executable, "-m", "mxsync.cli.devserver", "--federation", "2",
+         "--state-dir", str(state_dir)],
+        cwd=REPO, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = await _read_lines(proc.stdout, 2, 120)
+        async with aiohttp.ClientSession() as session:
+            for line in lines:
+                url, name = line.split(" ")
+                async with session.get(f"{url}/_matrix/client/versions") as resp:
+                    assert resp.status == 200
+                # The name leads to the proxy, and through it to the TLS listener.
+                async with session.get(f"https://{name}/_matrix/federation/v1/version",
+                                       ssl=False) as resp:
+                    assert resp.status == 200
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+        with anyio.fail_after(30):
+            assert await proc.wait() == 0
+        assert _our_children(state_dir) == []
+        return lines
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            with anyio.fail_after(10):
+                await proc.wait()
+
+
+async def test_cli_federation_prints_urls_and_names_and_keeps_them(tmp_path: Path) -> None:
+    first = await _cli_federation(tmp_path)
+    names = [line.split(" ")[1] for line in first]
+    assert all(name.startswith("127.0.0.1:") for name in names) and len(set(names)) == 2
+    # A state dir keeps its server name: a second run listens on the same proxy ports.
+    again = await _cli_federation(tmp_path)
+    assert [line.split(" ")[1] for line in again] == names
+
+
+async def test_mxsync_clients_on_both_servers_share_a_room(
+    fed_user: Any, fed_client: Any
+) -> None:
+    """The fixtures the cross-server feature tests build on: a Client per server."""
+    alice = await fed_client(await fed_user(0, "ca"))
+    bob = await fed_client(await fed_user(1, "cb"))
+    room = await alice.create_room(invite=[bob.user_id], writers=[alice.user_id, bob.user_id])
+    with anyio.fail_after(CROSS_DEADLINE):
+        await bob.join(room)
+    async with bob.room_events(room, ["org.mxsync.test"]) as recv:
+        handle = await alice.send(room, "org.mxsync.test", {"n": 1})
+        await handle.wait()
+        with anyio.fail_after(CROSS_DEADLINE):
+            event = await recv.receive()
+    assert event.sender == alice.user_id and event.content == {"n": 1}
