@@ -6,9 +6,11 @@ sync loop's gap repair normally delivers every batch first; this covers a
 server that could not backfill them yet (its peer unreachable, or in backoff
 right after a heal). It pages the room backwards through
 ``Engine.look_back`` (which makes the server backfill), bounded and with
-backoff, and stops early once it passes below the hole: one device's batches
-form a chain, which every order of the graph keeps, so what is missing
-between was not found by paging through it.
+backoff; each attempt stops once it passes below the hole (one device's
+batches form a chain, which every order of the graph keeps), and the next one,
+after the backoff, pages through it again: a server whose page was full locally
+backfills in the background. A hole the publisher made itself (overflow
+policy) therefore costs the subscriber the whole backoff (about 7 s) once.
 """
 
 from __future__ import annotations
@@ -46,7 +48,6 @@ async def find_batches(
     """The batches ``last+1 .. upto-1`` of ``key`` found in the room, by seq."""
     sender, device, session = key
     found: dict[int, tuple[RoomEvent, list[Reading]]] = {}
-    below = False  # the look-back passed the hole: the server has no more of it
     for delay in DELAYS:
         await anyio.sleep(delay)
         try:
@@ -55,8 +56,7 @@ async def find_batches(
                 if batch is None or batch.device != device or batch.session != session:
                     continue
                 if batch.seq <= last:
-                    below = True
-                    break
+                    break  # below the hole: this attempt has seen all it will
                 if batch.seq < upto and batch.seq not in found:
                     readings = reader.readings(old, batch)
                     if readings is not None:
@@ -65,6 +65,9 @@ async def find_batches(
                     break
         except (HomeserverUnavailable, TransientError, MatrixError) as exc:
             log.info("looking back for batches of %s failed (%s)", device, exc)
-        if below or len(found) == upto - last - 1:
+        if len(found) == upto - last - 1:
             break
+        # Paged through the hole (or failed) without finding all of it: the server
+        # may be backfilling it in the background (a full local page does that),
+        # so the next attempt, after the backoff, pages through it again.
     return found
