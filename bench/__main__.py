@@ -1,6 +1,6 @@
 """Run every benchmark against a fresh embedded Synapse and print one table.
 
-    python -m bench [--quick] [--json FILE] [--only docs,streams,rss]
+    python -m bench [--quick] [--json FILE] [--only docs,streams,rss,federation]
 
 Each benchmark module exposes ``async def run(hs, *, quick) -> dict[str, float]``
 and measures its baselines in the same run on the same server, so that every
@@ -30,13 +30,16 @@ import anyio
 
 from mxsync.dev import DevServer
 
-MODULES = {"docs": "bench.bench_docs", "streams": "bench.bench_streams", "rss": "bench.bench_rss"}
+MODULES = {"docs": "bench.bench_docs", "streams": "bench.bench_streams", "rss": "bench.bench_rss",
+           "federation": "bench.bench_federation"}
 
 #: Keys every full run writes, each a number (issue #6).
 REQUIRED = (
     "doc_edits_per_s", "doc_edits_per_s_naive", "doc_latency_p50_ms", "doc_latency_p99_ms",
     "doc_bytes_per_edit", "doc_open_ms_snapshot", "doc_open_ms_replay", "readings_per_s",
     "readings_per_s_naive", "readings_per_s_mqtt", "bytes_per_reading", "client_rss_mb",
+    # Issue #12: convergence after a federation heal, and the gap repair's cost.
+    "fed_converge_s_reset", "fed_converge_s_noreset", "fed_gap_events_fetched_per_gap",
 )
 
 #: (figure, baseline, target ratio or None): figure / baseline, higher is better.

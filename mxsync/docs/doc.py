@@ -29,7 +29,7 @@ from ..engine.surface import Engine
 from ..engine.taskgroups import exit_stack
 from ..errors import ConfigError, HomeserverUnavailable, MatrixError, ProtocolError, TransientError
 from ..protocol import docs as proto
-from ..protocol.types import DOC
+from ..protocol.types import DOC, DOC_SNAPSHOT, DOC_UPDATE
 from .loader import Loader, ProgressCallback, restore
 from .local import LocalChanges
 from .replica import CREATE, PL, Replica
@@ -41,6 +41,11 @@ log = logging.getLogger("mxsync.docs")
 
 _LIVE_TYPES: Final = (DOC, PL, CREATE)  # prefixes: DOC also matches .update/.snapshot
 _STREAM_BUFFER: Final = 4096
+#: Waits before each look-back for what pending updates depend on (seconds), and
+#: how far back each looks: a hole still open after them is reported.
+_REPAIR_DELAYS: Final = (1.0, 2.0, 4.0, 8.0, 16.0)
+_REPAIR_EVENTS: Final = 20_000
+_HOLE_TYPES: Final = (DOC_UPDATE, DOC_SNAPSHOT)
 
 # Documents open per client: two SyncedDocs of one (room, name) on one client
 # would share a Yjs client id and issue the same clocks twice.
@@ -80,6 +85,19 @@ class DocStatistics(msgspec.Struct, frozen=True, kw_only=True):
     skipped: int
     #: Of the skipped events, those whose sender lacked the power level.
     forbidden: int
+    #: Older updates applied by looking back for what pending ones depend on.
+    repaired: int
+    #: Remote updates applied whose structs still wait for ones they depend on.
+    pending_updates: int
+    #: Look-backs that ended with updates still pending (each is logged).
+    unrepaired: int
+    #: Updates before a snapshot's ``covers`` applied when opening from it because
+    #: the snapshot may lack them (inserts its state vector lacks, or deletions,
+    #: which state vectors do not show): judged by content, not position.
+    uncovered: int
+    #: Updates of a concurrent branch merged (made before the newest snapshot,
+    #: not in it); each makes the writer post a fresh snapshot soon.
+    concurrent_merges: int
     #: Events read while loading.
     load_events: int
     #: /messages pages read while loading.
@@ -125,6 +143,7 @@ class SyncedDoc:
         assembler: proto.ChunkAssembler | None = None,
         read_only: bool = False,
         declare_timeout: float | None = 30.0,
+        snapshots: bool = True,
     ) -> None:
         if not isinstance(room_id, str) or not room_id.startswith("!"):
             raise ConfigError(f"not a room id: {room_id!r}")
@@ -143,7 +162,10 @@ class SyncedDoc:
         self._writer = Writer(client, room_id, name, replica=self._replica, local=self._local,
                               batch_delay=batch_delay, cache_interval=cache_interval,
                               read_only=read_only)
+        if not snapshots:
+            self._writer.may_snapshot = False
         self._replica.on_update = self._writer.consider_snapshot
+        self._replica.on_concurrent = self._writer.fresh_snapshot
         self._loader = Loader(client, room_id, name, replica=self._replica,
                               lane=self._writer.lane, read_only=read_only,
                               on_progress=on_progress, declare_timeout=declare_timeout)
@@ -152,6 +174,8 @@ class SyncedDoc:
         self._synced = anyio.Event()
         self._load_error: BaseException | None = None
         self._load_ms: float | None = None
+        self._repairing = False
+        self._unrepaired = 0
 
     def __repr__(self) -> str:
         return f"<SyncedDoc {self.name!r} in {self.room_id} for {self.client.user_id}>"
@@ -205,6 +229,8 @@ class SyncedDoc:
             **writer.counts,
             **self._replica.counts,
             **self._loader.counts,
+            pending_updates=self._replica.pending,
+            unrepaired=self._unrepaired,
             load_ms=self._load_ms,
             pending_edits=self._local.edit_seq - writer.acked_seq,
             in_flight=writer.inflight,
@@ -318,8 +344,52 @@ class SyncedDoc:
         self._load_ms = (time.monotonic() - started) * 1000
         self._loaded()
         self._wake()
+        self._check_holes()
         async for ev in recv:
             self._safe_process(ev, live=True)
+            self._check_holes()
+
+    # -- holes ---------------------------------------------------------------------------
+
+    def _check_holes(self) -> None:
+        """Updates wait for ones never seen: look back for them (one task at a time)."""
+        tg = self._writer.tg
+        if self._replica.pending and not self._repairing and tg is not None:
+            self._repairing = True
+            tg.start_soon(self._repair_holes)
+
+    async def _repair_holes(self) -> None:
+        """Page the room backwards (bounded, with backoff) until no update is pending.
+
+        The sync loop's gap repair normally brings every event; this covers what
+        a server could not backfill yet (the other server unreachable or in
+        backoff right after a heal) and writers that send out of order.
+        """
+        try:
+            for delay in _REPAIR_DELAYS:
+                await anyio.sleep(delay)
+                if not self._replica.pending:
+                    return
+                try:
+                    async for ev in self.client.look_back(self.room_id, _HOLE_TYPES,
+                                                          max_events=_REPAIR_EVENTS):
+                        self._replica.repair(ev)
+                        if not self._replica.pending:
+                            break
+                except (HomeserverUnavailable, TransientError, MatrixError) as exc:
+                    log.info("looking back for %r in %s failed (%s)", self.name,
+                             self.room_id, exc)
+                if not self._replica.pending:
+                    log.info("%r in %s: the updates pending ones depend on were found",
+                             self.name, self.room_id)
+                    self._wake()
+                    return
+            self._unrepaired += 1
+            log.warning("%r in %s: %d update(s) still wait for ones they depend on, "
+                        "not found in the last %d events", self.name, self.room_id,
+                        self._replica.pending, _REPAIR_EVENTS)
+        finally:
+            self._repairing = False
 
     def _loaded(self) -> None:
         self._synced.set()
@@ -342,9 +412,10 @@ def open_doc(client: Engine, room_id: str, name: str = "default", **kw: Any) -> 
     with ``total=None`` while paging, then events applied of ``total``),
     ``batch_delay`` (default 0.05 s: the longest an edit waits before its batch),
     ``cache_interval`` (default 5 s), ``policy`` (a SnapshotPolicy), ``assembler``
-    (a ChunkAssembler with other limits), ``read_only``, ``declare_timeout`` (default
-    30 s: how long a member who may not declare the document waits for one who may;
-    then :meth:`SyncedDoc.wait_synced` raises ForbiddenError naming the level it
-    takes; None waits for ever, with a warning in the log).
+    (a ChunkAssembler with other limits), ``read_only``, ``snapshots`` (False: this
+    client never posts snapshots), ``declare_timeout`` (default 30 s: how long a
+    member who may not declare the document waits for one who may; then
+    :meth:`SyncedDoc.wait_synced` raises ForbiddenError naming the level it takes;
+    None waits for ever, with a warning in the log).
     """
     return SyncedDoc(client, room_id, name, **kw)

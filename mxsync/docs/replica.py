@@ -55,6 +55,9 @@ _SEEN_MAX: Final = 2 * 4096
 #: Updates applied but still waiting for structs they depend on, tracked at most.
 _PENDING_MAX: Final = 4096
 _PENDING_BYTES: Final = 32 * 1024 * 1024
+#: How much older than the newest snapshot (origin_server_ts) an update it lacks
+#: must be to count as a concurrent branch rather than a send racing the snapshot.
+_CONCURRENT_MS: Final = 2_000
 
 #: Where an incomplete chunk set or a pending update started:
 #: (seq, position before it, covers before it).
@@ -62,13 +65,20 @@ Start = tuple[int, "str | None", "str | None"]
 
 COUNTERS: Final = (
     "updates_applied", "bytes_applied", "snapshots_applied", "snapshots_covered",
-    "own_echoes", "duplicates", "skipped", "forbidden",
+    "own_echoes", "duplicates", "skipped", "forbidden", "repaired", "uncovered",
+    "concurrent_merges",
 )
 
 
 def is_panic(exc: BaseException) -> bool:
     # pyo3 turns a Rust panic into PanicException, a BaseException subclass.
     return type(exc).__name__ == "PanicException"
+
+
+def _deletes(update: bytes) -> bool:
+    # A Yjs v1 update ends with its delete set, which is one zero byte when empty;
+    # otherwise it ends with a range length (a canonical varuint >= 1).
+    return update[-1:] != b"\x00"
 
 
 def _integrated(update: bytes, sv: bytes) -> bool:
@@ -117,6 +127,11 @@ class Replica:
         self._chunk_first: dict[tuple[str, str], str] = {}  # set -> its first chunk's event
         self._pending: OrderedDict[str, tuple[Start, bytes]] = OrderedDict()
         self._pending_bytes = 0
+        #: (origin_server_ts, state vector) of the newest whole snapshot seen.
+        self.newest_snapshot: tuple[int, bytes] | None = None
+        #: Called when an update of a concurrent branch was merged (the writer
+        #: then posts a fresh snapshot soon).
+        self.on_concurrent: Callable[[], None] = lambda: None
 
     @property
     def pending(self) -> int:
@@ -191,6 +206,7 @@ class Replica:
             self.skip(ev, f"{ev.sender} may not send {etype}")
             return
         own = live and ev.txn_id is not None  # our own echo: already in the document
+        self._note_snapshot(ev, decoded)
         large = False
         if isinstance(decoded, proto.DocChunk):
             if own:
@@ -209,11 +225,27 @@ class Replica:
                 self._observe_update(len(decoded.update))
             return
         if covered:
+            # Before the snapshot's ``covers`` in the timeline, yet maybe not in the
+            # snapshot: positions interleave concurrent branches (PROTOCOL.md,
+            # "Ordering"). Judged by content: applying what the state holds is a
+            # no-op, so apply it; only what it lacked counts.
+            if isinstance(decoded, proto.DocUpdate):
+                self._apply_covered(ev, decoded.update, start)
             return
         if isinstance(decoded, proto.DocUpdate):
             self._apply_update(ev, decoded.update, start, large=large)
         elif isinstance(decoded, proto.DocSnapshot):
             self._apply_snapshot(ev, decoded, start)
+
+    def _note_snapshot(self, ev: RoomEvent, decoded: object) -> None:
+        sv: bytes | None = None
+        if isinstance(decoded, proto.DocSnapshot):
+            sv = decoded.sv if decoded.sv is not None else pycrdt.get_state(decoded.state)
+        elif isinstance(decoded, proto.DocChunk) and decoded.kind == "snapshot":
+            sv = decoded.sv  # large snapshots: when their writer included it
+        if sv is not None and (self.newest_snapshot is None
+                               or ev.origin_server_ts >= self.newest_snapshot[0]):
+            self.newest_snapshot = (ev.origin_server_ts, sv)
 
     def _feed_chunk(
         self, ev: RoomEvent, chunk: proto.DocChunk, start: Start
@@ -316,10 +348,32 @@ class Replica:
         except ProtocolError as exc:
             self.skip(ev, str(exc))
             return
+        newest = self.newest_snapshot
+        concurrent = (newest is not None and ev.origin_server_ts < newest[0] - _CONCURRENT_MS
+                      and not _integrated(update, newest[1]))
         if self._apply(ev, update, start):
             self.counts["updates_applied"] += 1
             self.counts["bytes_applied"] += len(update)
             self._observe_update(len(update))
+            if concurrent:
+                # Made before the newest snapshot, yet not in it: a concurrent
+                # branch (another homeserver during a partition) merged here.
+                # Readers opening from that snapshot must read far back for it:
+                # a fresh snapshot lets them open cheaply again.
+                self.counts["concurrent_merges"] += 1
+                self.on_concurrent()
+
+    def _apply_covered(self, ev: RoomEvent, update: bytes, start: Start) -> None:
+        sv = self.doc.get_state()
+        if _integrated(update, sv) and not _deletes(update):
+            return
+        try:
+            proto.validate_update(update)
+        except ProtocolError as exc:
+            self.skip(ev, str(exc))
+            return
+        if self._apply(ev, update, start):
+            self.counts["uncovered"] += 1
 
     def _apply_snapshot(self, ev: RoomEvent, snap: proto.DocSnapshot, start: Start) -> None:
         try:
@@ -342,6 +396,45 @@ class Replica:
         if self._apply(ev, snap.state, start):
             self.counts["snapshots_applied"] += 1
             self.policy.observe_snapshot()
+
+    # -- repairing a hole --------------------------------------------------------------
+
+    def repair(self, ev: RoomEvent) -> bool:
+        """Apply an older event found by looking back for what pending updates
+        miss (out of timeline order: it moves neither ``position`` nor ``covers``).
+
+        Only whole updates and snapshots of this document whose content the state
+        lacks are applied; the sender is judged by the levels in force now (its
+        place in the timeline is not known here). True if it was applied.
+        """
+        if (ev.event_id in self._seen or ev.type not in (DOC_UPDATE, DOC_SNAPSHOT)
+                or ev.content.get("doc") != self.name or not self.allows(ev.sender, ev.type)):
+            return False
+        try:
+            decoded = proto.decode_doc_event(ev.type, ev.content)
+        except ProtocolError:
+            return False
+        if isinstance(decoded, proto.DocUpdate):
+            payload = decoded.update
+        elif isinstance(decoded, proto.DocSnapshot):
+            payload = decoded.state
+        else:
+            return False  # a chunk: its set is assembled in timeline order only
+        if _integrated(payload, self.doc.get_state()):
+            return False
+        try:
+            proto.validate_update(payload, base=self.doc.get_update())
+        except ProtocolError as exc:
+            self.skip(ev, str(exc))
+            return False
+        self._seen[ev.event_id] = None
+        # Where a catch-up must start stays where the oldest pending update put it.
+        starts = [p[0] for p in self._pending.values()]
+        start = min(starts) if starts else (self._seq, self.position, self.covers)
+        if not self._apply(ev, payload, start):
+            return False
+        self.counts["repaired"] += 1
+        return True
 
     # -- opening from a snapshot ------------------------------------------------------
 

@@ -101,6 +101,8 @@ class Writer:
         self.send_error: MxsyncError | None = None
         self.may_snapshot = not read_only
         self.snapshot_wanted = False
+        #: A concurrent branch was merged: the next snapshot is due whatever the policy.
+        self._fresh = False
         #: The declaration is in the room (set by the load, or from the cache).
         self.declared = False
         #: The initial load is done (snapshots wait for it).
@@ -159,6 +161,14 @@ class Writer:
     def _notify(self) -> None:
         self._acked.set()
         self._acked = anyio.Event()
+
+    def fresh_snapshot(self) -> None:
+        """A concurrent branch was merged: post a snapshot soon, whatever the policy
+        counts, unless a newer snapshot seen by then already covers the state."""
+        if self.may_snapshot:
+            self._fresh = True
+            self.snapshot_wanted = True
+            self._wake.set()
 
     def consider_snapshot(self) -> None:
         """After an update was seen: want a snapshot if the policy says so."""
@@ -317,7 +327,12 @@ class Writer:
         doc = self.replica.doc
         state = doc.get_update()
         self.state_bytes = len(state)
-        if not self.policy.should_snapshot(len(state)):
+        fresh, self._fresh = self._fresh, False
+        newest = self.replica.newest_snapshot
+        if fresh and newest is not None and proto.state_vector_covers(newest[1],
+                                                                      doc.get_state()):
+            fresh = False  # someone posted one that holds every insert we have
+        if not fresh and not self.policy.should_snapshot(len(state)):
             return None
         try:
             contents += [

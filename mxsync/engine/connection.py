@@ -297,9 +297,14 @@ class Connection:
             raise MatrixError(200, "M_UNKNOWN", "createRoom answered without a room_id")
         return room_id
 
-    async def join(self, room_id: str) -> str:
-        """Join a room by id or alias; returns the room id."""
-        answer = await self._call(api.join(room_id))
+    async def join(self, room_id: str, via: Iterable[str] = ()) -> str:
+        """Join a room by id or alias; returns the room id.
+
+        ``via``: server names to join through, for a room of another homeserver
+        that this one is not in yet (an invite makes it unnecessary).
+        """
+        servers = [via] if isinstance(via, str) else list(via)
+        answer = await self._call(api.join(room_id, servers))
         joined = answer.get("room_id")
         return joined if isinstance(joined, str) else room_id
 
@@ -409,6 +414,29 @@ class Connection:
             lambda t: self.messages(room_id, t, direction=direction, limit=limit, types=types),
             from_token,
         )
+
+    async def look_back(
+        self,
+        room_id: str,
+        types: Iterable[str],
+        *,
+        max_events: int = 10_000,
+        limit: int = 250,
+    ) -> AsyncIterator[RoomEvent]:
+        """Events of ``types`` newest first from the room's end, at most ``max_events``.
+
+        For a feature that knows it misses events (a document waiting for
+        updates it depends on, a sequence hole): paging backwards is what makes
+        the homeserver backfill the room from other servers (DESIGN: a room is
+        a graph). ``break`` once the hole is filled.
+        """
+        count = 0
+        async for page in self.pages(room_id, None, direction="b", limit=limit, types=types):
+            for ev in page.events:
+                yield ev
+                count += 1
+                if count >= max_events:
+                    return
 
     async def context(self, room_id: str, event_id: str) -> tuple[RoomEvent | None, str | None]:
         """The event ``event_id`` and a pagination token just after it (for paging

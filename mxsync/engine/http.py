@@ -239,7 +239,8 @@ class Http:
         self, req: Request, *, http_timeout: float | None = None, report: bool = True
     ) -> Any:
         method, path, body = req.method, req.path, req.body
-        full = path if not req.query else f"{path}?{urlencode(req.query)}"
+        # doseq: a list value is a repeated parameter (``server_name`` of a join).
+        full = path if not req.query else f"{path}?{urlencode(req.query, doseq=True)}"
         headers = {"Content-Type": "application/json"}
         if req.auth and self.access_token:
             headers["Authorization"] = f"Bearer {self.access_token}"

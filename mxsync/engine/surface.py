@@ -15,7 +15,10 @@ test can hand a feature a fake of it. The surface, by concern:
 - the feature's own tables: ``run_sql``;
 - receiving: ``room_events`` (live, from the one sync loop), ``wait_synced``;
 - history: ``messages`` (one page), ``pages`` (every page until the server has
-  no more), ``context``, ``timestamp_to_event``;
+  no more), ``look_back`` (events newest first from now, bounded: how a
+  feature that knows it is incomplete asks for more; paging backwards is what
+  makes a homeserver backfill from the other servers of the room),
+  ``context``, ``timestamp_to_event``;
 - state: ``room_state``, ``state_event``, ``get_state``, ``may_send``.
 """
 
@@ -118,6 +121,18 @@ class Engine(Protocol):
         limit: int = 1000,
         types: Iterable[str] | None = None,
     ) -> AsyncIterator[MessagesPage]: ...
+
+    def look_back(
+        self,
+        room_id: str,
+        types: Iterable[str],
+        *,
+        max_events: int = 10_000,
+        limit: int = 250,
+    ) -> AsyncIterator[RoomEvent]:
+        """Events of ``types`` newest first from the room's end, at most
+        ``max_events``, paging backwards (which triggers the server's backfill)."""
+        ...
 
     async def context(
         self, room_id: str, event_id: str

@@ -6,31 +6,41 @@ its room through bounded memory object streams (backpressure: a slow consumer
 slows the loop, it does not grow a queue).
 
 Invariants:
-- Events reach consumers in timeline order. When a room's timeline comes back
-  ``limited``, the loop first delivers the gap between the last event it
-  delivered there and the timeline (state events of the gap in place, where
-  they happened), then what of the ``state`` block the gap did not cover, then
-  the timeline. The state block describes the state at the start of the
-  timeline, after the gap, so delivering it first would put a change made in
-  the gap (``m.room.power_levels``) before events that preceded it.
-- No event is skipped: the gap is filled by asking ``/context`` for a token
-  right after the last delivered event and paging ``/messages`` forwards from
-  it up to ``prev_batch``, delivering page by page. The memory it takes is one
-  page (``gap_page_events``), whatever the size of the gap.
-- Only when the server does not know that event (purged, not visible, a store
-  from elsewhere) is the gap bounded: the loop pages backwards from
-  ``prev_batch``, holding one page at a time, until it finds the event or has
-  passed ``max_gap_events`` events, then delivers what it passed over, oldest
-  first, and logs the truncation. State-block events older than where that
-  search stopped are delivered before it, as they happened before it.
-- No event is delivered twice: event ids are remembered per room (bounded LRU;
-  it only has to span one page of a gap fill, the state block and the timeline
-  of a batch). A batch interrupted by a stop leaves an in-flight record, its
-  size bounded by the size of the sync answer, not of the gap: the position
-  reached in each room (the gap is resumed from there) and the ids of the
-  state-block and timeline events already delivered.
-- The since-token and the last delivered event per room are persisted together,
-  after the batch they cover has been handed to the consumers. History from
+- Events reach consumers in one consistent order: the order /sync delivers,
+  and for a gap the room's topological order. When a room's timeline comes
+  back ``limited``, the loop first delivers the gap (state events of the gap
+  in place, where they happened), then what of the ``state`` block the gap did
+  not cover, then the timeline. The state block describes the state at the
+  start of the timeline, after the gap, so delivering it first would put a
+  change made in the gap (``m.room.power_levels``) before events that preceded it.
+- No event is skipped: the gap is repaired by :mod:`mxsync.engine.gap`, which
+  walks ``/messages`` *backwards* from ``prev_batch`` (what makes the server
+  backfill events it caught up on only partly after a federation heal), spills
+  what was not delivered yet to its store table and delivers it oldest first.
+  It never bounds the walk with ``to=``: backfilled events have negative stream
+  positions and a stream bound would exclude exactly them. It stops on what
+  the client can see (a page with nothing new, or past the oldest event it
+  delivered), bounded by ``max_gap_events``: the newest events of a larger gap
+  are delivered, the truncation logged, and the state-block events are then
+  delivered before it, as they happened before where it starts. The memory
+  it takes is one page (``gap_page_events``), whatever the size of the gap.
+  A server may backfill in the background after the walk stopped: each
+  repaired gap is walked again a few times (bounded) before the next /syncs,
+  and the timeline events it finds are delivered then (later than newer
+  events: concurrent branches have no order features may rely on); state
+  events it finds are not, as they would look current: the state the server
+  resolves comes through /sync.
+- No event is delivered twice: event ids are remembered per room (a bounded
+  LRU in memory, and the last ``keep_seen`` per room in the store's
+  ``sync_seen`` table, which the gap walk consults). A batch interrupted by a
+  stop leaves an in-flight record, its size bounded by the size of the sync
+  answer, not of the gap: the position reached in each room and the ids of the
+  state-block and timeline events already delivered; gap events delivered are
+  marked in ``sync_seen`` as they are handed out (shielded), so the retry's
+  walk skips them.
+- The since-token, the last delivered event per room and the ids of the
+  batch's state-block and timeline events are persisted together, after the
+  batch they cover has been handed to the consumers. History from
   before a client first saw a room is the features' job (they load snapshots
   and page /messages themselves): the very first sync of a new store (no
   since-token) only seeds the state cache and positions, it delivers nothing.
@@ -38,9 +48,9 @@ Invariants:
   limits wait ``retry_after_ms``, and a server that answers an empty long-poll
   at once is polled at most ``1 / min_interval`` times a second. The first sync
   of a run does not long-poll (timeout 0), so a returning client is live at
-  once and ``wait_synced`` never waits out an empty poll. An error in
-  the middle of a gap fill fails the batch; the retry resumes the gap from the
-  last event delivered.
+  once and ``wait_synced`` never waits out an empty poll. An error in the
+  middle of a gap fill fails the batch; the retry walks the gap again and
+  delivers only what was not delivered.
 - It never sleeps through a recovery: a transient error is waited out on the
   client's shared :class:`~mxsync.engine.http.Liveness`, which probes a server
   that stopped answering and wakes the loop as soon as it answers again.
@@ -50,11 +60,12 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -68,8 +79,8 @@ from ..errors import MatrixError, RateLimitedError, TransientError
 from ..protocol import api
 from ..protocol.types import CREATE, NAMESPACE, POWER_LEVELS
 from .events import MessagesPage, RoomEvent, parse_events, parse_page
+from .gap import GapRepair, create_tables, mark_seen
 from .http import Backoff, Http
-from .pages import paginate
 from .store import Store
 
 __all__ = ["SyncLoop", "Status", "SyncStatistics", "SYNC_TYPES"]
@@ -108,6 +119,16 @@ class SyncStatistics(msgspec.Struct, frozen=True):
     events: int
     #: Limited timelines whose gap was filled from /messages.
     gap_fills: int
+    #: Events the gap fills fetched from /messages (new or already delivered).
+    gap_events_fetched: int = 0
+    #: Events the gap fills delivered.
+    gap_events_delivered: int = 0
+    #: /messages pages the gap fills fetched.
+    gap_pages: int = 0
+    #: Gaps longer than ``max_gap_events``: only their newest events were delivered.
+    gaps_truncated: int = 0
+    #: Events found by walking a repaired gap again (backfilled meanwhile).
+    gap_rechecked: int = 0
 
 
 @dataclass(eq=False)
@@ -142,21 +163,6 @@ class _Batch:
     delivered: int = 0
 
 
-@dataclass
-class _GapStart:
-    """Where the forward fill of a gap starts."""
-
-    #: The /messages token to page forwards from, up to ``prev_batch``.
-    token: str
-    #: Events to deliver before paging forwards from ``token`` (oldest first; at
-    #: most one page: the rest of the page where a backward search stopped).
-    head: list[RoomEvent]
-    #: The gap starts right after the last delivered event (else it was truncated).
-    reached: bool
-    #: Ids of state-block events that the backward search saw inside the gap.
-    covered: set[str]
-
-
 class SyncLoop:
     """Owns the since-token, the event dispatch and the per-room state cache."""
 
@@ -170,8 +176,9 @@ class SyncLoop:
         min_interval: float = 0.2,
         backoff: Backoff | None = None,
         seen_per_room: int = 4_096,
-        max_gap_events: int = 1_000_000,
+        max_gap_events: int = 100_000,
         gap_page_events: int = 250,
+        keep_seen: int = 16_384,
     ) -> None:
         self._http = http
         self._store = store
@@ -180,12 +187,12 @@ class SyncLoop:
         self.min_interval = min_interval
         self._backoff = backoff or Backoff(base=0.5, cap=30.0)
         self._seen_per_room = seen_per_room
-        #: How far back (in events) a gap fill looks for the last delivered event
-        #: when the server cannot place it with /context; the newest events of a
-        #: larger gap are delivered and the truncation logged.
-        self.max_gap_events = max_gap_events
-        #: Events per /messages page of a gap fill: the memory a gap fill holds.
-        self.gap_page_events = gap_page_events
+        #: The gap repair; ``max_gap_events`` bounds one gap (the newest events
+        #: of a larger one are delivered and the truncation logged), ``keep_seen``
+        #: the delivered ids remembered per room in the store.
+        self._gap = GapRepair(store, max_events=max_gap_events,
+                              page_events=gap_page_events, keep_seen=keep_seen)
+        self._keep_seen = keep_seen
         self._consumers: list[_Consumer] = []
         self._rooms: dict[str, _RoomMemory] = {}
         #: room_id -> {(type, state_key): event} for the state this loop has seen.
@@ -197,6 +204,29 @@ class SyncLoop:
         self.invites: set[str] = set()
         self.events_delivered = 0
         self.gap_fills = 0
+        self.gap_events_fetched = 0
+        self.gap_events_delivered = 0
+        self.gap_pages = 0
+        self.gaps_truncated = 0
+        self.gap_rechecked = 0
+
+    @property
+    def gap_page_events(self) -> int:
+        """Events per /messages page of a gap fill: the memory a gap fill holds."""
+        return self._gap.page_events
+
+    @gap_page_events.setter
+    def gap_page_events(self, value: int) -> None:
+        self._gap.page_events = value
+
+    @property
+    def max_gap_events(self) -> int:
+        """The most events one gap fill delivers (its newest; the truncation is logged)."""
+        return self._gap.max_events
+
+    @max_gap_events.setter
+    def max_gap_events(self, value: int) -> None:
+        self._gap.max_events = value
 
     # -- consumers --------------------------------------------------------
 
@@ -222,7 +252,11 @@ class SyncLoop:
 
     def statistics(self) -> SyncStatistics:
         return SyncStatistics(state=self.status.state, syncs=self.status.syncs,
-                              events=self.events_delivered, gap_fills=self.gap_fills)
+                              events=self.events_delivered, gap_fills=self.gap_fills,
+                              gap_events_fetched=self.gap_events_fetched,
+                              gap_events_delivered=self.gap_events_delivered,
+                              gap_pages=self.gap_pages, gaps_truncated=self.gaps_truncated,
+                              gap_rechecked=self.gap_rechecked)
 
     def filter_json(self) -> str:
         types = list(SYNC_TYPES)
@@ -297,6 +331,7 @@ class SyncLoop:
                 log.warning("sync: %s (%s)", state, error)
 
     async def _load(self) -> None:
+        await self._store.run(create_tables)
         since = await self._store.kv_get(_NS, "since")
         self.status.since = None if since is None else since.decode()
         for room_id, last in (await self._store.kv_items(_NS_LAST)).items():
@@ -326,6 +361,11 @@ class SyncLoop:
             timeout = 0
         else:
             timeout = self.timeout_ms if timeout_ms is None else timeout_ms
+        rechecked = await self._recheck_gaps()
+        due = self._gap.next_due()
+        if due is not None:
+            # Do not long-poll past the next recheck of a repaired gap.
+            timeout = min(timeout, max(0, int((due - time.monotonic()) * 1000)))
         resp = await self._http.call(api.sync(self.filter_json(), since, timeout),
                                      http_timeout=timeout / 1000 + 30)
         next_batch = resp.get("next_batch")
@@ -380,6 +420,7 @@ class SyncLoop:
                 [(_NS_LAST, r, v) for r, v in last_changed.items()],
             )
             conn.execute("DELETE FROM kv WHERE ns=? AND key='inflight'", (_NS,))
+            mark_seen(conn, [(r, i) for r, i in batch.ids], self._keep_seen)
 
         # Shielded: the batch has been handed out, so its position must be kept
         # even when the client is being stopped right now.
@@ -387,7 +428,7 @@ class SyncLoop:
             await self._store.run(persist)
         self.status.since = next_batch
         self.status.syncs += 1
-        return bool(batch.delivered) or bool(invited)
+        return bool(batch.delivered) or bool(invited) or rechecked
 
     # -- one room of a batch --------------------------------------------------
 
@@ -435,127 +476,84 @@ class SyncLoop:
         timeline_events: list[RoomEvent],
         batch: _Batch,
     ) -> None:
-        """Deliver the events between ``last_event_id`` and ``prev_batch``, oldest
-        first and a page at a time, and the state block in its place."""
+        """Deliver the events the timeline left out (:mod:`mxsync.engine.gap`),
+        oldest first, and the state block in its place."""
         self.gap_fills += 1
-        block = {ev.event_id for ev in state_events}
-        start = await self._gap_start(room_id, prev_batch, last_event_id, block)
-        covered = start.covered
+        mem = self._rooms.setdefault(room_id, _RoomMemory())
+        block = {ev.event_id: ev for ev in state_events}
+        covered: set[str] = set()
+        scan = await self._gap.collect(
+            room_id, prev_batch, lambda t: self._messages(room_id, t, "b"),
+            last_event_id=last_event_id, seen=lambda i: i in mem.seen,
+            exclude={ev.event_id for ev in timeline_events},
+        )
+        self.gap_events_fetched += scan.fetched
+        self.gap_pages += scan.pages
+        if scan.truncated:
+            self.gaps_truncated += 1
+            # The fill starts later than our position: the state-block events it
+            # does not reach happened before where it starts.
+            for ev in state_events:
+                if ev.event_id not in covered:
+                    await self._deliver(ev, batch, timeline=False)
 
-        async def deliver(ev: RoomEvent) -> None:
+        async def deliver(ev: RoomEvent) -> bool:
             in_block = ev.event_id in block
             if in_block:
                 covered.add(ev.event_id)
             # A state-block event may come again with the same batch after a
             # stop, outside any gap: remember its id. Other gap events are
-            # covered by the position.
-            await self._deliver(ev, batch, timeline=True, record=in_block)
+            # marked delivered by the drain.
+            return await self._deliver(ev, batch, timeline=True, record=in_block)
 
-        async def rest_of_state() -> None:
-            for ev in state_events:
-                if ev.event_id not in covered:
-                    await self._deliver(ev, batch, timeline=False)
+        count = await self._gap.drain(room_id, deliver)
+        # State that changed without an event in the gap (a state reset), or
+        # an old event: the block says it holds at the start of the timeline.
+        for ev in state_events:
+            if ev.event_id not in covered:
+                await self._deliver(ev, batch, timeline=False)
+        self.gap_events_delivered += count
+        if not scan.truncated:
+            self._gap.schedule(room_id, prev_batch)
+        log.info("filled a gap of %d event(s) in %s (%d fetched in %d page(s)%s)", count,
+                 room_id, scan.fetched, scan.pages, ", truncated" if scan.truncated else "")
 
-        if not start.reached:
-            # The fill starts later than our position: the state-block events it
-            # does not reach happened before where it starts.
-            await rest_of_state()
-        token, reached, head = start.token, start.reached, start.head[::-1]
-        del start
-        count = len(head)
-        while head:
-            # Oldest first, each let go of once delivered: at most one page is held.
-            await deliver(head.pop())
-        count += await self._page_forwards(
-            room_id, token, prev_batch, {ev.event_id for ev in timeline_events}, deliver
-        )
-        if reached:
-            # State that changed without an event in the gap (a state reset), or
-            # an old event: the block says it holds at the start of the timeline.
-            await rest_of_state()
-        log.debug("filled a gap of %d event(s) in %s", count, room_id)
+    async def _recheck_gaps(self) -> bool:
+        """Walk due repaired gaps again (:mod:`mxsync.engine.gap`, "Rechecks") and
+        deliver what the server backfilled since; whether anything came."""
+        found = 0
+        for r in self._gap.due():
+            seen = self._rooms.setdefault(r.room_id, _RoomMemory()).seen
+            batch = _Batch(live=True)
+            await self._gap.collect(
+                r.room_id, r.prev_batch, functools.partial(self._messages, r.room_id,
+                                                           direction="b"),
+                last_event_id=None, seen=seen.__contains__, exclude=set())
 
-    async def _messages(
-        self, room_id: str, token: str | None, direction: api.Direction, *,
-        to: str | None = None,
-    ) -> MessagesPage:
-        """One /messages page of the sync filter's types."""
+            async def deliver(ev: RoomEvent, batch: _Batch = batch) -> bool:
+                if ev.state_key is not None:
+                    # Old state, found late: handed out now it would look current
+                    # (levels, declarations). The state /sync resolves comes anyway.
+                    return False
+                # Not a position either: the timeline has moved on past it.
+                return await self._deliver(ev, batch, timeline=False, record=False)
+
+            count = await self._gap.drain(r.room_id, deliver)
+            if count:
+                self.gap_rechecked += count
+                log.info("a recheck of a gap in %s found %d more event(s)", r.room_id, count)
+            found += count
+        return bool(found)
+
+    async def _messages(self, room_id: str, token: str | None,
+                        direction: api.Direction) -> MessagesPage:
+        """One /messages page of the sync filter's types (never bounded by ``to=``:
+        backfilled events have negative stream positions, see DESIGN)."""
         answer = await self._http.call(api.room_messages(
             room_id, token, direction, self.gap_page_events,
-            filter_json=self._messages_filter(), to=to,
+            filter_json=self._messages_filter(),
         ))
         return parse_page(room_id, answer)
-
-    async def _gap_start(
-        self, room_id: str, prev_batch: str, last_event_id: str, block: set[str]
-    ) -> _GapStart:
-        """A token right after ``last_event_id``, from /context (one request)."""
-        try:
-            answer = await self._http.call(api.room_context(room_id, last_event_id))
-        except RateLimitedError:
-            raise
-        except MatrixError as exc:
-            # Purged, never seen by this server, or not visible to us any more.
-            log.warning(
-                "cannot place the last event delivered in %s (%s); searching back "
-                "from the timeline for at most %d events", room_id, exc, self.max_gap_events,
-            )
-            return await self._search_back(room_id, prev_batch, last_event_id, block)
-        end = answer.get("end")
-        if not isinstance(end, str):
-            raise TransientError("context answer without an end token")
-        return _GapStart(token=end, head=[], reached=True, covered=set())
-
-    async def _search_back(
-        self, room_id: str, prev_batch: str, stop_at: str, block: set[str]
-    ) -> _GapStart:
-        """Page backwards from ``prev_batch`` until ``stop_at``, the room's start or
-        ``max_gap_events`` events, holding one page; the fill starts at that page."""
-        token = prev_batch
-        passed = 0
-        covered: set[str] = set()
-        found = False
-        inside: list[RoomEvent] = []
-        async for page in paginate(lambda t: self._messages(room_id, t, "b"), prev_batch):
-            ids = [ev.event_id for ev in page.events]
-            found = stop_at in ids
-            inside = page.events[: ids.index(stop_at)] if found else page.events
-            covered.update(i for i in ids[: len(inside)] if i in block)
-            passed += len(inside)
-            if found or passed >= self.max_gap_events:
-                break
-            # ``token`` stays right after the page the search stops in.
-            token = page.end or token
-        else:
-            log.warning("%s: the last delivered event is not in the room's history; "
-                        "delivering all of it (%d events)", room_id, passed)
-        if not found and passed >= self.max_gap_events:
-            log.error("%s: the last delivered event is not within the last %d events; "
-                      "delivering the newest only", room_id, passed)
-        # The page holds the gap's oldest events (newest first), ``token`` is right
-        # after them.
-        return _GapStart(token=token, head=inside[::-1], reached=found, covered=covered)
-
-    async def _page_forwards(
-        self,
-        room_id: str,
-        token: str,
-        to: str,
-        stop_ids: set[str],
-        deliver: Callable[[RoomEvent], Awaitable[None]],
-    ) -> int:
-        """Page /messages forwards from ``token`` to ``to`` (or to the first of
-        ``stop_ids``), delivering each page before fetching the next."""
-        count = 0
-        async for page in paginate(lambda t: self._messages(room_id, t, "f", to=to), token):
-            # An empty page with an end token: events we may not see; go on.
-            for ev in page.events:
-                if ev.event_id in stop_ids:
-                    # Reached the timeline (a server that does not honour ``to``).
-                    return count
-                await deliver(ev)
-                count += 1
-        return count
 
     # -- delivery -------------------------------------------------------------
 

@@ -150,9 +150,14 @@ def create_room(body: dict[str, Any]) -> Request:
     return Request(method="POST", path=f"{_V3}/createRoom", body=body, what="create_room")
 
 
-def join(room_id_or_alias: str) -> Request:
-    return Request(method="POST", path=f"{_V3}/join/{q(room_id_or_alias)}", body={},
-                   what="join")
+def join(room_id_or_alias: str, via: Iterable[str] = ()) -> Request:
+    """Join by id or alias; ``via``: servers to join through (a room id alone
+    cannot be joined over federation without an invite), as ``server_name``
+    query parameters (one each, repeated)."""
+    servers = list(via)
+    query = {"server_name": servers} if servers else None
+    return Request(method="POST", path=f"{_V3}/join/{q(room_id_or_alias)}", query=query,
+                   body={}, what="join")
 
 
 def invite(room_id: str, user_id: str) -> Request:

@@ -10,9 +10,12 @@ Invariants:
   each batch sorted by ``t_ms`` (stable): a publisher whose times do not go
   back (the default clock) gives every sensor its readings in time order.
 - Per (sender, device, session) a batch whose ``seq`` is not above the last
-  one is a duplicate and is skipped; a jump counts as a gap (``statistics()``).
-  The engine already fills gaps of the sync itself, so a gap here means the
-  publisher dropped batches (overflow policy) or lost them.
+  one is a duplicate and is skipped. On a jump the subscriber looks back in
+  the room (bounded, with backoff; paging backwards makes the server backfill
+  from other servers) for the batches skipped and takes those found first, in
+  order; what stays missing counts as a gap (``statistics()``) and is logged.
+  The engine already fills gaps of the sync itself, so a gap that stays means
+  the publisher dropped batches (overflow policy) or lost them.
 - Batches, sensor and device states from senders without the power level to
   send them *where they stand in the timeline* (not by the room's current
   levels, PROTOCOL.md 1.3), and malformed ones, are skipped and logged once
@@ -62,6 +65,7 @@ from .history import (
     by_time,
     read_history,
 )
+from .holes import Key, find_batches
 
 __all__ = ["Subscriber", "SubscriberStatistics", "DeviceStatus"]
 
@@ -105,8 +109,11 @@ class SubscriberStatistics(msgspec.Struct, frozen=True, kw_only=True):
     duplicates: int
     #: Jumps in a session's seq numbers (each is logged).
     gaps: int
-    #: Batches those jumps skipped over (dropped by the device, or lost).
+    #: Batches those jumps skipped over (dropped by the device, or lost) and that
+    #: looking back did not find either.
     missing_batches: int
+    #: Batches found by looking back after a jump (taken late, in order).
+    repaired_batches: int = 0
     #: Malformed readings events skipped (live, latest and history).
     malformed: int
     #: Readings events skipped: their sender had no power level for them there.
@@ -189,6 +196,7 @@ class Subscriber:
         self._duplicates = 0
         self._gaps = 0
         self._missing = 0
+        self._repaired = 0
         self._lost_changes = 0
 
     def __repr__(self) -> str:
@@ -280,13 +288,39 @@ class Subscriber:
         if readings is None:
             return
         if last is not None and batch.seq > last + 1:
+            last = await self._fill_hole(key, last, batch.seq)
+        if last is not None and batch.seq > last + 1:
             self._gaps += 1
             self._missing += batch.seq - last - 1
             log.warning("device %s of %s: batches %d..%d are missing", batch.device, ev.sender,
                         last + 1, batch.seq - 1)
-        self._seqs[key] = batch.seq
+        await self._take(ev, key, batch.seq, readings)
+
+    async def _fill_hole(self, key: Key, last: int, upto: int) -> int:
+        """Look back for the batches ``last+1 .. upto-1`` of ``key``
+        (:mod:`mxsync.streams.holes`) and take the ones found in order; the last
+        seq taken. Readings stay in order: later batches wait meanwhile."""
+        sender, device, _ = key
+        found = await find_batches(self._client, self._room, self._reader, self._levels,
+                                   key, last, upto)
+        for seq in sorted(found):
+            old, readings = found[seq]
+            if seq > last + 1:
+                self._gaps += 1
+                self._missing += seq - last - 1
+                log.warning("device %s of %s: batches %d..%d are missing", device, sender,
+                            last + 1, seq - 1)
+            self._repaired += 1
+            await self._take(old, key, seq, readings)
+            last = seq
+        return last
+
+    async def _take(self, ev: RoomEvent, key: Key, seq: int,
+                    readings: list[Reading]) -> None:
+        batch_device = key[1]
+        self._seqs[key] = seq
         self._batches += 1
-        self._alive(batch.device, ev.sender)
+        self._alive(batch_device, ev.sender)
         readings.sort(key=by_time)
         newest: dict[str, Reading] = {}
         for r in readings:
@@ -521,6 +555,7 @@ class Subscriber:
             duplicates=self._duplicates,
             gaps=self._gaps,
             missing_batches=self._missing,
+            repaired_batches=self._repaired,
             malformed=self._reader.malformed,
             forbidden=self._reader.forbidden,
             lost_device_changes=self._lost_changes,

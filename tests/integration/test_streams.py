@@ -21,6 +21,7 @@ import pytest
 
 from mxsync import Client, ConfigError, Reading, RoomEvent
 from mxsync.cli.sensor import parse_time, parse_value
+from mxsync.dev import Credentials
 from mxsync.protocol import api
 from mxsync.protocol.readings import BatchEncoder, DeviceState, decode_batch, to_content
 from mxsync.protocol.types import DEVICE, READINGS
@@ -271,20 +272,28 @@ DEVICE_SCRIPT = textwrap.dedent(
 )
 
 
+async def start_device(script: Path, url: str, creds: Credentials, store: Path,
+                       room: str) -> subprocess.Popen[bytes]:
+    """DEVICE_SCRIPT in a process of its own, once it says it is online with a will."""
+    proc = subprocess.Popen([sys.executable, str(script), url, creds.user_id,
+                             creds.password, str(store), room], stdout=subprocess.PIPE)
+    try:
+        with anyio.fail_after(60):
+            line = await anyio.to_thread.run_sync(proc.stdout.readline)  # type: ignore[union-attr]
+        assert line.split() == [b"ONLINE", b"will"]
+    except BaseException:
+        proc.kill()
+        raise
+    return proc
+
+
 async def test_kill_9_device_shows_offline_within_the_delay(hs, make_user, make_client, tmp_path):
     dash, _dev, room, _, dev_creds = await sensor_room(make_user, make_client)
     script = tmp_path / "device.py"
     script.write_text(DEVICE_SCRIPT)
     async with dash.subscribe(room) as sub:
-        proc = subprocess.Popen(
-            [sys.executable, str(script), hs.url, dev_creds.user_id, dev_creds.password,
-             str(tmp_path / "device.db"), room],
-            stdout=subprocess.PIPE,
-        )
+        proc = await start_device(script, hs.url, dev_creds, tmp_path / "device.db", room)
         try:
-            with anyio.fail_after(60):
-                line = await anyio.to_thread.run_sync(proc.stdout.readline)
-            assert line.split() == [b"ONLINE", b"will"]
             with anyio.fail_after(30):
                 await sub.wait_device("sensor-9", online=True)
         finally:

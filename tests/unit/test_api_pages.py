@@ -95,3 +95,14 @@ def test_parse_page_skips_malformed_events_and_bad_tokens():
     })
     assert [ev.event_id for ev in page.events] == ["$1"]
     assert (page.start, page.end) == ("s", None)
+
+
+def test_join_over_federation_names_each_server_once_as_server_name():
+    from urllib.parse import urlencode
+
+    req = api.join("!room:hs1", ["127.0.0.1:8448", "hs2"])
+    assert req.method == "POST" and req.path == "/_matrix/client/v3/join/%21room%3Ahs1"
+    assert req.query == {"server_name": ["127.0.0.1:8448", "hs2"]}
+    # As Http sends it: one repeated parameter per server.
+    assert urlencode(req.query, doseq=True) == "server_name=127.0.0.1%3A8448&server_name=hs2"
+    assert api.join("#a:hs1").query is None
