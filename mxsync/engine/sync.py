@@ -64,7 +64,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ..errors import MatrixError, RateLimitedError, TransientError
 from ..protocol import api
-from ..protocol.types import CREATE, NAMESPACE, POWER_LEVELS
+from ..protocol.types import CREATE, ENCRYPTED, ENCRYPTION, NAMESPACE, POWER_LEVELS
+from .crypto import Cleartext, Crypto
 from .events import MessagesPage, RoomEvent, parse_events, parse_page
 from .http import Backoff, Http
 from .pages import paginate
@@ -74,9 +75,10 @@ __all__ = ["SyncLoop", "Status", "SyncStatistics", "SYNC_TYPES"]
 
 log = logging.getLogger("mxsync.sync")
 
-#: Event types the sync filter lets through: mxsync's namespace plus the
-#: state the engine needs to judge permissions.
-SYNC_TYPES: tuple[str, ...] = (f"{NAMESPACE}.*", POWER_LEVELS, CREATE)
+#: Event types the sync filter lets through: mxsync's namespace, the state the
+#: engine needs to judge permissions, and encrypted rooms' events (decrypted
+#: by :mod:`~mxsync.engine.crypto` before anything else sees them).
+SYNC_TYPES: tuple[str, ...] = (f"{NAMESPACE}.*", POWER_LEVELS, CREATE, ENCRYPTION, ENCRYPTED)
 
 _NS = "sync"
 _NS_LAST = "sync.last"
@@ -170,8 +172,10 @@ class SyncLoop:
         seen_per_room: int = 4_096,
         max_gap_events: int = 1_000_000,
         gap_page_events: int = 250,
+        crypto: Crypto | Cleartext | None = None,
     ) -> None:
         self._http = http
+        self.crypto = crypto or Cleartext()
         self._store = store
         self.timeline_limit = timeline_limit
         self.timeout_ms = timeout_ms
@@ -326,6 +330,7 @@ class SyncLoop:
         next_batch = resp.get("next_batch")
         if not isinstance(next_batch, str):
             raise TransientError("sync answer without next_batch")
+        await self.crypto.receive_sync(resp)  # room keys first: this batch may need them
         rooms = resp.get("rooms") if isinstance(resp.get("rooms"), dict) else {}
         assert isinstance(rooms, dict)
         joined = rooms.get("join") if isinstance(rooms.get("join"), dict) else {}
@@ -395,7 +400,7 @@ class SyncLoop:
         raw_timeline = timeline.get("events") if isinstance(timeline.get("events"), list) else []
         assert isinstance(raw_state, list) and isinstance(raw_timeline, list)
         state_events = parse_events(room_id, raw_state)
-        timeline_events = parse_events(room_id, raw_timeline)
+        timeline_events = self.crypto.decrypt(room_id, parse_events(room_id, raw_timeline))
         mem = self._rooms.get(room_id)
         prev_batch = timeline.get("prev_batch")
         if not (
@@ -479,7 +484,7 @@ class SyncLoop:
             room_id, token, direction, self.gap_page_events,
             filter_json=self._messages_filter(), to=to,
         ))
-        return parse_page(room_id, answer)
+        return self.crypto.decrypt_page(room_id, parse_page(room_id, answer), hold=True)
 
     async def _gap_start(
         self, room_id: str, prev_batch: str, last_event_id: str, block: set[str]
