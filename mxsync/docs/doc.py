@@ -224,6 +224,7 @@ class SyncedDoc:
         try:
             async with AsyncExitStack() as stack:
                 await self._restore()
+                self._writer.max_bytes = await self.client.content_budget(self.room_id)
                 self._subscription = self.doc.observe(self._local.on_transaction)
                 stack.callback(self._unobserve)
                 recv = await stack.enter_async_context(

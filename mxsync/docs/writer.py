@@ -38,7 +38,7 @@ from ..engine.outbox import OutboxEntry, SendHandle, Staging
 from ..engine.surface import Engine
 from ..errors import ConfigError, MatrixError, MxsyncError
 from ..protocol import docs as proto
-from ..protocol.types import DOC_SNAPSHOT, DOC_UPDATE
+from ..protocol.types import DOC_SNAPSHOT, DOC_UPDATE, MAX_CONTENT_BYTES
 from . import cache
 from .local import LocalChanges
 from .replica import Replica
@@ -116,6 +116,8 @@ class Writer:
         self._cached_moves = 0  # replica.moves when the last state was taken
         self._last_base = time.monotonic()
         self.counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        #: JSON bytes per event content; the document lowers it in an encrypted room.
+        self.max_bytes = MAX_CONTENT_BYTES
 
     def wake(self) -> None:
         self._wake.set()
@@ -292,7 +294,8 @@ class Writer:
             update = self.local.take_batch()
             if update is not None:
                 try:
-                    contents += [(DOC_UPDATE, c) for c in proto.encode_update(self.name, update)]
+                    contents += [(DOC_UPDATE, c) for c in proto.encode_update(
+                        self.name, update, max_bytes=self.max_bytes)]
                 except ConfigError as exc:  # over MAX_PAYLOAD_BYTES: no event can carry it
                     self.send_error = exc
                     log.error("%r in %s: a batch of %d bytes cannot be sent (%s); local "
@@ -324,7 +327,7 @@ class Writer:
                 (DOC_SNAPSHOT, c)
                 for c in proto.encode_snapshot(
                     self.name, state, doc.get_state(), self.replica.snapshot_covers(),
-                    updates_since=self.policy.updates_since,
+                    updates_since=self.policy.updates_since, max_bytes=self.max_bytes,
                 )
             ]
         except ConfigError as exc:

@@ -323,10 +323,14 @@ class Connection:
     async def _room_encrypted(self, room_id: str) -> bool:
         return await self.state_event(room_id, ENCRYPTION) is not None
 
+    async def is_encrypted(self, room_id: str) -> bool:
+        """Is ``room_id`` end-to-end encrypted (its timeline events encrypted)?"""
+        return self.crypto is not None and await self.crypto.is_encrypted(room_id)
+
     async def content_budget(self, room_id: str) -> int:
         """How many JSON bytes one event's content may take in ``room_id``: less
         in an encrypted room, where the megolm envelope must fit the limit."""
-        if self.crypto is not None and await self.crypto.is_encrypted(room_id):
+        if await self.is_encrypted(room_id):
             return MAX_ENCRYPTED_CONTENT_BYTES
         return MAX_CONTENT_BYTES
 

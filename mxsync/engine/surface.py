@@ -81,6 +81,10 @@ class Engine(Protocol):
         """When (``time.monotonic()``) a send will probably be accepted."""
         ...
 
+    async def is_encrypted(self, room_id: str) -> bool:
+        """Is ``room_id`` end-to-end encrypted (its timeline events encrypted)?"""
+        ...
+
     async def content_budget(self, room_id: str) -> int:
         """JSON bytes one event's content may take in ``room_id`` (less when encrypted)."""
         ...
