@@ -42,6 +42,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anyio
 import msgspec
 from nio import AsyncClient, AsyncClientConfig, ErrorResponse
@@ -52,7 +53,7 @@ from nio.responses import SyncResponse
 from nio.rooms import MatrixRoom
 from nio.store import SqliteMemoryStore, SqliteStore
 
-from ..errors import TransientError
+from ..errors import HomeserverUnavailable, TransientError
 from ..protocol import api
 from ..protocol.types import ENCRYPTED, ENCRYPTION, NAMESPACE
 from .events import MessagesPage, RoomEvent, parse_event
@@ -149,7 +150,7 @@ class Crypto:
     async def upload_keys(self) -> None:
         """Upload device and one-time keys if the server lacks some."""
         if self._nio.should_upload_keys:
-            self._check(await self._nio.keys_upload(), "keys upload")
+            await self._call("keys upload", self._nio.keys_upload)
 
     @property
     def identity_keys(self) -> dict[str, str]:
@@ -182,11 +183,14 @@ class Crypto:
             "device_lists": lists,
             "device_one_time_keys_count": resp.get("device_one_time_keys_count") or {},
         }
-        parsed = SyncResponse.from_dict(reduced)
-        if isinstance(parsed, ErrorResponse):
-            log.warning("crypto: unreadable sync parts: %s", parsed)
-            return
-        await self._nio.receive_response(parsed)
+        try:
+            parsed = SyncResponse.from_dict(reduced)
+            if isinstance(parsed, ErrorResponse):
+                log.warning("crypto: unreadable sync parts: %s", parsed)
+                return
+            await self._nio.receive_response(parsed)
+        except Exception:  # nio's parsing and Olm: a bad to-device message must not stop the loop
+            log.exception("crypto: nio could not take this sync answer")
         try:
             await self.upload_keys()
         except TransientError as exc:
@@ -290,7 +294,11 @@ class Crypto:
     async def is_encrypted(self, room_id: str) -> bool:
         if room_id in self._encrypted:
             return True
-        if await self._is_encrypted_state(room_id):
+        try:
+            encrypted = await self._is_encrypted_state(room_id)
+        except HomeserverUnavailable as exc:  # the outbox retries transient errors
+            raise TransientError(str(exc)) from None
+        if encrypted:
             self.mark_encrypted(room_id)
             return True
         return False
@@ -315,24 +323,28 @@ class Crypto:
             seen = self._members_at.get(room_id)
             if seen is None or time.monotonic() - seen > self.member_refresh:
                 before = set(room.users)
-                self._check(await nio.joined_members(room_id), "joined members")
+                await self._call("joined members", lambda: nio.joined_members(room_id))
                 self._members_at[room_id] = time.monotonic()
                 if seen is not None and set(room.users) - before:
                     # A newcomer must not read what was sent before it joined.
                     nio.invalidate_outbound_session(room_id)
             if nio.should_query_keys:
-                self._check(await nio.keys_query(), "keys query")
+                await self._call("keys query", nio.keys_query)
             if nio.olm.should_share_group_session(room_id):
-                self._check(
-                    await nio.share_group_session(room_id, ignore_unverified_devices=True),
-                    "share group session",
-                )
+                await self._call("share group session", lambda: nio.share_group_session(
+                    room_id, ignore_unverified_devices=True))
                 self.sessions_shared += 1
 
     @staticmethod
-    def _check(resp: Any, what: str) -> None:
+    async def _call(what: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+        """One nio request; its failures as TransientError (the callers retry)."""
+        try:
+            resp = await fn()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise TransientError(f"{what}: {exc!r}") from None
         if isinstance(resp, ErrorResponse):
             raise TransientError(f"{what}: {resp.status_code} {resp.message}")
+        return resp
 
     def statistics(self) -> CryptoStatistics:
         return CryptoStatistics(
