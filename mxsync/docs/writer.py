@@ -34,6 +34,7 @@ import anyio
 import anyio.abc
 import msgspec
 
+from ..engine.events import RoomEvent
 from ..engine.outbox import OutboxEntry, SendHandle, Staging
 from ..engine.surface import Engine
 from ..errors import ConfigError, MatrixError, MxsyncError
@@ -118,6 +119,9 @@ class Writer:
         self.counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         #: JSON bytes per event content; the document lowers it in an encrypted room.
         self.max_bytes = MAX_CONTENT_BYTES
+        #: A member asked for a snapshot (a late joiner of an encrypted room):
+        #: the next one goes out whatever the policy says.
+        self._snapshot_asked = False
 
     def wake(self) -> None:
         self._wake.set()
@@ -171,6 +175,17 @@ class Writer:
         ):
             self.snapshot_wanted = True
             self._wake.set()
+
+    def snapshot_requested(self, ev: RoomEvent) -> None:
+        """A member who cannot read the history asked for this document: answer
+        with a snapshot, encrypted in a session the newcomer has."""
+        if ev.content.get("doc") != self.name or ev.txn_id is not None:  # or our own echo
+            return
+        if self.read_only or not self.may_snapshot or self.replica.doc.get_state() == b"\x00":
+            return  # nothing to give
+        log.info("%r in %s: %s asked for a snapshot", self.name, self.room_id, ev.sender)
+        self.snapshot_wanted = self._snapshot_asked = True
+        self._wake.set()
 
     # -- the task ------------------------------------------------------------------
 
@@ -320,7 +335,8 @@ class Writer:
         doc = self.replica.doc
         state = doc.get_update()
         self.state_bytes = len(state)
-        if not self.policy.should_snapshot(len(state)):
+        asked, self._snapshot_asked = self._snapshot_asked, False
+        if not asked and not self.policy.should_snapshot(len(state)):
             return None
         try:
             contents += [

@@ -35,6 +35,7 @@ from ..protocol.types import (
     ENCRYPTION,
     MAX_CONTENT_BYTES,
     MAX_ENCRYPTED_CONTENT_BYTES,
+    MEMBER_TYPES,
     POWER_LEVELS,
 )
 from .authz import power_level_allows, room_creators
@@ -298,6 +299,7 @@ class Connection:
                 "state_default": 50,
                 "events": {
                     **{t: 50 for t in ALL_TYPES},
+                    **{t: 0 for t in MEMBER_TYPES},
                     POWER_LEVELS: 100,
                     "m.room.name": 50,
                 },

@@ -55,7 +55,7 @@ from nio.store import SqliteMemoryStore, SqliteStore
 
 from ..errors import HomeserverUnavailable, TransientError
 from ..protocol import api
-from ..protocol.types import ENCRYPTED, ENCRYPTION, NAMESPACE
+from ..protocol.types import ENCRYPTED, ENCRYPTION, MEMBER, NAMESPACE
 from .events import MessagesPage, RoomEvent, parse_event
 
 __all__ = ["Cleartext", "Crypto", "CryptoStatistics", "MEGOLM", "nio_config"]
@@ -96,6 +96,9 @@ class CryptoStatistics(msgspec.Struct, frozen=True):
 class Cleartext:
     """The hooks of :class:`Crypto` for a client without encryption: no-ops."""
 
+    #: Types the sync filter adds for this layer.
+    sync_types: tuple[str, ...] = ()
+
     async def receive_sync(self, resp: dict[str, Any]) -> None:
         return None
 
@@ -110,6 +113,11 @@ class Cleartext:
 
 class Crypto:
     """nio's Olm machine and the engine's encrypt/decrypt steps."""
+
+    #: Membership events in /sync: Synapse reports the device lists of newcomers
+    #: only when their join is in the (filtered) sync answer, and a join or leave
+    #: must start a new session. They go no further than :meth:`decrypt`.
+    sync_types: tuple[str, ...] = (MEMBER,)
 
     def __init__(
         self,
@@ -169,6 +177,8 @@ class Crypto:
             raws = [*((room.get("state") or {}).get("events") or []),
                     *((room.get("timeline") or {}).get("events") or [])]
             enc = [r for r in raws if isinstance(r, dict) and r.get("type") == ENCRYPTION]
+            if any(isinstance(r, dict) and r.get("type") == MEMBER for r in raws):
+                self._members_at.pop(room_id, None)  # someone joined or left
             if enc:
                 self.mark_encrypted(room_id)
                 rooms[room_id] = {"state": {"events": enc},
@@ -204,12 +214,13 @@ class Crypto:
         arrived first; undecryptable ones left out (held when ``hold``).
         ``types``: the history filter, applied to what was decrypted."""
         held = self._held.get(room_id)
-        if not held and not any(ev.type == ENCRYPTED for ev in events):
+        if not held and not any(ev.type in (ENCRYPTED, MEMBER) for ev in events):
             return events
         out = self._recover(room_id) if hold else []
         for ev in events:
             if ev.type != ENCRYPTED:
-                out.append(ev)
+                if ev.type != MEMBER:
+                    out.append(ev)
                 continue
             megolm = _megolm(room_id, ev)
             if megolm is None:
@@ -223,8 +234,11 @@ class Crypto:
     def decrypt_page(
         self, room_id: str, page: MessagesPage, *, hold: bool, types: Sequence[str] | None = None
     ) -> MessagesPage:
+        before = self.undecryptable
         events = self.decrypt(room_id, page.events, hold=hold, types=types)
-        return page if events is page.events else MessagesPage(events, page.start, page.end)
+        if events is page.events:
+            return page
+        return MessagesPage(events, page.start, page.end, self.undecryptable - before)
 
     def _recover(self, room_id: str) -> list[RoomEvent]:
         held = self._held.get(room_id)
@@ -322,11 +336,12 @@ class Crypto:
             room = nio.rooms[room_id]
             seen = self._members_at.get(room_id)
             if seen is None or time.monotonic() - seen > self.member_refresh:
-                before = set(room.users)
+                before = set(room.users) if room.members_synced else None
                 await self._call("joined members", lambda: nio.joined_members(room_id))
                 self._members_at[room_id] = time.monotonic()
-                if seen is not None and set(room.users) - before:
-                    # A newcomer must not read what was sent before it joined.
+                if before is not None and set(room.users) != before:
+                    # A newcomer must not read what was sent before it joined, nor
+                    # one who left what is sent after: a new session.
                     nio.invalidate_outbound_session(room_id)
             if nio.should_query_keys:
                 await self._call("keys query", nio.keys_query)

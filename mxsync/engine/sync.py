@@ -227,7 +227,7 @@ class SyncLoop:
                               events=self.events_delivered, gap_fills=self.gap_fills)
 
     def filter_json(self) -> str:
-        types = list(SYNC_TYPES)
+        types = [*SYNC_TYPES, *self.crypto.sync_types]
         room_filter = {
             "timeline": {"types": types, "limit": self.timeline_limit},
             "state": {"types": types, "lazy_load_members": True},

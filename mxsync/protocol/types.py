@@ -12,6 +12,8 @@ __all__ = [
     "DOC",
     "DOC_UPDATE",
     "DOC_SNAPSHOT",
+    "DOC_REQUEST",
+    "MEMBER_TYPES",
     "READINGS",
     "SENSOR",
     "DEVICE",
@@ -25,6 +27,7 @@ __all__ = [
     "CREATE",
     "ENCRYPTION",
     "ENCRYPTED",
+    "MEMBER",
     "MAX_ENCRYPTED_CONTENT_BYTES",
     "encrypted_content_bytes",
 ]
@@ -37,6 +40,9 @@ DOC = "org.mxsync.doc"
 DOC_UPDATE = "org.mxsync.doc.update"
 #: Timeline event carrying a full-state snapshot (or one chunk of it).
 DOC_SNAPSHOT = "org.mxsync.doc.snapshot"
+#: Timeline event by which a member who cannot read a document's history (it
+#: joined an encrypted room after it was written) asks writers for a snapshot.
+DOC_REQUEST = "org.mxsync.doc.request"
 #: Timeline event carrying a batch of sensor readings.
 READINGS = "org.mxsync.readings"
 #: State event describing one sensor and its last known value; state_key is the sensor id.
@@ -51,10 +57,14 @@ CREATE = "m.room.create"
 ENCRYPTION = "m.room.encryption"
 #: The type every timeline event of an encrypted room travels as.
 ENCRYPTED = "m.room.encrypted"
+#: Membership: an encrypted room's sessions go to its members' devices.
+MEMBER = "m.room.member"
 
 STATE_TYPES: tuple[str, ...] = (DOC, SENSOR, DEVICE)
 TIMELINE_TYPES: tuple[str, ...] = (DOC_UPDATE, DOC_SNAPSHOT, READINGS)
 ALL_TYPES: tuple[str, ...] = STATE_TYPES + TIMELINE_TYPES
+#: mxsync's types that every member may send (power level 0), readers included.
+MEMBER_TYPES: tuple[str, ...] = (DOC_REQUEST,)
 
 #: Synapse refuses a PDU whose canonical JSON (signatures, hashes, envelope
 #: included) exceeds this many bytes.

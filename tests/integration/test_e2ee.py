@@ -242,3 +242,27 @@ async def test_state_events_stay_cleartext_and_readable(make_user, make_client):
     sensors = await b.room_state(room)
     assert any(ev.type.startswith("org.mxsync.") and ev.state_key is not None for ev in sensors)
     assert READINGS not in {ev.type for ev in sensors}
+
+
+async def test_a_late_joiner_gets_the_document_from_a_snapshot_it_asked_for(
+    make_user, make_client
+):
+    creds_a = await make_user("la", relaxed=True)
+    creds_b = await make_user("lb", relaxed=True)
+    a = await make_client(creds_a)
+    room = await a.create_room("late", invite=[creds_b.user_id], encrypted=True)
+    async with a.open_doc(room) as da:
+        for i in range(5):
+            da.doc.get("t", type=pycrdt.Text).insert(0, f"early{i} ")
+            await da.flush()
+        # Bob joins after all of it was written: no session of it was shared with him.
+        b = await make_client(creds_b)
+        await b.join(room)
+        async with b.open_doc(room, read_only=True) as db:
+            await until(lambda: text(db) == text(da))
+            st = b.crypto_statistics()
+            assert st is not None and st.undecryptable >= 5, st
+            assert db.statistics().skipped == 0
+            # From then on Bob reads the live updates too.
+            da.doc.get("t", type=pycrdt.Text).insert(0, "later ")
+            await until(lambda: text(db) == text(da))
