@@ -9,6 +9,7 @@ plain matrix-nio E2EE client reads and writes them, and a restarted client
 from __future__ import annotations
 
 import base64
+import random
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from nio import AsyncClient, AsyncClientConfig, JoinResponse, UnknownEvent
 from mxsync import Client
 from mxsync.dev import DevServer
 from mxsync.protocol import docs as proto
+from mxsync.protocol.readings import decode_batch
 from mxsync.protocol.types import DOC_UPDATE, MAX_ENCRYPTED_CONTENT_BYTES, READINGS
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
@@ -36,8 +38,9 @@ def text(sdoc) -> str:
     return str(sdoc.doc.get("t", type=pycrdt.Text))
 
 
-async def encrypted_room(make_user, make_client, n: int) -> tuple[str, list[Client], list]:
-    creds = [await make_user(f"e{i}", relaxed=True) for i in range(n)]
+async def encrypted_room(make_user, make_client, n: int, *,
+                         relaxed: bool = True) -> tuple[str, list[Client], list]:
+    creds = [await make_user(f"e{i}", relaxed=relaxed) for i in range(n)]
     first = await make_client(creds[0])
     room = await first.create_room("e2ee", invite=[c.user_id for c in creds[1:]],
                                    encrypted=True)
@@ -266,3 +269,70 @@ async def test_a_late_joiner_gets_the_document_from_a_snapshot_it_asked_for(
             # From then on Bob reads the live updates too.
             da.doc.get("t", type=pycrdt.Text).insert(0, "later ")
             await until(lambda: text(db) == text(da))
+
+
+KILLED_PUBLISHER = """
+import json, random, sys, anyio
+from mxsync import Client
+
+cfg = json.loads(sys.argv[1])
+
+async def main():
+    async with Client(cfg["url"], cfg["user"], password=cfg["password"],
+                      store_path=cfg["store"]) as c:
+        async with c.publisher(cfg["room"], device="burst", window=1, max_age=3600,
+                               max_bytes=8192, presence=False) as pub:
+            rng = random.Random(cfg["seed"])
+            for i in range(cfg["n"]):
+                pub.publish("v", rng.randrange(-2**20, 2**20))
+                if i % 1000 == 0:
+                    await anyio.lowlevel.checkpoint()  # the pump seals full batches meanwhile
+            await pub.persist()
+            with anyio.fail_after(60):  # default rate limits: sealed batches pile up
+                while pub.statistics().batches_sent < 3 or pub.statistics().sealed_pending < 2:
+                    await anyio.sleep(0.02)
+            print(json.dumps({"sent": pub.statistics().batches_sent}), flush=True)
+            await anyio.sleep(3600)
+
+anyio.run(main)
+"""
+
+
+async def test_kill_9_mid_burst_loses_and_duplicates_nothing(hs, make_user, make_client, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    n = 40_000  # about 15 batches of 8 KiB: more than Synapse's burst of 10
+    room, (dash, _), (_, dev_creds) = await encrypted_room(make_user, make_client, 2,
+                                                           relaxed=False)
+    store = tmp_path / "burst.db"
+    cfg = {"url": hs.url, "user": dev_creds.user_id, "password": dev_creds.password,
+           "store": str(store), "room": room, "n": n, "seed": 11}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_PUBLISHER, json.dumps(cfg)],
+                            stdout=subprocess.PIPE)
+    try:
+        with anyio.fail_after(120):
+            line = await anyio.to_thread.run_sync(proc.stdout.readline)
+    finally:
+        proc.kill()  # SIGKILL: no cleanup runs
+        proc.wait(timeout=10)
+    assert json.loads(line)["sent"] >= 3
+    await hs.override_ratelimit(dev_creds.user_id)
+    async with Client(hs.url, dev_creds.user_id, password=dev_creds.password,
+                      store_path=store) as again:
+        async with again.publisher(room, device="burst", presence=False) as pub:
+            with anyio.fail_after(120):
+                await pub.flush()
+    seqs: list[int] = []
+    values: list[object] = []
+    async for page in dash.pages(room, direction="f", types=[READINGS]):
+        for ev in page.events:
+            batch = decode_batch(ev.content)
+            seqs.append(batch[0].seq)
+            values.extend(r.value for r in batch)
+    assert seqs == list(range(len(seqs)))  # every batch once, none lost
+    rng = random.Random(11)
+    assert values == [rng.randrange(-2**20, 2**20) for _ in range(n)]
+    st = dash.crypto_statistics()
+    assert st is not None and st.undecryptable == 0, st
