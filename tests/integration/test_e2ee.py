@@ -12,6 +12,7 @@ import base64
 import random
 import secrets
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import anyio
@@ -69,6 +70,28 @@ def b64_forms(marker: bytes) -> list[bytes]:
 
 def leaks(data: bytes, marker: bytes) -> bool:
     return marker in data or any(form in data for form in b64_forms(marker))
+
+
+async def test_three_clients_edit_one_encrypted_document_and_converge(make_user, make_client):
+    room, clients, _ = await encrypted_room(make_user, make_client, 3)
+    async with AsyncExitStack() as stack:
+        docs = [await stack.enter_async_context(c.open_doc(room)) for c in clients]
+        with anyio.fail_after(60):
+            for d in docs:
+                await d.wait_synced()
+        for i in range(15):
+            for k, d in enumerate(docs):
+                d.doc.get("t", type=pycrdt.Text).insert(0, f"{k}:{i} ")
+            await anyio.sleep(0.02)
+        with anyio.fail_after(90):
+            for d in docs:
+                await d.flush()
+        want = sum(len(f"{k}:{i} ") for i in range(15) for k in range(3))
+        await until(lambda: len({text(d) for d in docs}) == 1 and len(text(docs[0])) == want)
+        assert all(d.statistics().skipped == 0 for d in docs)
+    for c in clients:
+        st = c.crypto_statistics()
+        assert st is not None and st.undecryptable == 0 and st.encrypted > 0, st
 
 
 async def test_two_clients_converge_and_the_server_db_holds_no_plaintext(
