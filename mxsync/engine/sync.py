@@ -75,9 +75,8 @@ __all__ = ["SyncLoop", "Status", "SyncStatistics", "SYNC_TYPES"]
 
 log = logging.getLogger("mxsync.sync")
 
-#: Event types the sync filter lets through: mxsync's namespace, the state the
-#: engine needs to judge permissions, and encrypted rooms' events (decrypted
-#: by :mod:`~mxsync.engine.crypto` before anything else sees them).
+#: Event types the sync filter lets through: mxsync's namespace, the state the engine
+#: needs to judge permissions, encrypted rooms' events (decrypted before delivery).
 SYNC_TYPES: tuple[str, ...] = (f"{NAMESPACE}.*", POWER_LEVELS, CREATE, ENCRYPTION, ENCRYPTED)
 
 _NS = "sync"
@@ -400,7 +399,8 @@ class SyncLoop:
         raw_timeline = timeline.get("events") if isinstance(timeline.get("events"), list) else []
         assert isinstance(raw_state, list) and isinstance(raw_timeline, list)
         state_events = parse_events(room_id, raw_state)
-        timeline_events = self.crypto.decrypt(room_id, parse_events(room_id, raw_timeline))
+        timeline_events = self.crypto.decrypt(room_id, parse_events(room_id, raw_timeline),
+                                              hold=batch.live)  # the first sync delivers nothing
         mem = self._rooms.get(room_id)
         prev_batch = timeline.get("prev_batch")
         if not (
