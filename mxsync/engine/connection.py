@@ -26,7 +26,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream
 from nio import AsyncClient, AsyncClientConfig
 
-from ..errors import ConfigError, LoginError, MatrixError
+from ..errors import ConfigError, LoginError, MatrixError, RateLimitedError, TransientError
 from ..protocol import api
 from ..protocol.types import (
     ALL_TYPES,
@@ -136,7 +136,10 @@ class Connection:
             await self._login()
             if self.crypto is not None:
                 self.crypto.open()
-                await self._retrying(self.crypto.upload_keys, "keys upload")
+                try:  # each sync tries again: a server without E2EE still syncs
+                    await self.crypto.upload_keys()
+                except TransientError as exc:
+                    log.warning("could not upload device keys yet: %s", exc)
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
             self._tg = tg
@@ -323,7 +326,14 @@ class Connection:
         return room_id
 
     async def _room_encrypted(self, room_id: str) -> bool:
-        return await self.state_event(room_id, ENCRYPTION) is not None
+        try:
+            return await self.state_event(room_id, ENCRYPTION) is not None
+        except RateLimitedError:
+            raise
+        except MatrixError as exc:
+            # A definite refusal (not joined, no such room): a send there fails as well.
+            log.debug("no state of %s (%s): taken as cleartext", room_id, exc)
+            return False
 
     async def is_encrypted(self, room_id: str) -> bool:
         """Is ``room_id`` end-to-end encrypted (its timeline events encrypted)?"""

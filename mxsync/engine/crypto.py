@@ -66,6 +66,8 @@ _json = msgspec.json.Encoder()
 MEGOLM = "m.megolm.v1.aes-sha2"
 #: Events held per room while their session's key has not arrived.
 _MAX_HELD = 1_000
+#: Seconds between key uploads after one failed.
+_UPLOAD_BACKOFF = 30.0
 
 
 def nio_config() -> AsyncClientConfig:
@@ -135,6 +137,7 @@ class Crypto:
         self._members_at: dict[str, float] = {}
         self._locks: dict[str, anyio.Lock] = {}
         self._held: dict[str, OrderedDict[str, MegolmEvent]] = {}
+        self._upload_after = 0.0
         self.encrypted = self.decrypted = self.recovered = 0
         self.undecryptable = self.sessions_shared = 0
 
@@ -156,9 +159,15 @@ class Crypto:
         self._encrypted |= set(nio.encrypted_rooms)
 
     async def upload_keys(self) -> None:
-        """Upload device and one-time keys if the server lacks some."""
-        if self._nio.should_upload_keys:
+        """Upload device and one-time keys if the server lacks some; after a
+        failure, not again for ``_UPLOAD_BACKOFF`` seconds (each sync asks)."""
+        if not self._nio.should_upload_keys or time.monotonic() < self._upload_after:
+            return
+        try:
             await self._call("keys upload", self._nio.keys_upload)
+        except TransientError:
+            self._upload_after = time.monotonic() + _UPLOAD_BACKOFF
+            raise
 
     @property
     def identity_keys(self) -> dict[str, str]:
@@ -171,30 +180,8 @@ class Crypto:
         """Feed nio what its crypto needs from one /sync answer: to-device
         messages (room keys), device-list changes, one-time key counts, and
         which rooms are encrypted. Called before the rooms are delivered."""
-        rooms: dict[str, Any] = {}
-        joined = (resp.get("rooms") or {}).get("join") or {}
-        for room_id, room in joined.items() if isinstance(joined, dict) else ():
-            raws = [*((room.get("state") or {}).get("events") or []),
-                    *((room.get("timeline") or {}).get("events") or [])]
-            enc = [r for r in raws if isinstance(r, dict) and r.get("type") == ENCRYPTION]
-            if any(isinstance(r, dict) and r.get("type") == MEMBER for r in raws):
-                self._members_at.pop(room_id, None)  # someone joined or left
-            if enc:
-                self.mark_encrypted(room_id)
-                rooms[room_id] = {"state": {"events": enc},
-                                  "timeline": {"events": [], "limited": False}}
-        lists = resp.get("device_lists") or {}
-        if lists.get("changed") or lists.get("left"):
-            self._members_at.clear()  # someone joined, left or changed devices
-        reduced = {
-            "next_batch": resp.get("next_batch", ""),
-            "rooms": {"join": rooms},
-            "to_device": resp.get("to_device") or {"events": []},
-            "device_lists": lists,
-            "device_one_time_keys_count": resp.get("device_one_time_keys_count") or {},
-        }
         try:
-            parsed = SyncResponse.from_dict(reduced)
+            parsed = SyncResponse.from_dict(self._reduce(resp))
             if isinstance(parsed, ErrorResponse):
                 log.warning("crypto: unreadable sync parts: %s", parsed)
                 return
@@ -204,7 +191,34 @@ class Crypto:
         try:
             await self.upload_keys()
         except TransientError as exc:
-            log.warning("crypto: key upload failed, retried next sync: %s", exc)
+            log.warning("crypto: key upload failed, retried later: %s", exc)
+
+    def _reduce(self, resp: dict[str, Any]) -> dict[str, Any]:
+        """The parts of a /sync answer nio's crypto takes; notes encrypted rooms
+        and membership changes on the way."""
+        rooms: dict[str, Any] = {}
+        joined = _dict(_dict(resp.get("rooms")).get("join"))
+        for room_id, room in joined.items():
+            room = _dict(room)
+            raws = [r for part in ("state", "timeline")
+                    for r in _list(_dict(room.get(part)).get("events")) if isinstance(r, dict)]
+            if any(r.get("type") == MEMBER for r in raws):
+                self._members_at.pop(room_id, None)  # someone joined or left
+            enc = [r for r in raws if r.get("type") == ENCRYPTION]
+            if enc:
+                self.mark_encrypted(room_id)
+                rooms[room_id] = {"state": {"events": enc},
+                                  "timeline": {"events": [], "limited": False}}
+        lists = _dict(resp.get("device_lists"))
+        if lists.get("changed") or lists.get("left"):
+            self._members_at.clear()  # someone joined, left or changed devices
+        return {
+            "next_batch": str(resp.get("next_batch", "")),
+            "rooms": {"join": rooms},
+            "to_device": _dict(resp.get("to_device")) or {"events": []},
+            "device_lists": lists,
+            "device_one_time_keys_count": _dict(resp.get("device_one_time_keys_count")),
+        }
 
     def decrypt(
         self, room_id: str, events: list[RoomEvent], *, hold: bool = True,
@@ -387,3 +401,11 @@ def _megolm(room_id: str, ev: RoomEvent) -> MegolmEvent | None:
 def _matches(event_type: str, types: Sequence[str]) -> bool:
     """Does ``event_type`` pass a Matrix type filter (``*`` is a wildcard)?"""
     return any(fnmatch.fnmatchcase(event_type, t) for t in types)
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
