@@ -24,9 +24,16 @@ Invariants:
 - A decrypted event counts only if its plaintext names this room, and, when
   the sender's device keys are known, its session came from that device.
   Its inner type must be in mxsync's namespace (as the cleartext filter).
-- An event whose session is missing is held (bounded per room) and retried
+- Membership events come in /sync (the filter adds ``m.room.member``: Synapse
+  reports a newcomer's device list only when its join is in the filtered
+  answer) and stop here; a join or leave makes the next send refresh the
+  members and start a new session.
+- An event whose session is missing is held (bounded per room, in memory; not
+  in the first sync of a new store, which delivers nothing) and retried
   whenever keys arrive; bad ciphertext, replays and forgeries are skipped.
   Both are counted (:class:`CryptoStatistics`); nothing here raises into a loop.
+- A homeserver without E2EE does not stop a client: the key upload is retried,
+  30 s apart, and rooms without ``m.room.encryption`` stay cleartext.
 """
 
 from __future__ import annotations
