@@ -398,7 +398,7 @@ class SyncLoop:
         raw_state = state.get("events") if isinstance(state.get("events"), list) else []
         raw_timeline = timeline.get("events") if isinstance(timeline.get("events"), list) else []
         assert isinstance(raw_state, list) and isinstance(raw_timeline, list)
-        state_events = parse_events(room_id, raw_state)
+        state_events = self.crypto.decrypt(room_id, parse_events(room_id, raw_state), hold=False)
         timeline_events = self.crypto.decrypt(room_id, parse_events(room_id, raw_timeline),
                                               hold=batch.live)  # the first sync delivers nothing
         mem = self._rooms.get(room_id)
