@@ -31,7 +31,7 @@ import anyio
 from mxsync.dev import DevServer
 
 MODULES = {"docs": "bench.bench_docs", "streams": "bench.bench_streams", "rss": "bench.bench_rss",
-           "federation": "bench.bench_federation"}
+           "federation": "bench.bench_federation", "e2ee": "bench.bench_e2ee"}
 
 #: Keys every full run writes, each a number (issue #6).
 REQUIRED = (
@@ -48,6 +48,9 @@ RATIOS: list[tuple[str, str, float | None]] = [
     ("doc_open_ms_replay", "doc_open_ms_snapshot", 10.0),
     ("readings_per_s", "readings_per_s_naive", 200.0),
     ("readings_per_s", "readings_per_s_mqtt", 1.0),
+    # End-to-end encryption against the same workload in cleartext (issue #15).
+    ("e2ee_doc_edits_per_s", "e2ee_doc_edits_per_s_cleartext", 0.5),
+    ("e2ee_readings_per_s", "e2ee_readings_per_s_cleartext", 0.5),
     # Under Synapse's default message limit (no target: for the record).
     ("doc_edits_per_s_default", "doc_edits_per_s_naive_default", None),
     ("doc_edits_per_s_default", "doc_edits_per_s_naive_default_ceiling", None),

@@ -126,15 +126,17 @@ async def _users(hs: DevServer, stack: AsyncExitStack, n: int, tag: str,
     return clients
 
 
-async def _room(owner: Client, members: list[Client]) -> str:
-    room = await owner.create_room("bench", invite=[m.user_id for m in members])
+async def _room(owner: Client, members: list[Client], *, encrypted: bool = False) -> str:
+    room = await owner.create_room("bench", invite=[m.user_id for m in members],
+                                   encrypted=encrypted)
     for m in members:
         await m.join(room)
     return room
 
 
-async def throughput(w: Client, r: Client, n: int) -> dict[str, float]:
-    room = await _room(w, [r])
+async def throughput(w: Client, r: Client, n: int, *, encrypted: bool = False
+                     ) -> dict[str, float]:
+    room = await _room(w, [r], encrypted=encrypted)
     text = "".join(string.ascii_lowercase[i % 26] for i in range(n))
     async with w.open_doc(room, "tp") as dw, r.open_doc(room, "tp") as dr:
         with anyio.fail_after(60):

@@ -86,19 +86,20 @@ async def _users(hs: DevServer, *, relaxed: bool) -> tuple[Credentials, Credenti
     return pub, sub
 
 
-async def _room(pc: Client, sc: Client, sub: Credentials) -> str:
-    room = await pc.create_room("bench", invite=[sub.user_id])
+async def _room(pc: Client, sc: Client, sub: Credentials, *, encrypted: bool = False) -> str:
+    room = await pc.create_room("bench", invite=[sub.user_id], encrypted=encrypted)
     await sc.join(room)
     return room
 
 
-async def end_to_end(hs: DevServer, tmp: Path, n: int) -> tuple[float, float]:
+async def end_to_end(hs: DevServer, tmp: Path, n: int, *, encrypted: bool = False
+                     ) -> tuple[float, float]:
     """Relaxed limits: (readings/s publisher -> subscriber, bytes per reading sent)."""
     pub, sub = await _users(hs, relaxed=True)
     async with Client(hs.url, pub.user_id, password=pub.password,
                       store_path=tmp / f"{pub.user_id[1:]}.db") as pc, \
             Client(hs.url, sub.user_id, password=sub.password) as sc:
-        room = await _room(pc, sc, sub)
+        room = await _room(pc, sc, sub, encrypted=encrypted)
         async with sc.subscribe(room) as subscriber:
             done = anyio.Event()
 

@@ -29,7 +29,7 @@ from ..engine.surface import Engine
 from ..engine.taskgroups import exit_stack
 from ..errors import ConfigError, HomeserverUnavailable, MatrixError, ProtocolError, TransientError
 from ..protocol import docs as proto
-from ..protocol.types import DOC, DOC_SNAPSHOT, DOC_UPDATE
+from ..protocol.types import DOC, DOC_REQUEST, DOC_SNAPSHOT, DOC_UPDATE
 from .loader import Loader, ProgressCallback, restore
 from .local import LocalChanges
 from .replica import CREATE, PL, Replica
@@ -251,6 +251,7 @@ class SyncedDoc:
         try:
             async with AsyncExitStack() as stack:
                 await self._restore()
+                self._writer.max_bytes = await self.client.content_budget(self.room_id)
                 self._subscription = self.doc.observe(self._local.on_transaction)
                 stack.callback(self._unobserve)
                 recv = await stack.enter_async_context(
@@ -316,6 +317,9 @@ class SyncedDoc:
     # -- reader ------------------------------------------------------------------------
 
     def _safe_process(self, ev: RoomEvent, *, live: bool) -> None:
+        if ev.type == DOC_REQUEST:
+            self._writer.snapshot_requested(ev)
+            return
         self._replica.safe_process(ev, live=live)
 
     async def _reader(self, recv: MemoryObjectReceiveStream[RoomEvent]) -> None:
@@ -403,6 +407,19 @@ class SyncedDoc:
             self._writer.declared = True
             self._wake()
         await self._loader.history()
+        await self._ask_if_unreadable()
+
+    async def _ask_if_unreadable(self) -> None:
+        """In an encrypted room, history sent before this device joined cannot be
+        decrypted: if the load met such events, ask the writers for a snapshot
+        (docs/PROTOCOL.md, late joiners)."""
+        if not self._loader.unreadable or not await self.client.is_encrypted(self.room_id):
+            return
+        try:
+            await self.client.send(self.room_id, DOC_REQUEST, {"v": proto.VERSION,
+                                                               "doc": self.name})
+        except MatrixError as exc:
+            log.warning("%r in %s: cannot ask for a snapshot: %s", self.name, self.room_id, exc)
 
 
 def open_doc(client: Engine, room_id: str, name: str = "default", **kw: Any) -> SyncedDoc:

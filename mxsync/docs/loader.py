@@ -111,6 +111,8 @@ class Loader:
         #: Live events that came while waiting for the declaration, in order.
         self.backlog: list[RoomEvent] = []
         self.counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        #: Encrypted history events this load could not decrypt (a late joiner).
+        self.unreadable = 0
 
     def _progress(self, done: int, total: int | None) -> None:
         if self._on_progress is None:
@@ -201,6 +203,7 @@ class Loader:
                 self.counts["load_http_ms"] += round((time.perf_counter() - started) * 1000)
             self.counts["load_pages"] += 1
             self.counts["load_events"] += len(page.events)
+            self.unreadable += page.undecryptable
             yield page
 
     async def _messages(self, token: str | None, limit: int, types: list[str]) -> MessagesPage:
@@ -240,7 +243,7 @@ class Loader:
                         await anyio.lowlevel.checkpoint()
                 read += len(page.events)
                 self._progress(read, None)
-                if not page.events:
+                if not page.events and not page.undecryptable:
                     break
 
     async def _cold_open(self) -> None:
@@ -262,13 +265,15 @@ class Loader:
                 page = await anext(pages)
                 self.counts["load_pages"] += 1
                 self.counts["load_events"] += len(page.events)
+                self.unreadable += page.undecryptable
                 for ev in page.events:
                     window.append(ev)
                     scan.see(ev, len(window) - 1)
                 self._progress(len(window), None)
                 # The page rule's stop (no end, or one that does not move), and
                 # an empty page: the walk is over.
-                if not page.events or page.end is None or page.end == token:
+                empty = not page.events and not page.undecryptable
+                if empty or page.end is None or page.end == token:
                     exhausted = True
                 token = page.end
                 await anyio.lowlevel.checkpoint()

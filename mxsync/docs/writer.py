@@ -34,11 +34,12 @@ import anyio
 import anyio.abc
 import msgspec
 
+from ..engine.events import RoomEvent
 from ..engine.outbox import OutboxEntry, SendHandle, Staging
 from ..engine.surface import Engine
 from ..errors import ConfigError, MatrixError, MxsyncError
 from ..protocol import docs as proto
-from ..protocol.types import DOC_SNAPSHOT, DOC_UPDATE
+from ..protocol.types import DOC_SNAPSHOT, DOC_UPDATE, MAX_CONTENT_BYTES
 from . import cache
 from .local import LocalChanges
 from .replica import Replica
@@ -118,6 +119,11 @@ class Writer:
         self._cached_moves = 0  # replica.moves when the last state was taken
         self._last_base = time.monotonic()
         self.counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        #: JSON bytes per event content; the document lowers it in an encrypted room.
+        self.max_bytes = MAX_CONTENT_BYTES
+        #: A member asked for a snapshot (a late joiner of an encrypted room):
+        #: the next one goes out whatever the policy says.
+        self._snapshot_asked = False
 
     def wake(self) -> None:
         self._wake.set()
@@ -179,6 +185,17 @@ class Writer:
         ):
             self.snapshot_wanted = True
             self._wake.set()
+
+    def snapshot_requested(self, ev: RoomEvent) -> None:
+        """A member who cannot read the history asked for this document: answer
+        with a snapshot, encrypted in a session the newcomer has."""
+        if ev.content.get("doc") != self.name or ev.txn_id is not None:  # or our own echo
+            return
+        if self.read_only or not self.may_snapshot or self.replica.doc.get_state() == b"\x00":
+            return  # nothing to give
+        log.info("%r in %s: %s asked for a snapshot", self.name, self.room_id, ev.sender)
+        self.snapshot_wanted = self._snapshot_asked = True
+        self._wake.set()
 
     # -- the task ------------------------------------------------------------------
 
@@ -302,7 +319,8 @@ class Writer:
             update = self.local.take_batch()
             if update is not None:
                 try:
-                    contents += [(DOC_UPDATE, c) for c in proto.encode_update(self.name, update)]
+                    contents += [(DOC_UPDATE, c) for c in proto.encode_update(
+                        self.name, update, max_bytes=self.max_bytes)]
                 except ConfigError as exc:  # over MAX_PAYLOAD_BYTES: no event can carry it
                     self.send_error = exc
                     log.error("%r in %s: a batch of %d bytes cannot be sent (%s); local "
@@ -332,14 +350,16 @@ class Writer:
         if fresh and newest is not None and proto.state_vector_covers(newest[1],
                                                                       doc.get_state()):
             fresh = False  # someone posted one that holds every insert we have
-        if not fresh and not self.policy.should_snapshot(len(state)):
+        # A late joiner that cannot decrypt the history asked for one.
+        asked, self._snapshot_asked = self._snapshot_asked, False
+        if not fresh and not asked and not self.policy.should_snapshot(len(state)):
             return None
         try:
             contents += [
                 (DOC_SNAPSHOT, c)
                 for c in proto.encode_snapshot(
                     self.name, state, doc.get_state(), self.replica.snapshot_covers(),
-                    updates_since=self.policy.updates_since,
+                    updates_since=self.policy.updates_since, max_bytes=self.max_bytes,
                 )
             ]
         except ConfigError as exc:

@@ -27,10 +27,20 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream
 from nio import AsyncClient, AsyncClientConfig
 
-from ..errors import ConfigError, LoginError, MatrixError
+from ..errors import ConfigError, LoginError, MatrixError, RateLimitedError, TransientError
 from ..protocol import api
-from ..protocol.types import ALL_TYPES, CREATE, POWER_LEVELS
+from ..protocol.types import (
+    ALL_TYPES,
+    CREATE,
+    ENCRYPTED,
+    ENCRYPTION,
+    MAX_CONTENT_BYTES,
+    MAX_ENCRYPTED_CONTENT_BYTES,
+    MEMBER_TYPES,
+    POWER_LEVELS,
+)
 from .authz import power_level_allows, room_creators
+from .crypto import MEGOLM, Crypto, CryptoStatistics, nio_config
 from .events import MessagesPage, RoomEvent, parse_event, parse_events, parse_page
 from .http import Backoff, Http, retrying
 from .outbox import Outbox, OutboxEntry, OutgoingEvent, SendHandle, Staging
@@ -76,6 +86,7 @@ class Connection:
         sends_per_room: int = 8,
         request_timeout: float = 60.0,
         call_attempts: int = 5,
+        encryption: bool = True,
     ) -> None:
         if not isinstance(homeserver, str) or not homeserver.startswith(("http://", "https://")):
             raise ConfigError(f"homeserver must be an http(s) URL, got {homeserver!r}")
@@ -94,13 +105,17 @@ class Connection:
         self.nio = AsyncClient(
             self.homeserver,
             user_id,
-            config=AsyncClientConfig(store_sync_tokens=False, encryption_enabled=False),
+            config=nio_config() if encryption else
+            AsyncClientConfig(store_sync_tokens=False, encryption_enabled=False),
         )
         self.http = Http(self.nio, request_timeout=request_timeout)
-        self.outbox = Outbox(self.http, self.store, per_room=sends_per_room)
-        self.sync = SyncLoop(
-            self.http, self.store, timeline_limit=timeline_limit, timeout_ms=sync_timeout_ms
+        #: nio's Olm machine and the encrypt/decrypt steps (None: cleartext only).
+        self.crypto = None if not encryption else Crypto(
+            self.nio, None if store_path is None else Path(store_path), self._room_encrypted
         )
+        self.outbox = Outbox(self.http, self.store, per_room=sends_per_room, crypto=self.crypto)
+        self.sync = SyncLoop(self.http, self.store, timeline_limit=timeline_limit,
+                             timeout_ms=sync_timeout_ms, crypto=self.crypto)
         self._call_attempts = call_attempts
         self._stack: AsyncExitStack | None = None
         self._state_loaded: set[str] = set()
@@ -120,6 +135,12 @@ class Connection:
             )
             stack.push_async_callback(self._shielded, self.nio.close)
             await self._login()
+            if self.crypto is not None:
+                self.crypto.open()
+                try:  # each sync tries again: a server without E2EE still syncs
+                    await self.crypto.upload_keys()
+                except TransientError as exc:
+                    log.warning("could not upload device keys yet: %s", exc)
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
             self._tg = tg
@@ -254,12 +275,17 @@ class Connection:
         writers: Iterable[str] | None = None,
         *,
         topic: str | None = None,
+        encrypted: bool = False,
     ) -> str:
         """Create a room where only ``writers`` may send mxsync's event types.
 
         ``writers`` defaults to the creator and the invitees; invitees that are not
         writers can read (a dashboard) but the server refuses their mxsync events.
+        ``encrypted`` makes it end-to-end encrypted (megolm) from its first event:
+        timeline events are then encrypted, state events stay cleartext.
         """
+        if encrypted and self.crypto is None:
+            raise ConfigError("encrypted=True needs a client with encryption=True")
         invite = list(invite)
         for uid in invite:
             _check_user_id(uid)
@@ -282,6 +308,7 @@ class Connection:
                 "state_default": 50,
                 "events": {
                     **{t: 50 for t in ALL_TYPES},
+                    **{t: 0 for t in MEMBER_TYPES},
                     POWER_LEVELS: 100,
                     "m.room.name": 50,
                 },
@@ -291,11 +318,43 @@ class Connection:
             body["name"] = name
         if topic is not None:
             body["topic"] = topic
+        if encrypted:
+            body["initial_state"] = [
+                {"type": ENCRYPTION, "state_key": "", "content": {"algorithm": MEGOLM}}
+            ]
         answer = await self._call(api.create_room(body))
         room_id = answer.get("room_id")
         if not isinstance(room_id, str):
             raise MatrixError(200, "M_UNKNOWN", "createRoom answered without a room_id")
+        if encrypted and self.crypto is not None:
+            # Before the sync loop has seen it: no event may leave in cleartext.
+            self.crypto.mark_encrypted(room_id)
         return room_id
+
+    async def _room_encrypted(self, room_id: str) -> bool:
+        try:
+            return await self.state_event(room_id, ENCRYPTION) is not None
+        except RateLimitedError:
+            raise
+        except MatrixError as exc:
+            # A definite refusal (not joined, no such room): a send there fails as well.
+            log.debug("no state of %s (%s): taken as cleartext", room_id, exc)
+            return False
+
+    async def is_encrypted(self, room_id: str) -> bool:
+        """Is ``room_id`` end-to-end encrypted (its timeline events encrypted)?"""
+        return self.crypto is not None and await self.crypto.is_encrypted(room_id)
+
+    async def content_budget(self, room_id: str) -> int:
+        """How many JSON bytes one event's content may take in ``room_id``: less
+        in an encrypted room, where the megolm envelope must fit the limit."""
+        if await self.is_encrypted(room_id):
+            return MAX_ENCRYPTED_CONTENT_BYTES
+        return MAX_CONTENT_BYTES
+
+    def crypto_statistics(self) -> CryptoStatistics | None:
+        """What the encryption layer has done (None for a cleartext-only client)."""
+        return None if self.crypto is None else self.crypto.statistics()
 
     async def join(self, room_id: str, via: Iterable[str] = ()) -> str:
         """Join a room by id or alias; returns the room id.
@@ -395,8 +454,12 @@ class Connection:
         """One page of room history (``direction`` "b" backwards or "f" forwards)."""
         if direction not in ("b", "f"):
             raise ConfigError(f"direction must be 'b' or 'f', got {direction!r}")
-        req = api.room_messages(room_id, from_token, direction, limit, types=types)
-        return parse_page(room_id, await self._call(req))
+        wanted = None if types is None else list(types)
+        req = api.room_messages(room_id, from_token, direction, limit, types=_wire_types(wanted))
+        page = parse_page(room_id, await self._call(req))
+        if self.crypto is None:
+            return page
+        return self.crypto.decrypt_page(room_id, page, hold=False, types=wanted)
 
     def pages(
         self,
@@ -443,7 +506,10 @@ class Connection:
         forwards from it); None for what the answer lacks or has malformed."""
         answer = await self._call(api.room_context(room_id, event_id))
         end = answer.get("end")
-        return parse_event(room_id, answer.get("event")), end if isinstance(end, str) else None
+        ev = parse_event(room_id, answer.get("event"))
+        if ev is not None and self.crypto is not None:
+            ev = next(iter(self.crypto.decrypt(room_id, [ev], hold=False)), None)
+        return ev, end if isinstance(end, str) else None
 
     async def context_token(self, room_id: str, event_id: str) -> str | None:
         """A pagination token just after ``event_id`` (for paging forwards from it)."""
@@ -499,3 +565,9 @@ class Connection:
         pl = await self.get_state(room_id, POWER_LEVELS)
         creators = room_creators(await self.state_event(room_id, CREATE))
         return power_level_allows(pl, sender, event_type, state=state, creators=creators)
+
+
+def _wire_types(types: list[str] | None) -> list[str] | None:
+    """A /messages type filter that also lets encrypted events through (the
+    type inside is known only after decryption, which filters again)."""
+    return types + [ENCRYPTED] if types else types

@@ -93,6 +93,9 @@ class MessagesPage(msgspec.Struct, frozen=True):
     events: list[RoomEvent]
     start: str | None
     end: str | None
+    #: Encrypted events of the page left out because they could not be decrypted
+    #: (sent before this device joined, say): an empty page is not the end.
+    undecryptable: int = 0
 
 
 def parse_page(room_id: str, answer: dict[str, Any]) -> MessagesPage:

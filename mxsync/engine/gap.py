@@ -40,7 +40,7 @@ Invariants:
   appeared meanwhile (old state events found so would look current: the sync
   loop leaves them to the state /sync resolves).
   Those events come later than newer ones already delivered: features may not
-  rely on the order of concurrent events (PROTOCOL.md 1.5).
+  rely on the order of concurrent events (PROTOCOL.md 1.5, ordering).
 - The tables are the sync loop's; nobody else reads or writes them.
 """
 

@@ -21,6 +21,9 @@ Invariants:
   again after an outage (never a rate limit's wait). Neither drops anything.
 - A definite refusal (M_FORBIDDEN, M_TOO_LARGE, M_BAD_JSON, ...) can never
   succeed: the event is removed, logged and its handle raises the error.
+- In an encrypted room a timeline event is encrypted at send time (by
+  :mod:`~mxsync.engine.crypto`), never in the store: each attempt encrypts it
+  again, under the same transaction id. State events are sent as they are.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ..errors import ConfigError, MatrixError, RateLimitedError, TransientError
 from ..protocol import api
+from .crypto import Crypto
 from .http import Backoff, Http
 from .store import Store
 
@@ -226,10 +230,13 @@ def new_txn_id() -> str:
 class Outbox:
     """Persistent send queue with per-lane ordering and a shared rate-limit gate."""
 
-    def __init__(self, http: Http, store: Store, *, per_room: int = 8) -> None:
+    def __init__(
+        self, http: Http, store: Store, *, per_room: int = 8, crypto: Crypto | None = None
+    ) -> None:
         if per_room < 1:
             raise ConfigError(f"per_room must be >= 1, got {per_room!r}")
         self._http = http
+        self._crypto = crypto
         self._store = store
         self._per_room = per_room
         self._handles: dict[int, SendHandle] = {}
@@ -418,7 +425,11 @@ class Outbox:
         return max(self._resume_at, self._last_sent_at + self._pace)
 
     async def _send_once(self, row: OutboxEntry) -> str:
-        answer = await self._http.call(row.request())
+        req = None
+        if self._crypto is not None and row.state_key is None:
+            req = await self._crypto.send_request(row.room_id, row.event_type, row.txn_id,
+                                                  row.content)
+        answer = await self._http.call(req or row.request())
         event_id = answer.get("event_id")
         if not isinstance(event_id, str):
             raise TransientError(f"send answer without event_id: {answer!r:.200}")

@@ -84,6 +84,14 @@ class Engine(Protocol):
         """When (``time.monotonic()``) a send will probably be accepted."""
         ...
 
+    async def is_encrypted(self, room_id: str) -> bool:
+        """Is ``room_id`` end-to-end encrypted (its timeline events encrypted)?"""
+        ...
+
+    async def content_budget(self, room_id: str) -> int:
+        """JSON bytes one event's content may take in ``room_id`` (less when encrypted)."""
+        ...
+
     async def request(self, req: Request) -> dict[str, Any]:
         """Send one request once (no retry): a feature's own endpoint."""
         ...

@@ -68,68 +68,32 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import anyio
-import msgspec
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..errors import MatrixError, RateLimitedError, TransientError
 from ..protocol import api
-from ..protocol.types import CREATE, NAMESPACE, POWER_LEVELS
+from ..protocol.types import CREATE, ENCRYPTED, ENCRYPTION, NAMESPACE, POWER_LEVELS
+from .crypto import Cleartext, Crypto
 from .events import MessagesPage, RoomEvent, parse_events, parse_page
 from .gap import GapRepair, create_tables, mark_seen
 from .http import Backoff, Http
+from .status import State, Status, SyncStatistics
 from .store import Store
 
 __all__ = ["SyncLoop", "Status", "SyncStatistics", "SYNC_TYPES"]
 
 log = logging.getLogger("mxsync.sync")
 
-#: Event types the sync filter lets through: mxsync's namespace plus the
-#: state the engine needs to judge permissions.
-SYNC_TYPES: tuple[str, ...] = (f"{NAMESPACE}.*", POWER_LEVELS, CREATE)
+#: Event types the sync filter lets through: mxsync's namespace, the state the engine
+#: needs to judge permissions, encrypted rooms' events (decrypted before delivery).
+SYNC_TYPES: tuple[str, ...] = (f"{NAMESPACE}.*", POWER_LEVELS, CREATE, ENCRYPTION, ENCRYPTED)
 
 _NS = "sync"
 _NS_LAST = "sync.last"
-
-State = Literal["connecting", "synced", "backing_off", "stopped"]
-
-
-@dataclass
-class Status:
-    """What the sync loop is doing; ``last_error`` stays set until the next success."""
-
-    state: State = "connecting"
-    last_error: str | None = None
-    failures: int = 0
-    syncs: int = 0
-    since: str | None = None
-
-
-class SyncStatistics(msgspec.Struct, frozen=True):
-    """What the sync loop has done since the client started."""
-
-    #: "connecting", "synced", "backing_off" or "stopped".
-    state: str
-    #: /sync answers processed.
-    syncs: int
-    #: Events handed to consumers (live batches only).
-    events: int
-    #: Limited timelines whose gap was filled from /messages.
-    gap_fills: int
-    #: Events the gap fills fetched from /messages (new or already delivered).
-    gap_events_fetched: int = 0
-    #: Events the gap fills delivered.
-    gap_events_delivered: int = 0
-    #: /messages pages the gap fills fetched.
-    gap_pages: int = 0
-    #: Gaps longer than ``max_gap_events``: only their newest events were delivered.
-    gaps_truncated: int = 0
-    #: Events found by walking a repaired gap again (backfilled meanwhile).
-    gap_rechecked: int = 0
-
 
 @dataclass(eq=False)
 class _Consumer:
@@ -179,8 +143,10 @@ class SyncLoop:
         max_gap_events: int = 100_000,
         gap_page_events: int = 250,
         keep_seen: int = 16_384,
+        crypto: Crypto | Cleartext | None = None,
     ) -> None:
         self._http = http
+        self.crypto = crypto or Cleartext()
         self._store = store
         self.timeline_limit = timeline_limit
         self.timeout_ms = timeout_ms
@@ -259,7 +225,7 @@ class SyncLoop:
                               gap_rechecked=self.gap_rechecked)
 
     def filter_json(self) -> str:
-        types = list(SYNC_TYPES)
+        types = [*SYNC_TYPES, *self.crypto.sync_types]
         room_filter = {
             "timeline": {"types": types, "limit": self.timeline_limit},
             "state": {"types": types, "lazy_load_members": True},
@@ -371,6 +337,7 @@ class SyncLoop:
         next_batch = resp.get("next_batch")
         if not isinstance(next_batch, str):
             raise TransientError("sync answer without next_batch")
+        await self.crypto.receive_sync(resp)  # room keys first: this batch may need them
         rooms = resp.get("rooms") if isinstance(resp.get("rooms"), dict) else {}
         assert isinstance(rooms, dict)
         joined = rooms.get("join") if isinstance(rooms.get("join"), dict) else {}
@@ -440,8 +407,9 @@ class SyncLoop:
         raw_state = state.get("events") if isinstance(state.get("events"), list) else []
         raw_timeline = timeline.get("events") if isinstance(timeline.get("events"), list) else []
         assert isinstance(raw_state, list) and isinstance(raw_timeline, list)
-        state_events = parse_events(room_id, raw_state)
-        timeline_events = parse_events(room_id, raw_timeline)
+        state_events = self.crypto.decrypt(room_id, parse_events(room_id, raw_state), hold=False)
+        timeline_events = self.crypto.decrypt(room_id, parse_events(room_id, raw_timeline),
+                                              hold=batch.live)  # the first sync delivers nothing
         mem = self._rooms.get(room_id)
         prev_batch = timeline.get("prev_batch")
         if not (
@@ -553,7 +521,7 @@ class SyncLoop:
             room_id, token, direction, self.gap_page_events,
             filter_json=self._messages_filter(),
         ))
-        return parse_page(room_id, answer)
+        return self.crypto.decrypt_page(room_id, parse_page(room_id, answer), hold=True)
 
     # -- delivery -------------------------------------------------------------
 

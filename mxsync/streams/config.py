@@ -41,6 +41,8 @@ class PublisherConfig(msgspec.Struct, frozen=True, kw_only=True):
     window: int
     max_bytes: int
     close_timeout: float
+    #: Retain last values in cleartext sensor state (None: only in cleartext rooms).
+    last_values: bool | None = None
 
     @property
     def lane(self) -> str:
@@ -67,6 +69,7 @@ class PublisherConfig(msgspec.Struct, frozen=True, kw_only=True):
         window: int = 2,
         max_bytes: int = MAX_CONTENT_BYTES,
         close_timeout: float = 60.0,
+        last_values: bool | None = None,
     ) -> PublisherConfig:
         """Check every argument (ConfigError names the first bad one) and freeze them."""
         if not isinstance(room_id, str) or not room_id.startswith("!"):
@@ -97,6 +100,8 @@ class PublisherConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError(f"overflow must be 'block' or 'drop_oldest', got {overflow!r}")
         if type(window) is not int or not 1 <= window <= 64:
             raise ConfigError(f"window must be an int within 1..64, got {window!r}")
+        if last_values not in (None, True, False):
+            raise ConfigError(f"last_values must be None, True or False, got {last_values!r}")
         if type(max_bytes) is not int or not MIN_BATCH_BYTES <= max_bytes <= MAX_CONTENT_BYTES:
             raise ConfigError(
                 f"max_bytes must be within {MIN_BATCH_BYTES}..{MAX_CONTENT_BYTES},"
@@ -119,4 +124,5 @@ class PublisherConfig(msgspec.Struct, frozen=True, kw_only=True):
             window=window,
             max_bytes=max_bytes,
             close_timeout=float(close_timeout),
+            last_values=last_values,
         )

@@ -10,6 +10,9 @@ Invariants:
   ``meta_interval`` per sensor, and one at a time.
 - It waits while sealed batches queue (readings come first; under a backlog
   one update goes out every ``12 * meta_interval``).
+- State events are never encrypted: in an encrypted room no update is sent
+  unless the publisher asked for it (``last_values=True``), so the last values
+  stay inside the encrypted batches.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ class SensorState:
         self._last = time.monotonic()
         #: Updates handed to the outbox.
         self.sent = 0
+        #: Send updates at all (set by the publisher once it knows the room).
+        self.enabled = config.last_values is not False
 
     async def run(self) -> None:
         tick = min(1.0, max(0.05, self._cfg.meta_interval / 4))
@@ -55,6 +60,8 @@ class SensorState:
 
     async def send(self, *, final: bool) -> None:
         """One sensor state update (all due ones when ``final``)."""
+        if not self.enabled:
+            return
         if self._handle is not None and not self._handle.done and not final:
             return
         interval = self._cfg.meta_interval

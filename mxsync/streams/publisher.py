@@ -131,7 +131,10 @@ class Publisher:
       refresh interval promised when there is no last will.
     - ``save_interval`` (0.1): write-behind delay, the most a kill -9 can lose.
     - ``window`` (2): batches handed to the outbox at once.
-    - ``max_bytes``: JSON budget of one event's content (lower in encrypted rooms).
+    - ``max_bytes``: JSON budget of one event's content (lowered to
+      ``MAX_ENCRYPTED_CONTENT_BYTES`` in encrypted rooms).
+    - ``last_values`` (None): report last values in ``org.mxsync.sensor`` state;
+      None means in cleartext rooms only (state is never encrypted).
     - ``close_timeout`` (60.0): how long leaving the ``async with`` block waits
       to deliver everything; the rest stays in the store for the next run.
     """
@@ -168,6 +171,8 @@ class Publisher:
     async def __aenter__(self) -> Publisher:
         cfg, pump = self._cfg, self._pump
         await pump.restore()
+        if cfg.last_values is None:
+            self._meta.enabled = not await self._client.is_encrypted(cfg.room_id)
         async with AsyncExitStack() as stack:
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)

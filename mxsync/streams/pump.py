@@ -67,7 +67,9 @@ class Pump:
         self._saved = 0  # readings below are in the store
         self._chunks: deque[list[int]] = deque()  # [row id, start, end) per stored chunk
         self._marks: deque[tuple[int, float]] = deque()  # (index, monotonic arrival)
-        self._enc = BatchEncoder(max_bytes=config.max_bytes)
+        #: JSON bytes per batch: the configured budget, lowered in an encrypted room.
+        self.max_bytes = config.max_bytes
+        self._enc = BatchEncoder(max_bytes=self.max_bytes)
         self._sealed: deque[SealedRow] = deque()
         self._sealed_n = 0
         self._inflight: deque[SealedRow] = deque()
@@ -102,6 +104,8 @@ class Pump:
     async def restore(self) -> None:
         """Load what a previous run left in the store (before :meth:`start`)."""
         room, device = self._cfg.room_id, self._cfg.device
+        self.max_bytes = min(self._cfg.max_bytes, await self._client.content_budget(room))
+        self._enc = BatchEncoder(max_bytes=self.max_bytes)
         loaded = await self._client.run_sql(lambda c: buffer.load(c, room, device))
         self.session, self.next_seq = loaded.session, loaded.next_seq
         for sealed in loaded.sealed:
@@ -316,7 +320,7 @@ class Pump:
                 # necessarily the newest: re-encode a shorter prefix in order.
                 content, n = self._encode_prefix(cursor, max(1, (n - len(self._enc)) * 15 // 16),
                                                  seq)
-            self._enc = BatchEncoder(max_bytes=self._cfg.max_bytes)
+            self._enc = BatchEncoder(max_bytes=self.max_bytes)
             cursor += n
             self._fed = cursor
             self.next_seq = seq + 1
@@ -329,7 +333,7 @@ class Pump:
     def _encode_prefix(self, cursor: int, k: int, seq: int) -> tuple[dict[str, Any], int]:
         i = cursor - self._base
         while True:
-            enc = BatchEncoder(max_bytes=self._cfg.max_bytes)
+            enc = BatchEncoder(max_bytes=self.max_bytes)
             for row in self._buf[i : i + k]:
                 try:
                     enc.add(row[0], row[1], row[2], unit=row[3], precision=row[4])

@@ -113,16 +113,20 @@ def encode_declaration(encoding: str = ENCODING_YJS_V1) -> dict[str, Any]:
     return {"v": VERSION, "encoding": encoding}
 
 
-def encode_update(doc: str, update: bytes, *, chunk_id: str | None = None) -> list[dict[str, Any]]:
+def encode_update(
+    doc: str, update: bytes, *, chunk_id: str | None = None,
+    max_bytes: int = types.MAX_CONTENT_BYTES,
+) -> list[dict[str, Any]]:
     """Contents of the ``org.mxsync.doc.update`` events that carry ``update``.
 
-    One content when it fits ``MAX_CONTENT_BYTES``, else a chunk set, in index
+    One content when it fits ``max_bytes`` (``MAX_CONTENT_BYTES``; in an
+    encrypted room ``MAX_ENCRYPTED_CONTENT_BYTES``), else a chunk set, in index
     order. ``chunk_id`` fixes the set id (tests, examples); by default it is random.
     Persist the returned dicts before sending: a resend after a crash must reuse them.
     """
     _check_doc_name(doc, ConfigError)
     _check_payload(update, "update", ConfigError)
-    return _encode({"doc": doc}, "update", update, chunk_id)
+    return _encode({"doc": doc}, "update", update, chunk_id, max_bytes)
 
 
 def encode_snapshot(
@@ -133,6 +137,7 @@ def encode_snapshot(
     *,
     updates_since: int | None = None,
     chunk_id: str | None = None,
+    max_bytes: int = types.MAX_CONTENT_BYTES,
 ) -> list[dict[str, Any]]:
     """Contents of the ``org.mxsync.doc.snapshot`` events that carry a full state.
 
@@ -149,14 +154,17 @@ def encode_snapshot(
         fields["covers"] = covers
     if updates_since is not None:
         fields["updates_since"] = updates_since
-    return _encode(fields, "state", state, chunk_id)
+    return _encode(fields, "state", state, chunk_id, max_bytes)
 
 
 def _encode(
-    fields: dict[str, Any], key: str, payload: bytes, chunk_id: str | None
+    fields: dict[str, Any], key: str, payload: bytes, chunk_id: str | None, max_bytes: int
 ) -> list[dict[str, Any]]:
+    if not 4 * _MIN_WRITER_SLICE <= max_bytes <= types.MAX_CONTENT_BYTES:
+        raise ConfigError(f"max_bytes must be within {4 * _MIN_WRITER_SLICE}.."
+                          f"{types.MAX_CONTENT_BYTES}, got {max_bytes!r}")
     whole = {"v": VERSION, **fields, key: _b64(payload)}
-    if content_size(whole) <= types.MAX_CONTENT_BYTES:
+    if content_size(whole) <= max_bytes:
         return [whole]
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise ConfigError(f"{key} of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES} bytes")
@@ -171,7 +179,7 @@ def _encode(
         return {"v": VERSION, **fields, "chunk": info, key: data}
 
     # i and n never have more digits than size: the probe bounds every chunk's overhead.
-    room = types.MAX_CONTENT_BYTES - content_size(chunk(size, size, ""))
+    room = max_bytes - content_size(chunk(size, size, ""))
     max_slice = room // 4 * 3
     if max_slice < _MIN_WRITER_SLICE:
         raise ConfigError(f"fixed fields leave {room} bytes per chunk; too little")
