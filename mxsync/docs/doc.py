@@ -25,6 +25,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from ..engine.authz import room_creators
 from ..engine.events import RoomEvent
 from ..engine.http import Backoff
+from ..engine.pages import look_back_retrying
 from ..engine.surface import Engine
 from ..engine.taskgroups import exit_stack
 from ..errors import ConfigError, HomeserverUnavailable, MatrixError, ProtocolError, TransientError
@@ -369,25 +370,24 @@ class SyncedDoc:
         a server could not backfill yet (the other server unreachable or in
         backoff right after a heal) and writers that send out of order.
         """
+        replica = self._replica
+
+        def visit(ev: RoomEvent) -> bool:
+            replica.repair(ev)
+            return not replica.pending
+
         try:
-            for delay in _REPAIR_DELAYS:
-                await anyio.sleep(delay)
-                if not self._replica.pending:
-                    return
-                try:
-                    async for ev in self.client.look_back(self.room_id, _HOLE_TYPES,
-                                                          max_events=_REPAIR_EVENTS):
-                        self._replica.repair(ev)
-                        if not self._replica.pending:
-                            break
-                except (HomeserverUnavailable, TransientError, MatrixError) as exc:
-                    log.info("looking back for %r in %s failed (%s)", self.name,
-                             self.room_id, exc)
-                if not self._replica.pending:
-                    log.info("%r in %s: the updates pending ones depend on were found",
-                             self.name, self.room_id)
-                    self._wake()
-                    return
+            outcome = await look_back_retrying(
+                self.client, self.room_id, _HOLE_TYPES, delays=_REPAIR_DELAYS,
+                max_events=_REPAIR_EVENTS, visit=visit, done=lambda: not replica.pending,
+                log=log, what=f"{self.name!r} in {self.room_id}",
+            )
+            if outcome == "found":
+                log.info("%r in %s: the updates pending ones depend on were found",
+                         self.name, self.room_id)
+                self._wake()
+            if outcome != "missing":
+                return
             self._unrepaired += 1
             log.warning("%r in %s: %d update(s) still wait for ones they depend on, "
                         "not found in the last %d events", self.name, self.room_id,

@@ -18,12 +18,10 @@ from __future__ import annotations
 import logging
 from typing import Final
 
-import anyio
-
 from ..engine.authz import PowerLevels
 from ..engine.events import RoomEvent
+from ..engine.pages import look_back_retrying
 from ..engine.surface import Engine
-from ..errors import HomeserverUnavailable, MatrixError, TransientError
 from ..protocol.readings import Reading
 from ..protocol.types import READINGS
 from .history import BatchReader
@@ -48,26 +46,25 @@ async def find_batches(
     """The batches ``last+1 .. upto-1`` of ``key`` found in the room, by seq."""
     sender, device, session = key
     found: dict[int, tuple[RoomEvent, list[Reading]]] = {}
-    for delay in DELAYS:
-        await anyio.sleep(delay)
-        try:
-            async for old in client.look_back(room_id, [READINGS], max_events=MAX_EVENTS):
-                batch = None if old.sender != sender else reader.batch(old, levels)
-                if batch is None or batch.device != device or batch.session != session:
-                    continue
-                if batch.seq <= last:
-                    break  # below the hole: this attempt has seen all it will
-                if batch.seq < upto and batch.seq not in found:
-                    readings = reader.readings(old, batch)
-                    if readings is not None:
-                        found[batch.seq] = (old, readings)
-                if len(found) == upto - last - 1:
-                    break
-        except (HomeserverUnavailable, TransientError, MatrixError) as exc:
-            log.info("looking back for batches of %s failed (%s)", device, exc)
-        if len(found) == upto - last - 1:
-            break
-        # Paged through the hole (or failed) without finding all of it: the server
-        # may be backfilling it in the background (a full local page does that),
-        # so the next attempt, after the backoff, pages through it again.
+
+    def visit(old: RoomEvent) -> bool:
+        batch = None if old.sender != sender else reader.batch(old, levels)
+        if batch is None or batch.device != device or batch.session != session:
+            return False
+        if batch.seq <= last:
+            return True  # below the hole: this attempt has seen all it will
+        if batch.seq < upto and batch.seq not in found:
+            readings = reader.readings(old, batch)
+            if readings is not None:
+                found[batch.seq] = (old, readings)
+        return len(found) == upto - last - 1
+
+    # Paged through the hole (or failed) without finding all of it: the server may
+    # be backfilling it in the background (a full local page does that), so the
+    # next attempt, after the backoff, pages through it again.
+    await look_back_retrying(
+        client, room_id, [READINGS], delays=DELAYS, max_events=MAX_EVENTS, visit=visit,
+        done=lambda: len(found) == upto - last - 1, log=log,
+        what=f"batches of {device}",
+    )
     return found
