@@ -17,8 +17,10 @@
     ├── BufferFull             a publisher's buffer is full under the "block" policy
     ├── DevServerError         the embedded Synapse could not be started or stopped answering
     │   └── StateDirLocked         another DevServer is using that state directory
-    └── DemoError              ``mxsync demo`` could not start (an example failed; its log
-                               says why)
+    ├── DemoError              ``mxsync demo`` could not start (an example failed; its log
+    │                          says why)
+    └── NodeUnavailable        Node.js/npm, or a pinned npm package set, is missing and
+                               could not be installed (JS interop tests, peers bench)
 
 No message ever contains an access token or a password.
 """
@@ -39,6 +41,7 @@ __all__ = [
     "DevServerError",
     "StateDirLocked",
     "DemoError",
+    "NodeUnavailable",
 ]
 
 
@@ -125,3 +128,7 @@ class StateDirLocked(DevServerError):
 
 class DemoError(MxsyncError):
     """The demo could not start (an example failed; its log says why)."""
+
+
+class NodeUnavailable(MxsyncError):
+    """Node.js or npm is missing, or a pinned npm package set could not be installed."""
