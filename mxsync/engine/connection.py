@@ -459,7 +459,8 @@ class Connection:
         page = parse_page(room_id, await self._call(req))
         if self.crypto is None:
             return page
-        return self.crypto.decrypt_page(room_id, page, hold=False, types=wanted)
+        # Missing keys: asks their senders and waits a little (late joiners).
+        return await self.crypto.decrypt_page_waiting(room_id, page, types=wanted)
 
     def pages(
         self,

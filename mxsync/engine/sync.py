@@ -343,6 +343,11 @@ class SyncLoop:
         joined = rooms.get("join") if isinstance(rooms.get("join"), dict) else {}
         invited = rooms.get("invite") if isinstance(rooms.get("invite"), dict) else {}
         assert isinstance(joined, dict) and isinstance(invited, dict)
+        for room_id in self.crypto.recoverable_rooms():
+            # Keys arrived (to-device) for events held in a room with no news:
+            # an empty entry makes _sync_room decrypt and deliver them.
+            if room_id not in joined:
+                joined = {**joined, room_id: {"timeline": {"events": []}}}
         self.invites |= set(invited)
         # The first sync of a client without a since-token returns recent
         # history, not news: it only seeds the state cache and positions.
@@ -395,6 +400,7 @@ class SyncLoop:
             await self._store.run(persist)
         self.status.since = next_batch
         self.status.syncs += 1
+        await self.crypto.after_sync()  # key requests out, key requests answered
         return bool(batch.delivered) or bool(invited) or rechecked
 
     # -- one room of a batch --------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import random
 import secrets
+import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import anyio
 import pycrdt
 import pytest
-from nio import AsyncClient, AsyncClientConfig, JoinResponse, UnknownEvent
+from nio import AsyncClient, AsyncClientConfig, JoinResponse, ToDeviceMessage, UnknownEvent
 
 from mxsync import Client
 from mxsync.dev import DevServer
@@ -277,6 +278,11 @@ async def test_a_late_joiner_gets_the_document_from_a_snapshot_it_asked_for(
     creds_b = await make_user("lb", relaxed=True)
     a = await make_client(creds_a)
     room = await a.create_room("late", invite=[creds_b.user_id], encrypted=True)
+    # History visible to members from their invite on, not shared: Bob sees the
+    # events but no old session key is forwarded to him (mxsync forwards under
+    # "shared" only), so the document reaches him only as a snapshot he asks for.
+    await a.nio.room_put_state(room, "m.room.history_visibility",
+                               {"history_visibility": "invited"})
     async with a.open_doc(room) as da:
         for i in range(5):
             da.doc.get("t", type=pycrdt.Text).insert(0, f"early{i} ")
@@ -289,6 +295,8 @@ async def test_a_late_joiner_gets_the_document_from_a_snapshot_it_asked_for(
             st = b.crypto_statistics()
             assert st is not None and st.undecryptable >= 5, st
             assert db.statistics().skipped == 0
+            await until(lambda: a.crypto_statistics().key_requests_refused >= 1)
+            assert a.crypto_statistics().keys_forwarded == 0
             # From then on Bob reads the live updates too.
             da.doc.get("t", type=pycrdt.Text).insert(0, "later ")
             await until(lambda: text(db) == text(da))
@@ -359,3 +367,43 @@ async def test_kill_9_mid_burst_loses_and_duplicates_nothing(hs, make_user, make
     assert values == [rng.randrange(-2**20, 2**20) for _ in range(n)]
     st = dash.crypto_statistics()
     assert st is not None and st.undecryptable == 0, st
+
+
+async def test_a_late_dashboard_reads_the_history_written_before_it_joined(
+    make_user, make_client
+):
+    """The publisher forwards its own sessions to a member who asks (shared
+    history visibility); a non-member's request is refused."""
+    creds_dev = await make_user("hdev", relaxed=True)
+    creds_dash = await make_user("hdash", relaxed=True)
+    dev = await make_client(creds_dev)
+    room = await dev.create_room("late-history", invite=[creds_dash.user_id], encrypted=True)
+    start = int(time.time() * 1000) - 60_000
+    async with dev.publisher(room, device="early", presence=False) as pub:
+        for i in range(300):
+            pub.publish("v", i, t=start + i * 100)
+        with anyio.fail_after(60):
+            await pub.flush()
+        assert pub.statistics().batches_sent >= 1
+        # The dashboard joins after every batch was written: no session was shared with it.
+        dash = await make_client(creds_dash)
+        await dash.join(room)
+        async with dash.subscribe(room) as sub:
+            with anyio.fail_after(60):
+                got = await sub.history("v", start, start + 300 * 100)
+        assert [r.value for r in got] == list(range(300))
+        st_dash, st_dev = dash.crypto_statistics(), dev.crypto_statistics()
+        assert st_dash is not None and st_dash.keys_requested >= 1, st_dash
+        assert st_dev is not None and st_dev.keys_forwarded >= 1, st_dev
+        # Someone who is not in the room asks for the same session: refused.
+        session = next(s.id for s in dash.nio.olm.inbound_group_store if s.room_id == room)
+        outsider = await make_client(await make_user("hout", relaxed=True))
+        content = {"action": "request", "request_id": "r1",
+                   "requesting_device_id": outsider.device_id,
+                   "body": {"algorithm": "m.megolm.v1.aes-sha2", "room_id": room,
+                            "sender_key": dev.nio.olm.account.identity_keys["curve25519"],
+                            "session_id": session}}
+        await outsider.nio.to_device(
+            ToDeviceMessage("m.room_key_request", dev.user_id, "*", content), "t1")
+        await until(lambda: dev.crypto_statistics().key_requests_refused >= 1)
+        assert dev.crypto_statistics().keys_forwarded == st_dev.keys_forwarded

@@ -57,3 +57,24 @@ def test_document_chunks_obey_a_lower_budget() -> None:
     assert all(content_size(c) <= MAX_ENCRYPTED_CONTENT_BYTES for c in contents)
     plain = proto.encode_update("d", update)
     assert len(plain) < len(contents)
+
+
+def test_non_ascii_readings_fill_a_batch_that_still_fits_once_escaped() -> None:
+    """nio re-encodes the plaintext with ``ensure_ascii`` (``\\uXXXX``, up to 12
+    bytes for a 4-byte character). Readings' values travel packed (base64), so
+    only headers (units) can hold non-ASCII: a batch full of non-ASCII strings
+    under a non-ASCII unit still fits the event limit once encrypted."""
+    import msgspec
+
+    from mxsync.protocol.readings import BatchEncoder
+
+    enc = BatchEncoder(max_bytes=MAX_ENCRYPTED_CONTENT_BYTES, compression_level=0)
+    i = 0
+    while not enc.would_overflow():
+        enc.add("s", 1_700_000_000_000 + i, "€😀é" * 20 + str(i), unit="µ°😀")
+        i += 1
+    content = msgspec.json.decode(msgspec.json.encode(enc.encode("d", 0)))
+    escaped = json.dumps(content, separators=(",", ":"))
+    assert escaped.isascii()
+    assert len(escaped) <= MAX_ENCRYPTED_CONTENT_BYTES
+    assert _envelope_bytes(content, "org.mxsync.readings", "!r:x") <= MAX_CONTENT_BYTES
