@@ -40,7 +40,7 @@ from ..protocol.types import (
     POWER_LEVELS,
 )
 from .authz import power_level_allows, room_creators
-from .crypto import MEGOLM, Crypto, CryptoStatistics, nio_config
+from .crypto import HELD_NS, MEGOLM, Crypto, CryptoStatistics, nio_config
 from .events import MessagesPage, RoomEvent, parse_event, parse_events, parse_page
 from .http import Backoff, Http, retrying
 from .outbox import Outbox, OutboxEntry, OutgoingEvent, SendHandle, Staging
@@ -137,6 +137,7 @@ class Connection:
             await self._login()
             if self.crypto is not None:
                 self.crypto.open()
+                self.crypto.load_held(await self.store.kv_items(HELD_NS))
                 try:  # each sync tries again: a server without E2EE still syncs
                     await self.crypto.upload_keys()
                 except TransientError as exc:

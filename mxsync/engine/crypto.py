@@ -28,9 +28,12 @@ Invariants:
   reports a newcomer's device list only when its join is in the filtered
   answer) and stop here; a join or leave makes the next send refresh the
   members and start a new session.
-- An event whose session is missing is held (bounded per room, in memory; not
-  in the first sync of a new store, which delivers nothing) and retried
-  whenever keys arrive; bad ciphertext, replays and forgeries are skipped.
+- An event whose session is missing is held (bounded per room; not in the
+  first sync of a new store, which delivers nothing) and retried whenever keys
+  arrive. Held events are written to the client's store in the same
+  transaction as the sync position that moved past them (:meth:`held_rows`),
+  and loaded again at start (:meth:`load_held`), so a restart before the key
+  arrives loses none; bad ciphertext, replays and forgeries are skipped.
   Both are counted (:class:`CryptoStatistics`); nothing here raises into a loop.
 - Late joiners (MSC3061's idea, done with Matrix's own key requests): a
   client missing a session's key asks the session's sender for it
@@ -79,12 +82,15 @@ from ..protocol import api
 from ..protocol.types import ENCRYPTED, ENCRYPTION, MEMBER, NAMESPACE
 from .events import MessagesPage, RoomEvent, parse_event
 
-__all__ = ["Cleartext", "Crypto", "CryptoStatistics", "MEGOLM", "nio_config"]
+__all__ = ["HELD_NS", "Cleartext", "Crypto", "CryptoStatistics", "MEGOLM", "nio_config"]
 
 log = logging.getLogger("mxsync.crypto")
 _json = msgspec.json.Encoder()
 
 MEGOLM = "m.megolm.v1.aes-sha2"
+#: The store's kv namespace of held events: key "<room id> <event id>", value
+#: the encrypted event's JSON.
+HELD_NS = "crypto.held"
 #: Events held per room while their session's key has not arrived.
 _MAX_HELD = 1_000
 #: Seconds between key uploads after one failed.
@@ -142,6 +148,12 @@ class Cleartext:
     async def after_sync(self) -> None:
         return None
 
+    def held_rows(self) -> list[tuple[str, bytes]] | None:
+        return None
+
+    def held_written(self) -> None:
+        return None
+
     def recoverable_rooms(self) -> list[str]:
         return []
 
@@ -183,6 +195,8 @@ class Crypto:
         self._members_at: dict[str, float] = {}
         self._locks: dict[str, anyio.Lock] = {}
         self._held: dict[str, OrderedDict[str, MegolmEvent]] = {}
+        #: The held events changed since :meth:`held_rows` last gave them out.
+        self._held_dirty = False
         self._upload_after = 0.0
         self.encrypted = self.decrypted = self.recovered = 0
         self.undecryptable = self.sessions_shared = 0
@@ -343,6 +357,7 @@ class Crypto:
             if store.get(room_id, megolm.sender_key, megolm.session_id) is None:
                 continue
             del held[event_id]
+            self._held_dirty = True
             clear = self._decrypt_one(room_id, megolm, hold=False)
             if clear is not None:
                 self.recovered += 1
@@ -359,6 +374,7 @@ class Crypto:
                 return self._skip(megolm, "no key for its session")
             held = self._held.setdefault(room_id, OrderedDict())
             held[megolm.event_id] = megolm
+            self._held_dirty = True
             if len(held) > _MAX_HELD:
                 self._skip(held.popitem(last=False)[1], "held too long without a key")
             return None
@@ -377,6 +393,36 @@ class Crypto:
             return self._skip(megolm, "not an mxsync event")
         self.decrypted += 1
         return ev
+
+    # -- held events in the client's store ------------------------------------
+
+    def held_rows(self) -> list[tuple[str, bytes]] | None:
+        """Every held event as (key, JSON) for :data:`HELD_NS`, or None when
+        nothing changed since the last :meth:`held_written`. The sync loop
+        writes them in the transaction that stores its position."""
+        if not self._held_dirty:
+            return None
+        return [(f"{room_id} {event_id}", _json.encode(megolm.source))
+                for room_id, held in self._held.items()
+                for event_id, megolm in held.items()]
+
+    def held_written(self) -> None:
+        self._held_dirty = False
+
+    def load_held(self, rows: dict[str, bytes]) -> None:
+        """Held events saved by a previous run (the store's :data:`HELD_NS`)."""
+        for key, value in rows.items():
+            room_id, _, event_id = key.partition(" ")
+            try:
+                raw = msgspec.json.decode(value)
+            except msgspec.DecodeError:
+                log.warning("crypto: dropping an unreadable held event %s", key)
+                continue
+            ev = parse_event(room_id, raw)
+            megolm = None if ev is None else _megolm(room_id, ev)
+            if megolm is not None and megolm.event_id == event_id:
+                self._held.setdefault(room_id, OrderedDict())[event_id] = megolm
+                self._want(megolm)
 
     # -- late joiners: asking for keys and answering ---------------------------
 

@@ -77,7 +77,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ..errors import MatrixError, RateLimitedError, TransientError
 from ..protocol import api
 from ..protocol.types import CREATE, ENCRYPTED, ENCRYPTION, NAMESPACE, POWER_LEVELS
-from .crypto import Cleartext, Crypto
+from .crypto import HELD_NS, Cleartext, Crypto
 from .events import MessagesPage, RoomEvent, parse_events, parse_page
 from .gap import GapRepair, create_tables, mark_seen
 from .http import Backoff, Http
@@ -380,7 +380,13 @@ class SyncLoop:
                     await self._store.kv_set(_NS, "inflight", json.dumps(record).encode())
             raise
 
+        held = self.crypto.held_rows()  # events held for a key, kept with the position
+
         def persist(conn: Any) -> None:
+            if held is not None:
+                conn.execute("DELETE FROM kv WHERE ns=?", (HELD_NS,))
+                conn.executemany("INSERT INTO kv(ns, key, value) VALUES (?, ?, ?)",
+                                 [(HELD_NS, k, v) for k, v in held])
             conn.execute(
                 "INSERT INTO kv(ns, key, value) VALUES (?, 'since', ?) "
                 "ON CONFLICT(ns, key) DO UPDATE SET value=excluded.value",
@@ -398,6 +404,8 @@ class SyncLoop:
         # even when the client is being stopped right now.
         with anyio.CancelScope(shield=True):
             await self._store.run(persist)
+        if held is not None:
+            self.crypto.held_written()
         self.status.since = next_batch
         self.status.syncs += 1
         await self.crypto.after_sync()  # key requests out, key requests answered

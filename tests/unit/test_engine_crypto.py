@@ -117,3 +117,27 @@ def test_what_must_not_be_delivered_is_skipped_and_counted(alice, case):
             "ed25519": "x" * 43, "curve25519": "y" * 43}))
     assert bob.decrypt(ROOM, [ev]) == []
     assert bob.statistics().undecryptable == 1
+
+
+def test_held_events_survive_a_restart_and_are_recovered_when_the_key_arrives(alice):
+    """What the sync loop writes with its position (held_rows) a new machine
+    loads (load_held): a restart before the key arrives loses no event, and
+    the room is listed as recoverable once the key is there."""
+    nio, bob = machine("@bob:x", "BOB")
+    events = [alice.event({"n": i}) for i in range(3)]
+    assert bob.decrypt(ROOM, events) == []
+    rows = bob.held_rows()
+    assert rows is not None and len(rows) == 3
+    bob.held_written()
+    assert bob.held_rows() is None  # nothing changed since
+
+    nio2, bob2 = machine("@bob:x", "BOB")  # the restarted client, same store rows
+    bob2.load_held(dict(rows) | {"!room:x $bad": b"{not json"})
+    assert bob2.statistics().held == 3
+    assert bob2.recoverable_rooms() == []
+    alice.give_key(nio2)
+    assert bob2.recoverable_rooms() == [ROOM]
+    got = bob2.decrypt(ROOM, [])
+    assert [e.content["n"] for e in got] == [0, 1, 2]
+    assert bob2.statistics().held == 0 and bob2.statistics().recovered == 3
+    assert bob2.held_rows() == []  # the store's copy is emptied with the next position
