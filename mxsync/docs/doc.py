@@ -402,18 +402,25 @@ class SyncedDoc:
     async def _load(self, recv: MemoryObjectReceiveStream[RoomEvent]) -> None:
         create = await self.client.state_event(self.room_id, CREATE)
         self._replica.creators = room_creators(create)
+        # Declared before this open: someone may have written it already.
+        existed = await self.client.state_event(self.room_id, DOC, self.name) is not None
         if not self._writer.declared:
             await self._loader.declare(recv)
             self._writer.declared = True
             self._wake()
         await self._loader.history()
-        await self._ask_if_unreadable()
+        await self._ask_if_unreadable(existed)
 
-    async def _ask_if_unreadable(self) -> None:
+    async def _ask_if_unreadable(self, existed: bool) -> None:
         """In an encrypted room, history sent before this device joined cannot be
         decrypted: if the load met such events, ask the writers for a snapshot
-        (docs/PROTOCOL.md, late joiners)."""
-        if not self._loader.unreadable or not await self.client.is_encrypted(self.room_id):
+        (docs/PROTOCOL.md, late joiners). Also when a document declared before
+        loaded empty: under history visibility "joined" the server shows a
+        newcomer no earlier event at all, not even undecryptable ones."""
+        empty = self.doc.get_state() == b"\x00"
+        if not (self._loader.unreadable or (existed and empty)):
+            return
+        if not await self.client.is_encrypted(self.room_id):
             return
         try:
             await self.client.send(self.room_id, DOC_REQUEST, {"v": proto.VERSION,
