@@ -404,8 +404,11 @@ class SyncedDoc:
         self._replica.creators = room_creators(create)
         if not self._writer.declared:
             await self._loader.declare(recv)
+            self._writer.short = await self._loader.short_form()
             self._writer.declared = True
             self._wake()
+        else:
+            self._writer.short = await self._loader.short_form()
         await self._loader.history()
         await self._ask_if_unreadable()
 

@@ -117,6 +117,8 @@ class Loader:
         self.counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         #: Encrypted history events this load could not decrypt (a late joiner).
         self.unreadable = 0
+        #: Whether the declaration asks for short-form updates (None: not read yet).
+        self._short: bool | None = None
 
     def _progress(self, done: int, total: int | None) -> None:
         if self._on_progress is None:
@@ -165,9 +167,12 @@ class Loader:
             if attempt or not delay:
                 break
             await anyio.sleep(delay)
-        handle = await self.client.send(self.room_id, DOC, proto.encode_declaration(),
-                                        state_key=self.name, lane=self.lane)
+        # New documents take the short form of updates (PROTOCOL.md, section 2).
+        handle = await self.client.send(
+            self.room_id, DOC, proto.encode_declaration(proto.ENCODING_YJS_V1_SHORT),
+            state_key=self.name, lane=self.lane)
         await handle.wait()
+        self._short = True
 
     async def _await_declaration(self, recv: MemoryObjectReceiveStream[RoomEvent]) -> None:
         """Wait (at most ``declare_timeout``) for a writer to declare the document;
@@ -199,11 +204,25 @@ class Loader:
         (PROTOCOL §1.3)? One a homeserver let through from anyone else is ignored."""
         return bool(await judge_state(self.client, self.room_id, [ev], self.replica.creators))
 
+    async def short_form(self) -> bool:
+        """Whether the document's declaration asks for short-form updates."""
+        if self._short is not None:
+            return self._short
+        ev = await self.client.state_event(self.room_id, DOC, self.name)
+        if ev is None or not ev.content:
+            return False
+        try:
+            decl = proto.decode_doc_event(DOC, ev.content)
+        except ProtocolError:
+            return False
+        return isinstance(decl, proto.DocDeclaration) and decl.short
+
     def _check_declaration(self, content: dict[str, Any]) -> None:
         decl = proto.decode_doc_event(DOC, content)
         assert isinstance(decl, proto.DocDeclaration)
         if not decl.supported:
             raise ProtocolError(f"document {self.name!r} uses encoding {decl.encoding!r}")
+        self._short = decl.short
 
     # -- history ---------------------------------------------------------------------
 
@@ -450,7 +469,7 @@ class BackwardScan:
         return self.quiet >= _BRANCH_QUIET_KNOWN and self.servers <= self.reached
 
     def see(self, ev: RoomEvent, index: int) -> None:
-        if ev.type not in (DOC_UPDATE, DOC_SNAPSHOT) or ev.content.get("doc") != self.name:
+        if ev.type not in (DOC_UPDATE, DOC_SNAPSHOT) or proto.doc_of(ev.content) != self.name:
             return
         if self.covers_index is not None:
             self.past_covers += 1
