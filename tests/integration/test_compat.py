@@ -93,7 +93,7 @@ async def test_matrix_crdt_and_mxsync_edit_one_room_and_converge_across_snapshot
         peer = await start_peer(hs.url, room, j_creds, modules)
         try:
             # Both type at once: mxsync at the start, Matrix-CRDT at the end.
-            for i in range(8):
+            for _ in range(8):
                 text.insert(0, "m")
                 await peer.call(cmd="insert", pos=10**6, text="j")
                 await anyio.sleep(0.3)
@@ -101,7 +101,7 @@ async def test_matrix_crdt_and_mxsync_edit_one_room_and_converge_across_snapshot
             js = await peer.state()
             with anyio.fail_after(60):
                 while js["text"] != str(text):
-                    await anyio.sleep(0.1)
+                    await anyio.sleep(0.1)  # noqa: ASYNC110 - another process's document
                     js = await peer.state()
             assert sorted(str(text)) == sorted("m" * 8 + "j" * 8)
 
@@ -124,7 +124,9 @@ async def test_matrix_crdt_and_mxsync_edit_one_room_and_converge_across_snapshot
                 await anyio.sleep(0.2)
             await mdoc.flush()
             with anyio.fail_after(60):
-                while (js := await peer.state())["text"] != str(text) or "M" not in js["text"]:
+                while (  # noqa: ASYNC110 - another process's document, polled
+                    (js := await peer.state())["text"] != str(text) or "M" not in js["text"]
+                ):
                     await anyio.sleep(0.1)
             assert str(text).count("M") == 4 and str(text).count("J") == 4
             final = str(text)

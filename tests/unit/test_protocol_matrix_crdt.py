@@ -46,10 +46,10 @@ def test_the_client_whose_own_update_is_the_30th_posts_the_snapshot():
     me = wire.SnapshotCounter("@me:x")
     due = [me.see_update("@other:x" if n % 7 == 0 else "@me:x") for n in range(1, 91)]
     # Every 30th update (30, 60, 90; none a multiple of 7) is its own.
-    assert [n for n, d in zip(range(1, 91), due) if d] == [30, 60, 90]
+    assert [n for n, d in zip(range(1, 91), due, strict=True) if d] == [30, 60, 90]
     mixed = wire.SnapshotCounter("@me:x")
     flags = [mixed.see_update("@other:x" if n == 60 else "@me:x") for n in range(1, 61)]
-    assert [n for n, d in zip(range(1, 61), flags) if d] == [30]
+    assert [n for n, d in zip(range(1, 61), flags, strict=True) if d] == [30]
     other = wire.SnapshotCounter("@me:x")
     assert not any(other.see_update("@other:x") for _ in range(30))
     other.see_snapshot()
