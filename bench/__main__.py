@@ -1,6 +1,6 @@
 """Run every benchmark against a fresh embedded Synapse and print one table.
 
-    python -m bench [--quick] [--json FILE] [--only docs,streams,rss,federation]
+    python -m bench [--quick] [--json FILE] [--only docs,streams,rss,federation,e2ee,peers]
 
 Each benchmark module exposes ``async def run(hs, *, quick) -> dict[str, float]``
 and measures its baselines in the same run on the same server, so that every
@@ -8,7 +8,8 @@ figure can be read as a ratio. The devserver keeps Synapse's default message
 rate limits; the benchmarks lift them per user (admin API) for the "relaxed"
 figures and keep them for the ``*_default`` ones.
 
-Prints every figure, then the targets of issue #6 (ratios and bounds, same run).
+Prints every figure, then the targets of issue #6 (ratios and bounds, same run),
+then the peers table (mxsync next to Matrix-CRDT, issue #18) when it ran.
 ``--json`` writes every figure as a number, with the machine, the load average
 before and after, and the date. A full run exits 1 if a required key is missing.
 Results and method: docs/benchmarks.md.
@@ -31,7 +32,8 @@ import anyio
 from mxsync.dev import DevServer
 
 MODULES = {"docs": "bench.bench_docs", "streams": "bench.bench_streams", "rss": "bench.bench_rss",
-           "federation": "bench.bench_federation", "e2ee": "bench.bench_e2ee"}
+           "federation": "bench.bench_federation", "e2ee": "bench.bench_e2ee",
+           "peers": "bench.bench_peers"}
 
 #: Keys every full run writes, each a number (issue #6).
 REQUIRED = (
@@ -135,6 +137,17 @@ def print_table(results: dict[str, Any]) -> None:
     console = Console()
     console.print(table)
     console.print(targets)
+    from bench.bench_peers import rows
+
+    peer_rows = rows(results)
+    if peer_rows:
+        peers = Table(title="peers: mxsync and Matrix-CRDT 0.2.0 (same server, same run)")
+        for col in ("row", "mxsync", "Matrix-CRDT", "mxsync ahead by"):
+            peers.add_column(col, justify="left" if col == "row" else "right")
+        for label, mx, mc, ratio in peer_rows:
+            peers.add_row(label, f"{mx:,.1f}", "stalls" if mc != mc else f"{mc:,.1f}",
+                          "-" if ratio != ratio else f"{ratio:,.2f}x")
+        console.print(peers)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ once, and sensor streams that devices publish and dashboards watch.
 """
 
 from .client import Client
-from .docs import SyncedDoc
+from .docs import MatrixCrdtDoc, SyncedDoc
 from .engine import OutgoingEvent, RoomEvent, SendHandle, Status
 from .errors import (
     ConfigError,
@@ -27,6 +27,7 @@ __all__ = [
     "ForbiddenError",
     "HomeserverUnavailable",
     "LoginError",
+    "MatrixCrdtDoc",
     "MatrixError",
     "MxsyncError",
     "OutgoingEvent",

@@ -11,14 +11,15 @@ features get the engine only through its declared surface
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal, overload
 
 import msgspec
 
-from .docs import SyncedDoc, open_doc
+from .docs import MatrixCrdtDoc, SyncedDoc, open_doc
 from .engine.connection import Connection
 from .engine.outbox import OutboxStatistics
 from .engine.sync import SyncStatistics
+from .errors import ConfigError
 from .streams import Publisher, Subscriber
 
 __all__ = ["Client", "ClientStatistics", "LivenessStatistics"]
@@ -48,12 +49,25 @@ class ClientStatistics(msgspec.Struct, frozen=True):
 class Client(Connection):
     """A Matrix account that keeps mxsync data current: documents and sensor streams."""
 
-    def open_doc(self, room_id: str, name: str = "default", **kw: Any) -> SyncedDoc:
+    @overload
+    def open_doc(self, room_id: str, name: str = ..., *, compat: None = None,
+                 **kw: Any) -> SyncedDoc: ...
+    @overload
+    def open_doc(self, room_id: str, name: str = ..., *, compat: Literal["matrix-crdt"],
+                 **kw: Any) -> MatrixCrdtDoc: ...
+    def open_doc(self, room_id: str, name: str = "default", *, compat: str | None = None,
+                 **kw: Any) -> SyncedDoc | MatrixCrdtDoc:
         """``async with client.open_doc(room, name) as sdoc``: a synced CRDT document.
 
         See :class:`mxsync.docs.SyncedDoc` for the keyword arguments.
+        ``compat="matrix-crdt"``: the room's document in the Matrix-CRDT 0.2 wire
+        format (:class:`mxsync.docs.MatrixCrdtDoc`), shared with Matrix-CRDT JS apps.
         """
-        return open_doc(self, room_id, name, **kw)
+        if compat is None:
+            return open_doc(self, room_id, name, **kw)
+        if compat != "matrix-crdt":
+            raise ConfigError(f"unknown compat mode {compat!r}; known: 'matrix-crdt'")
+        return open_doc(self, room_id, name, compat="matrix-crdt", **kw)
 
     def publisher(self, room_id: str, *, device: str, **kw: Any) -> Publisher:
         """``async with client.publisher(room, device="d1") as pub``: publish readings.

@@ -187,7 +187,7 @@ async def room_doc_stats(client: Any, room_id: str,
         page = await client.messages(room_id, token, direction="b", limit=1000,
                                      types=[DOC_UPDATE, DOC_SNAPSHOT])
         for ev in page.events:  # newest first
-            name = ev.content.get("doc")
+            name = proto.doc_of(ev.content)
             if not isinstance(name, str):
                 continue
             st = docs.setdefault(name, _new_stats())

@@ -51,12 +51,17 @@ Modules, each owning its own state
 - :mod:`~mxsync.docs.writer`: batches, snapshots, pacing, outbox staging;
 - :mod:`~mxsync.docs.loader`: cache restore, catch-up, cold open, declaration;
 - :mod:`~mxsync.docs.cache`: the cache's tables and SQL;
-- :mod:`~mxsync.docs.doc`: :class:`SyncedDoc`, the facade and lifecycle.
+- :mod:`~mxsync.docs.doc`: :class:`SyncedDoc`, the facade and lifecycle;
+- :mod:`~mxsync.docs.compat`: :class:`MatrixCrdtDoc`, a document in a Matrix-CRDT
+  room (its wire format, ``open_doc(room, compat="matrix-crdt")``).
 """
 
+from .compat import MatrixCrdtDoc as MatrixCrdtDoc
+from .compat import MatrixCrdtStatistics as MatrixCrdtStatistics
 from .doc import DocStatistics as DocStatistics
 from .doc import SyncedDoc as SyncedDoc
 from .doc import open_doc as open_doc
 from .replica import REMOTE as REMOTE
 
-__all__ = ["REMOTE", "DocStatistics", "SyncedDoc", "open_doc"]
+__all__ = ["REMOTE", "DocStatistics", "MatrixCrdtDoc", "MatrixCrdtStatistics", "SyncedDoc",
+           "open_doc"]

@@ -15,7 +15,7 @@ import time
 import weakref
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Literal, overload
 
 import anyio
 import msgspec
@@ -31,6 +31,7 @@ from ..engine.taskgroups import exit_stack
 from ..errors import ConfigError, HomeserverUnavailable, MatrixError, ProtocolError, TransientError
 from ..protocol import docs as proto
 from ..protocol.types import DOC, DOC_REQUEST, DOC_SNAPSHOT, DOC_UPDATE
+from .compat import MatrixCrdtDoc
 from .loader import Loader, ProgressCallback, restore
 from .local import LocalChanges
 from .replica import CREATE, PL, Replica
@@ -406,8 +407,11 @@ class SyncedDoc:
         existed = await self.client.state_event(self.room_id, DOC, self.name) is not None
         if not self._writer.declared:
             await self._loader.declare(recv)
+            self._writer.short = await self._loader.short_form()
             self._writer.declared = True
             self._wake()
+        else:
+            self._writer.short = await self._loader.short_form()
         await self._loader.history()
         await self._ask_if_unreadable(existed)
 
@@ -429,8 +433,20 @@ class SyncedDoc:
             log.warning("%r in %s: cannot ask for a snapshot: %s", self.name, self.room_id, exc)
 
 
-def open_doc(client: Engine, room_id: str, name: str = "default", **kw: Any) -> SyncedDoc:
+@overload
+def open_doc(client: Engine, room_id: str, name: str = ..., *, compat: None = None,
+             **kw: Any) -> SyncedDoc: ...
+@overload
+def open_doc(client: Engine, room_id: str, name: str = ..., *,
+             compat: Literal["matrix-crdt"], **kw: Any) -> MatrixCrdtDoc: ...
+def open_doc(client: Engine, room_id: str, name: str = "default", *,
+             compat: str | None = None, **kw: Any) -> SyncedDoc | MatrixCrdtDoc:
     """``async with open_doc(client, room, name) as sdoc``: see :class:`SyncedDoc`.
+
+    ``compat="matrix-crdt"`` opens the room's document in the Matrix-CRDT 0.2 wire
+    format instead (:class:`~mxsync.docs.compat.MatrixCrdtDoc`; one document per
+    room, so ``name`` must be left as it is; ``batch_delay`` and ``snapshots``
+    apply).
 
     Keyword arguments: ``on_progress(done, total_or_None)`` (long loads: events read
     with ``total=None`` while paging, then events applied of ``total``),
@@ -442,4 +458,10 @@ def open_doc(client: Engine, room_id: str, name: str = "default", **kw: Any) -> 
     :meth:`SyncedDoc.wait_synced` raises ForbiddenError naming the level it takes;
     None waits for ever, with a warning in the log).
     """
+    if compat == "matrix-crdt":
+        if name != "default":
+            raise ConfigError("a Matrix-CRDT room holds one document: open it without a name")
+        return MatrixCrdtDoc(client, room_id, **kw)
+    if compat is not None:
+        raise ConfigError(f"unknown compat mode {compat!r}; known: 'matrix-crdt'")
     return SyncedDoc(client, room_id, name, **kw)

@@ -16,6 +16,7 @@ read through the engine's one page iterator (``Engine.pages`` and
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -28,17 +29,17 @@ import anyio.lowlevel
 import pycrdt
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ..engine.authz import judge_state, levels_for, power_level_allows
+from ..engine.authz import judge_state, levels_for, power_level_allows, room_creators
 from ..engine.events import MessagesPage, RoomEvent
 from ..engine.pages import paginate
 from ..engine.surface import Engine
 from ..errors import ForbiddenError, MatrixError, ProtocolError
 from ..protocol import docs as proto
-from ..protocol.types import DOC, DOC_SNAPSHOT, DOC_UPDATE
+from ..protocol.types import DOC, DOC_SNAPSHOT, DOC_UPDATE, MEMBER
 from . import cache
-from .replica import PL, REMOTE, Replica
+from .replica import CREATE, PL, REMOTE, Replica
 
-__all__ = ["BackwardScan", "Loader", "Restored", "restore"]
+__all__ = ["BackwardScan", "Loader", "Restored", "declaration_delay", "restore"]
 
 log = logging.getLogger("mxsync.docs")
 
@@ -46,8 +47,11 @@ ProgressCallback = Callable[[int, "int | None"], None]
 
 _HISTORY_TYPES: Final = [DOC_UPDATE, DOC_SNAPSHOT, PL]
 #: Backward page sizes of a cold open: the newest snapshot is usually within the
-#: last ~75 events (SnapshotPolicy), so small pages first.
-_COLD_PAGES: Final = (64, 256)
+#: last ~75 events (SnapshotPolicy), so small pages first. The first one holds
+#: what an open needs when the snapshot is the newest event (the snapshot, its
+#: ``covers`` and the ``_BRANCH_QUIET_KNOWN`` updates below it), so that opening
+#: right after a snapshot reads one page of 16 events.
+_COLD_PAGES: Final = (16, 64, 256)
 _PAGE: Final = 1000
 #: How far past a snapshot's ``covers`` a cold open reads to complete chunk sets.
 _CHUNK_LOOKBACK: Final = 4096
@@ -113,6 +117,8 @@ class Loader:
         self.counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         #: Encrypted history events this load could not decrypt (a late joiner).
         self.unreadable = 0
+        #: Whether the declaration asks for short-form updates (None: not read yet).
+        self._short: bool | None = None
 
     def _progress(self, done: int, total: int | None) -> None:
         if self._on_progress is None:
@@ -134,10 +140,39 @@ class Loader:
         elif self.read_only:
             raise ProtocolError(f"document {self.name!r} is not declared in {self.room_id}")
         elif await self.client.may_send(self.room_id, self.client.user_id, DOC, state=True):
-            await self.client.send(self.room_id, DOC, proto.encode_declaration(),
-                                   state_key=self.name, lane=self.lane)
+            await self._declare_once()
         else:
             await self._await_declaration(recv)
+
+    async def _declare_once(self) -> None:
+        """Declare the document unless someone else just did; return once the
+        declaration is in the room.
+
+        There is no compare-and-set for state in Matrix, so two members opening a
+        new document at once would both declare it. Against that: the state is
+        read fresh from the homeserver (the sync cache may be behind), the members
+        who may declare take turns (:func:`declaration_delay`: the first by a hash
+        of the name goes at once, the next ones look again after their turn's
+        delay), and the declaration has landed before the load goes on, so whoever
+        opens after this one's ``wait_synced`` returned sees it.
+        """
+        for attempt in range(2):
+            state = await self.client.room_state(self.room_id)
+            found = next((ev for ev in state if ev.type == DOC and ev.state_key == self.name),
+                         None)
+            if found is not None and found.content and await self._declared_by_writer(found):
+                self._check_declaration(found.content)
+                return
+            delay = declaration_delay(state, self.client.user_id, self.name)
+            if attempt or not delay:
+                break
+            await anyio.sleep(delay)
+        # New documents take the short form of updates (PROTOCOL.md, section 2).
+        handle = await self.client.send(
+            self.room_id, DOC, proto.encode_declaration(proto.ENCODING_YJS_V1_SHORT),
+            state_key=self.name, lane=self.lane)
+        await handle.wait()
+        self._short = True
 
     async def _await_declaration(self, recv: MemoryObjectReceiveStream[RoomEvent]) -> None:
         """Wait (at most ``declare_timeout``) for a writer to declare the document;
@@ -169,11 +204,25 @@ class Loader:
         (PROTOCOL §1.3)? One a homeserver let through from anyone else is ignored."""
         return bool(await judge_state(self.client, self.room_id, [ev], self.replica.creators))
 
+    async def short_form(self) -> bool:
+        """Whether the document's declaration asks for short-form updates."""
+        if self._short is not None:
+            return self._short
+        ev = await self.client.state_event(self.room_id, DOC, self.name)
+        if ev is None or not ev.content:
+            return False
+        try:
+            decl = proto.decode_doc_event(DOC, ev.content)
+        except ProtocolError:
+            return False
+        return isinstance(decl, proto.DocDeclaration) and decl.short
+
     def _check_declaration(self, content: dict[str, Any]) -> None:
         decl = proto.decode_doc_event(DOC, content)
         assert isinstance(decl, proto.DocDeclaration)
         if not decl.supported:
             raise ProtocolError(f"document {self.name!r} uses encoding {decl.encoding!r}")
+        self._short = decl.short
 
     # -- history ---------------------------------------------------------------------
 
@@ -226,6 +275,16 @@ class Loader:
         # Nothing earlier is visible: judge by the current levels.
         return await self.client.get_state(self.room_id, PL)
 
+    async def _levels_before_window(self, window: list[RoomEvent],
+                                    token: str | None) -> dict[str, Any] | None:
+        """The power levels in force before the oldest event of a backward window
+        read from the room's end. The window's filter lets ``m.room.power_levels``
+        through, so when it holds none, the levels before it are the current ones
+        and no request is needed."""
+        if token is None or not any(ev.type == PL and ev.state_key == "" for ev in window):
+            return await self.client.get_state(self.room_id, PL)
+        return await self._pl_before(token)
+
     async def _catch_up(self, position: str) -> None:
         """Page forwards from the cached position, applying everything after it."""
         token = await self.client.context_token(self.room_id, position)
@@ -277,7 +336,7 @@ class Loader:
                     exhausted = True
                 token = page.end
                 await anyio.lowlevel.checkpoint()
-            pl_before = await self._pl_before(None if exhausted else token)
+            pl_before = await self._levels_before_window(window, None if exhausted else token)
             problem = self._snapshot_problem(window, scan, pl_before)
             if problem is None:
                 break
@@ -314,6 +373,30 @@ class Loader:
             if ev.type == PL and ev.state_key == "":
                 pl = ev.content
         return self.replica.snapshot_problem(scan.snapshot, scan.snapshot_sender or "", pl)
+
+
+#: Turn length of members declaring a new document (see declaration_delay), and
+#: the last turn: a member after the first few waits as long as the fourth.
+_DECLARE_TURN: Final = 0.5
+_DECLARE_TURNS: Final = 4
+
+
+def declaration_delay(state: list[RoomEvent], user_id: str, name: str) -> float:
+    """How long ``user_id`` waits before declaring document ``name``, given the
+    room's current state: its turn among the joined members who may declare,
+    ordered by SHA-256 of (name, user), times ``_DECLARE_TURN`` (capped)."""
+    by_key = {(ev.type, ev.state_key): ev for ev in state if ev.state_key is not None}
+    pl_ev = by_key.get((PL, ""))
+    pl = pl_ev.content if pl_ev is not None else None
+    creators = room_creators(by_key.get((CREATE, "")))
+    members = {key for (kind, key), ev in by_key.items()
+               if kind == MEMBER and ev.content.get("membership") == "join"}
+    members.add(user_id)
+    allowed = sorted((u for u in members
+                      if power_level_allows(pl, u, DOC, state=True, creators=creators)),
+                     key=lambda u: hashlib.sha256(f"{name}\0{u}".encode()).digest())
+    turn = allowed.index(user_id) if user_id in allowed else 0
+    return min(turn, _DECLARE_TURNS) * _DECLARE_TURN
 
 
 def writer_servers(pl: dict[str, Any] | None, creators: frozenset[str]) -> frozenset[str] | None:
@@ -386,7 +469,7 @@ class BackwardScan:
         return self.quiet >= _BRANCH_QUIET_KNOWN and self.servers <= self.reached
 
     def see(self, ev: RoomEvent, index: int) -> None:
-        if ev.type not in (DOC_UPDATE, DOC_SNAPSHOT) or ev.content.get("doc") != self.name:
+        if ev.type not in (DOC_UPDATE, DOC_SNAPSHOT) or proto.doc_of(ev.content) != self.name:
             return
         if self.covers_index is not None:
             self.past_covers += 1

@@ -106,6 +106,8 @@ class Writer:
         self._fresh = False
         #: The declaration is in the room (set by the load, or from the cache).
         self.declared = False
+        #: Updates go in the short form (the declaration says ``yjs-v1-short``).
+        self.short = False
         #: The initial load is done (snapshots wait for it).
         self.loaded = False
         self._wake = anyio.Event()
@@ -320,7 +322,7 @@ class Writer:
             if update is not None:
                 try:
                     contents += [(DOC_UPDATE, c) for c in proto.encode_update(
-                        self.name, update, max_bytes=self.max_bytes)]
+                        self.name, update, max_bytes=self.max_bytes, short=self.short)]
                 except ConfigError as exc:  # over MAX_PAYLOAD_BYTES: no event can carry it
                     self.send_error = exc
                     log.error("%r in %s: a batch of %d bytes cannot be sent (%s); local "

@@ -76,6 +76,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ..errors import MatrixError, RateLimitedError, TransientError
 from ..protocol import api
+from ..protocol.matrix_crdt import MCRDT_TYPES
 from ..protocol.types import CREATE, ENCRYPTED, ENCRYPTION, NAMESPACE, POWER_LEVELS
 from .crypto import HELD_NS, Cleartext, Crypto
 from .events import MessagesPage, RoomEvent, parse_events, parse_page
@@ -89,8 +90,10 @@ __all__ = ["SyncLoop", "Status", "SyncStatistics", "SYNC_TYPES"]
 log = logging.getLogger("mxsync.sync")
 
 #: Event types the sync filter lets through: mxsync's namespace, the state the engine
-#: needs to judge permissions, encrypted rooms' events (decrypted before delivery).
-SYNC_TYPES: tuple[str, ...] = (f"{NAMESPACE}.*", POWER_LEVELS, CREATE, ENCRYPTION, ENCRYPTED)
+#: needs to judge permissions, encrypted rooms' events (decrypted before delivery),
+#: and Matrix-CRDT's two types (documents opened with ``compat="matrix-crdt"``).
+SYNC_TYPES: tuple[str, ...] = (f"{NAMESPACE}.*", POWER_LEVELS, CREATE, ENCRYPTION, ENCRYPTED,
+                               *MCRDT_TYPES)
 
 _NS = "sync"
 _NS_LAST = "sync.last"

@@ -159,6 +159,7 @@ def test_public_names_are_pinned():
         "ForbiddenError",
         "HomeserverUnavailable",
         "LoginError",
+        "MatrixCrdtDoc",
         "MatrixError",
         "MxsyncError",
         "OutgoingEvent",

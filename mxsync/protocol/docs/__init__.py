@@ -57,12 +57,15 @@ from ._assembler import AssemblerStatistics as AssemblerStatistics
 from ._assembler import ChunkAssembler as ChunkAssembler
 from ._codec import content_size as content_size
 from ._codec import decode_doc_event as decode_doc_event
+from ._codec import doc_of as doc_of
 from ._codec import encode_declaration as encode_declaration
 from ._codec import encode_snapshot as encode_snapshot
 from ._codec import encode_update as encode_update
 from ._crdt import state_vector_covers as state_vector_covers
 from ._crdt import validate_update as validate_update
+from ._limits import DEFAULT_DOC as DEFAULT_DOC
 from ._limits import ENCODING_YJS_V1 as ENCODING_YJS_V1
+from ._limits import ENCODING_YJS_V1_SHORT as ENCODING_YJS_V1_SHORT
 from ._limits import MAX_DOC_NAME_BYTES as MAX_DOC_NAME_BYTES
 from ._limits import MAX_INLINE_SV_BYTES as MAX_INLINE_SV_BYTES
 from ._limits import MAX_PAYLOAD_BYTES as MAX_PAYLOAD_BYTES
@@ -79,6 +82,8 @@ from ._schema import DocUpdate as DocUpdate
 __all__ = [
     "VERSION",
     "ENCODING_YJS_V1",
+    "ENCODING_YJS_V1_SHORT",
+    "DEFAULT_DOC",
     "MAX_DOC_NAME_BYTES",
     "MAX_PAYLOAD_BYTES",
     "MIN_CHUNK_SLICE",
@@ -93,6 +98,7 @@ __all__ = [
     "encode_update",
     "encode_snapshot",
     "decode_doc_event",
+    "doc_of",
     "content_size",
     "validate_update",
     "decode_state_vector",

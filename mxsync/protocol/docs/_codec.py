@@ -23,6 +23,7 @@ from ._limits import (
     _MAX_CHUNK_ID_CHARS,
     _MAX_ENCODING_CHARS,
     _MIN_WRITER_SLICE,
+    DEFAULT_DOC,
     ENCODING_YJS_V1,
     MAX_INLINE_SV_BYTES,
     MAX_PAYLOAD_BYTES,
@@ -38,6 +39,7 @@ from ._schema import (
     _check_payload,
     _check_snapshot_fields,
     _DeclarationWire,
+    _ShortUpdateWire,
     _SnapshotWire,
     _UpdateWire,
 )
@@ -57,6 +59,16 @@ def content_size(content: dict[str, Any]) -> int:
 # ------------------------------------------------------------------------ decoding
 
 
+def doc_of(content: object) -> object:
+    """The document name a document event's content addresses (not checked: a
+    caller compares it with its own name), in either form of an update."""
+    if not isinstance(content, dict):
+        return None
+    if "doc" in content or "u" not in content:
+        return content.get("doc")
+    return content.get("d", DEFAULT_DOC)
+
+
 def decode_doc_event(event_type: str, content: object) -> DocEvent:
     """Decode the content of a document event; raise ProtocolError if it is malformed.
 
@@ -69,6 +81,13 @@ def decode_doc_event(event_type: str, content: object) -> DocEvent:
                 decl = msgspec.convert(content, _DeclarationWire)
                 _check_version(decl.v)
                 return DocDeclaration(encoding=decl.encoding)
+            case types.DOC_UPDATE if (isinstance(content, dict) and "u" in content
+                                      and "update" not in content):
+                short = msgspec.convert(content, _ShortUpdateWire)
+                _check_version(short.v)
+                if "chunk" in content:
+                    raise ProtocolError("a short-form update is never a chunk")
+                return DocUpdate(doc=short.d, update=short.u)
             case types.DOC_UPDATE:
                 upd = msgspec.convert(content, _UpdateWire)
                 _check_version(upd.v)
@@ -115,17 +134,25 @@ def encode_declaration(encoding: str = ENCODING_YJS_V1) -> dict[str, Any]:
 
 def encode_update(
     doc: str, update: bytes, *, chunk_id: str | None = None,
-    max_bytes: int = types.MAX_CONTENT_BYTES,
+    max_bytes: int = types.MAX_CONTENT_BYTES, short: bool = False,
 ) -> list[dict[str, Any]]:
     """Contents of the ``org.mxsync.doc.update`` events that carry ``update``.
 
     One content when it fits ``max_bytes`` (``MAX_CONTENT_BYTES``; in an
     encrypted room ``MAX_ENCRYPTED_CONTENT_BYTES``), else a chunk set, in index
     order. ``chunk_id`` fixes the set id (tests, examples); by default it is random.
+    ``short`` (documents declared ``yjs-v1-short``) gives one content in the short
+    form, ``{"d": doc, "u": base64}`` (no ``d`` for ``DEFAULT_DOC``), when it fits;
+    chunk sets keep the long form.
     Persist the returned dicts before sending: a resend after a crash must reuse them.
     """
     _check_doc_name(doc, ConfigError)
     _check_payload(update, "update", ConfigError)
+    if short:
+        compact: dict[str, Any] = {} if doc == DEFAULT_DOC else {"d": doc}
+        compact["u"] = _b64(update)
+        if content_size(compact) <= max_bytes:
+            return [compact]
     return _encode({"doc": doc}, "update", update, chunk_id, max_bytes)
 
 

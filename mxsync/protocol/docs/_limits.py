@@ -14,6 +14,15 @@ from typing import Final
 VERSION: Final = 1
 #: The only payload encoding of version 1: Yjs v1 updates (``Y.encodeStateAsUpdate``).
 ENCODING_YJS_V1: Final = "yjs-v1"
+#: The same payloads, with updates in the short form (``{"d": name, "u": base64}``,
+#: ``d`` left out for the document named ``DEFAULT_DOC``): declared by the documents
+#: this version creates, so that readers that know only the long form refuse
+#: them loudly (an unknown encoding) instead of skipping their updates silently.
+ENCODING_YJS_V1_SHORT: Final = "yjs-v1-short"
+#: The encodings this implementation reads.
+SUPPORTED_ENCODINGS: Final = frozenset({ENCODING_YJS_V1, ENCODING_YJS_V1_SHORT})
+#: The document a short-form update without ``d`` belongs to.
+DEFAULT_DOC: Final = "default"
 #: Longest document name (the state_key of ``org.mxsync.doc``), in UTF-8 bytes.
 MAX_DOC_NAME_BYTES: Final = 255
 #: Largest payload (update or state) a writer may send, chunked; readers may refuse more.

@@ -24,7 +24,9 @@ from ._limits import (
     _MAX_ENCODING_CHARS,
     _MAX_EVENT_ID_CHARS,
     _SHA256_HEX_CHARS,
+    DEFAULT_DOC,
     ENCODING_YJS_V1,
+    ENCODING_YJS_V1_SHORT,
     MAX_DOC_NAME_BYTES,
     MIN_CHUNK_SLICE,
 )
@@ -119,7 +121,12 @@ class DocDeclaration(_Value, frozen=True, kw_only=True, omit_defaults=True):
     @property
     def supported(self) -> bool:
         """Whether this implementation can read the document's payloads."""
-        return self.encoding == ENCODING_YJS_V1
+        return self.encoding in (ENCODING_YJS_V1, ENCODING_YJS_V1_SHORT)
+
+    @property
+    def short(self) -> bool:
+        """Whether writers send this document's updates in the short form."""
+        return self.encoding == ENCODING_YJS_V1_SHORT
 
 
 class DocUpdate(_Value, frozen=True, kw_only=True, omit_defaults=True):
@@ -227,6 +234,14 @@ class _UpdateWire(_Wire, frozen=True, kw_only=True, omit_defaults=True):
     doc: str
     update: bytes
     chunk: ChunkInfo | None = None
+
+
+class _ShortUpdateWire(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The short form of an unchunked update: ``{"d": name, "u": base64}``."""
+
+    u: bytes
+    d: str = DEFAULT_DOC
+    v: int = 1
 
 
 class _SnapshotWire(_Wire, frozen=True, kw_only=True, omit_defaults=True):
