@@ -82,7 +82,9 @@ async def test_newcomer_cli_journey_on_a_running_devserver(hs: DevServer, tmp_pa
     for _ in range(3):
         out, took = mxsync("sensor", "history", room, "temp", env=bob, cwd=tmp_path)
         assert [line.split("\t")[1] for line in out.splitlines()] == ["21.5", "22.5"]
-        assert took < 3.0, f"history took {took:.1f} s"
+        # Not a speed check (bench/ measures speed): the bug this guards made the
+        # first sync of a run long-poll for 30 s. Far below that, whatever the load.
+        assert took < 15.0, f"history took {took:.1f} s: did the first sync long-poll?"
 
     async with Client(hs.url, alice["MXSYNC_USER"], password=alice["MXSYNC_PASSWORD"],
                       store_path=tmp_path / "alice-py.db") as client:
