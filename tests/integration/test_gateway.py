@@ -1,0 +1,145 @@
+"""The y-websocket gateway against a real Synapse and stock JS clients (npm yjs +
+y-websocket in Node): two gateways on two Matrix accounts, a Python SyncedDoc on
+a third, concurrent edits converge; a read token cannot write; awareness
+between two Node clients on one gateway, gone when one leaves; bad frames and
+missing tokens close that socket only.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+import anyio
+import pycrdt
+import pytest
+
+from mxsync.dev.npm import node_available
+from mxsync.gateway import Gateway
+from tests.integration.node_yws import NodeYjs, wait_until
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.timeout(180),
+    pytest.mark.skipif(not node_available(), reason="needs node and npm"),
+]
+
+WRITE, READ = "alice-write-token", "alice-read-token"
+B_WRITE = "bob-write-token-1"
+
+
+async def test_node_clients_on_two_gateways_and_python_converge(make_user, make_client):
+    alice = await make_client(await make_user("gwa", relaxed=True))
+    bob = await make_client(await make_user("gwb", relaxed=True))
+    carol = await make_client(await make_user("gwc", relaxed=True))
+    room = await alice.create_room("gateway", invite=[bob.user_id, carol.user_id])
+    await bob.join(room)
+    await carol.join(room)
+    async with (
+        Gateway(alice, room, tokens={WRITE: "write", READ: "read"}) as gw_a,
+        Gateway(bob, room, tokens={B_WRITE: "write"}) as gw_b,
+        carol.open_doc(room, "notes") as py,
+    ):
+        assert gw_a.url and gw_b.url
+        await py.wait_synced()
+        py_text = py.doc.get("text", type=pycrdt.Text)
+        async with (
+            NodeYjs(gw_a.url, "notes", WRITE) as n1,
+            NodeYjs(gw_b.url, "notes", B_WRITE) as n2,
+            NodeYjs(gw_a.url, "notes", WRITE) as n3,
+            NodeYjs(gw_a.url, "notes", READ) as reader,
+        ):
+            for n in (n1, n2, n3, reader):
+                await n.wait_synced()
+
+            # Concurrent edits from both gateways and from Python.
+            for i in range(5):
+                await n1.call("insert", text=f"[a{i}]")
+                await n2.call("insert", text=f"[b{i}]")
+                with py.doc.transaction():
+                    py_text += f"[p{i}]"
+            pieces = [f"[{w}{i}]" for w in "abp" for i in range(5)]
+
+            async def converged() -> bool:
+                texts = {await n.text() for n in (n1, n2, n3)} | {str(py_text)}
+                return len(texts) == 1 and all(p in str(py_text) for p in pieces)
+
+            await wait_until(converged, 60, "the three replicas to converge")
+            final = str(py_text)
+            assert len(final) == sum(len(p) for p in pieces)
+
+            # The reader receives everything, and its own edit goes nowhere.
+            await wait_until(lambda: _contains(reader, pieces), 30, "the reader to catch up")
+            await reader.call("insert", text="[READONLY]")
+            await n1.call("insert", text="[after]")
+            await wait_until(lambda: "[after]" in str(py_text), 30, "[after] in Python")
+            await wait_until(lambda: _text_has(n2, "[after]"), 30, "[after] on gateway b")
+            assert "[READONLY]" not in str(py_text)
+            assert "[READONLY]" not in await n2.text()
+            assert "[READONLY]" not in await n1.text()
+            assert gw_a.statistics().read_only_refused >= 1
+
+            # Awareness between two clients of one gateway; gone when one leaves.
+            n1_id = await n1.call("clientID")
+            await n1.call("aware", field="user", value={"name": "n1", "color": "#e11d48"})
+
+            async def n3_sees_n1() -> bool:
+                return any(cid == n1_id and st.get("user", {}).get("name") == "n1"
+                           for cid, st in await n3.call("states"))
+
+            await wait_until(n3_sees_n1, 20, "n1's awareness state on n3")
+            await n1.close()
+
+            async def n3_lost_n1() -> bool:
+                return all(cid != n1_id for cid, _ in await n3.call("states"))
+
+            await wait_until(n3_lost_n1, 20, "n1's awareness state to go from n3")
+            # Awareness never went into the document.
+            assert "user" not in str(py.doc.get_update())
+            assert set(py.doc.keys()) == {"text"}
+
+
+async def _contains(n: NodeYjs, pieces: list[str]) -> bool:
+    text = await n.text()
+    return all(p in text for p in pieces)
+
+
+async def _text_has(n: NodeYjs, piece: str) -> bool:
+    return piece in await n.text()
+
+
+async def test_bad_frames_and_bad_tokens_close_that_socket_only(make_user, make_client, caplog):
+    alice = await make_client(await make_user("gwbad", relaxed=True))
+    room = await alice.create_room("gateway-bad")
+    async with Gateway(alice, room, tokens={WRITE: "write"}) as gw, \
+            aiohttp.ClientSession() as http:
+        assert gw.url
+        base = gw.url + "doc"
+        # No token, a wrong one: refused before the upgrade.
+        for url in (base, base + "?token=wrong-token-x"):
+            with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+                await http.ws_connect(url)
+            assert err.value.status == 401
+        # Garbage, a truncated sync message, an unknown type, a text frame: each closes.
+        for frame, code in ((b"\xff\xff\xff", 1007), (b"\x00\x02\x05ab", 1007),
+                            (b"\x07\x00", 1007), ("hello", 1003),
+                            (b"\x00\x02\x03\x01\x02\x03", 1007)):
+            async with http.ws_connect(f"{base}?token={WRITE}") as ws:
+                first = await ws.receive_bytes(timeout=30)  # our sync step 1
+                assert first[:2] == b"\x00\x00"
+                if isinstance(frame, str):
+                    await ws.send_str(frame)
+                else:
+                    await ws.send_bytes(frame)
+                with anyio.fail_after(10):
+                    while not ws.closed:
+                        await ws.receive()
+                assert ws.close_code == code, frame
+        assert gw.statistics().bad_frames == 5
+        assert "gateway: closing" in caplog.text
+        # The gateway still serves: a stock client edits the document.
+        async with NodeYjs(gw.url, "doc", WRITE) as n:
+            await n.wait_synced()
+            await n.call("insert", text="still here")
+            sdoc = await gw.document("doc")
+            text = sdoc.doc.get("text", type=pycrdt.Text)
+            await wait_until(lambda: str(text) == "still here", 10, "the edit in the SyncedDoc")
+            await sdoc.flush()
