@@ -21,7 +21,7 @@ import hmac
 import itertools
 import logging
 import socket
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Final, Literal
@@ -82,7 +82,8 @@ class Gateway:
     ``port=None`` listens nowhere: mount :meth:`handle` in an aiohttp app of
     your own (route ``/{name}`` or any route with a ``name`` match).
     ``read_only=True`` opens every document read-only (a gateway for a Matrix
-    account without write power); ``doc_options`` are passed to ``open_doc``.
+    account without write power); ``names`` (if given) are the only document
+    names served; ``doc_options`` are passed to ``open_doc``.
     """
 
     def __init__(
@@ -96,6 +97,7 @@ class Gateway:
         anonymous: Access | None = None,
         read_only: bool = False,
         max_docs: int = 64,
+        names: Collection[str] | None = None,
         queue: int = 512,
         doc_options: Mapping[str, Any] | None = None,
     ) -> None:
@@ -121,6 +123,7 @@ class Gateway:
         self.port = port
         self.read_only = read_only
         self.max_docs = max_docs
+        self.names = frozenset(names) if names is not None else None
         self._tokens = tokens
         self._anonymous: Access | None = anonymous
         self._queue = queue
@@ -167,10 +170,11 @@ class Gateway:
         """An aiohttp app serving every document name at ``/{name}``."""
         app = web.Application()
         app.router.add_get("/{name:.+}", self.handle)
-        app.on_shutdown.append(self._close_sockets)
+        app.on_shutdown.append(self.close_sockets)
         return app
 
-    async def _close_sockets(self, app: web.Application | None = None) -> None:
+    async def close_sockets(self, app: web.Application | None = None) -> None:
+        """Close every WebSocket of the gateway (an aiohttp ``on_shutdown`` hook)."""
         for ws in list(self._sockets):
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutdown")
 
@@ -198,7 +202,7 @@ class Gateway:
 
             async def __aexit__(self, *exc: object) -> None:
                 with anyio.CancelScope(shield=True):
-                    await gateway._close_sockets()
+                    await gateway.close_sockets()
                     await self.runner.cleanup()
 
         return _Listening()
@@ -287,6 +291,8 @@ class Gateway:
             return self._refuse(401, "a valid token is needed (?token=...)", request)
         if not 1 <= len(name.encode("utf-8", "replace")) <= 255:
             return self._refuse(400, "a document name is 1..255 bytes", request)
+        if self.names is not None and name not in self.names:
+            return self._refuse(404, f"no document {name!r} here", request)
         if name not in self._docs and len(self._docs) >= self.max_docs:
             return self._refuse(503, f"at most {self.max_docs} documents", request)
         ws = web.WebSocketResponse(max_msg_size=_MAX_MESSAGE, heartbeat=30.0)

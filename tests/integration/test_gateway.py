@@ -14,7 +14,7 @@ import pytest
 
 from mxsync.dev.npm import node_available
 from mxsync.gateway import Gateway
-from tests.integration.node_yws import NodeYjs, wait_until
+from tests.integration.yws import NodeYjs, wait_until
 
 pytestmark = [
     pytest.mark.anyio,

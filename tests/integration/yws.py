@@ -1,7 +1,8 @@
-"""A stock Node y-websocket client (js/yws_client.js) driven from a test.
+"""y-websocket clients for the tests: a stock Node one (js/yws_client.js, npm yjs +
+y-websocket) driven from a test, and a minimal Python one (:class:`PyYjs`).
 
 ``async with NodeYjs(url, room, token) as n``: ``await n.call("insert", text="x")``,
-``await n.text()``, ``await n.wait(lambda: ...)``. Every wait has a deadline.
+``await n.text()``; :func:`wait_until` polls. Every wait has a deadline.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import aiohttp
 import anyio
+import pycrdt
 from anyio.abc import Process, TaskGroup
+from pycrdt._sync import create_update_message
 
 from mxsync.dev.npm import ensure_package_set, node_command
 
@@ -108,3 +112,71 @@ async def wait_until(check: Callable[[], bool | Awaitable[bool]], seconds: float
                 await anyio.sleep(every)
     except TimeoutError:
         raise AssertionError(f"timed out after {seconds} s waiting for {what}") from None
+
+
+class PyYjs:
+    """A minimal y-websocket client in Python (pycrdt's sync messages over aiohttp).
+
+    ``async with PyYjs(http, url) as c``: ``c.doc`` syncs with the server; local
+    transactions on it are sent as updates; ``await c.synced.wait()``.
+    """
+
+    def __init__(self, http: aiohttp.ClientSession, url: str) -> None:
+        self.http = http
+        self.url = url
+        self.doc: pycrdt.Doc[Any] = pycrdt.Doc()
+        self.synced = anyio.Event()
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self._tg: TaskGroup | None = None
+        self._sub: Any = None
+        self._out: list[bytes] = []
+        self._wake = anyio.Event()
+
+    async def __aenter__(self) -> PyYjs:
+        self.ws = await self.http.ws_connect(self.url)
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._sub = self.doc.observe(self._on_transaction)
+        await self.ws.send_bytes(pycrdt.create_sync_message(self.doc))
+        self._tg.start_soon(self._read)
+        self._tg.start_soon(self._write)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._tg is not None and self.ws is not None
+        self.doc.unobserve(self._sub)
+        self._tg.cancel_scope.cancel()
+        await self._tg.__aexit__(None, None, None)
+        await self.ws.close()
+
+    def _on_transaction(self, event: pycrdt.TransactionEvent) -> None:
+        if event.update != b"\x00\x00" and self.doc_origin_is_local:
+            self._out.append(create_update_message(event.update))
+            self._wake.set()
+
+    doc_origin_is_local = True
+
+    async def _write(self) -> None:
+        assert self.ws is not None
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            out, self._out = self._out, []
+            for message in out:
+                await self.ws.send_bytes(message)
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        async for msg in self.ws:
+            if msg.type != aiohttp.WSMsgType.BINARY or msg.data[0] != pycrdt.YMessageType.SYNC:
+                continue
+            # Remote updates must not be echoed back: mark them while applying.
+            self.doc_origin_is_local = False
+            try:
+                reply = pycrdt.handle_sync_message(msg.data[1:], self.doc)
+            finally:
+                self.doc_origin_is_local = True
+            if reply is not None:
+                await self.ws.send_bytes(reply)
+            if msg.data[1] == pycrdt.YSyncMessageType.SYNC_STEP2:
+                self.synced.set()
