@@ -2,10 +2,16 @@
 y-websocket in Node): two gateways on two Matrix accounts, a Python SyncedDoc on
 a third, concurrent edits converge; a read token cannot write; awareness
 between two Node clients on one gateway, gone when one leaves; bad frames and
-missing tokens close that socket only.
+missing tokens close that socket only; ``mxsync gateway`` serves until Ctrl-C.
 """
 
 from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+from pathlib import Path
 
 import aiohttp
 import anyio
@@ -22,6 +28,7 @@ pytestmark = [
     pytest.mark.skipif(not node_available(), reason="needs node and npm"),
 ]
 
+REPO = Path(__file__).resolve().parents[2]
 WRITE, READ = "alice-write-token", "alice-read-token"
 B_WRITE = "bob-write-token-1"
 
@@ -143,3 +150,42 @@ async def test_bad_frames_and_bad_tokens_close_that_socket_only(make_user, make_
             text = sdoc.doc.get("text", type=pycrdt.Text)
             await wait_until(lambda: str(text) == "still here", 10, "the edit in the SyncedDoc")
             await sdoc.flush()
+
+
+async def test_mxsync_gateway_command_serves_until_ctrl_c(hs, make_user, make_client, tmp_path):
+    creds = await make_user("gwcli", relaxed=True)
+    owner = await make_client(creds)
+    room = await owner.create_room("gateway-cli")
+    env = {**os.environ, "MXSYNC_PASSWORD": creds.password,
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = await anyio.open_process(
+        [sys.executable, "-m", "mxsync", "gateway", "--homeserver", hs.url, "--user",
+         creds.user_id, "--room", room, "--port", "0", "--store", str(tmp_path / "gw.db")],
+        env=env, cwd=tmp_path)
+    try:
+        assert proc.stdout is not None
+        out = b""
+        with anyio.fail_after(60):
+            while b"token (write): " not in out or not out.endswith(b"\n"):
+                out += await proc.stdout.receive()
+        text = out.decode()
+        url = re.search(r"gateway (ws://\S+/)NAME for (\S+) as", text)
+        token = re.search(r"token \(write\): (\S+)", text)
+        assert url and token and url[2] == room
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(aiohttp.WSServerHandshakeError):
+                await http.ws_connect(url[1] + "notes")
+        async with NodeYjs(url[1], "notes", token[1]) as n:
+            await n.wait_synced()
+            await n.call("insert", text="via the command")
+            async with owner.open_doc(room, "notes") as sdoc:
+                await sdoc.wait_synced()
+                got = sdoc.doc.get("text", type=pycrdt.Text)
+                await wait_until(lambda: str(got) == "via the command", 30, "the edit on Matrix")
+        proc.send_signal(signal.SIGINT)
+        with anyio.fail_after(30):
+            assert await proc.wait() == 130
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
