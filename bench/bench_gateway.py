@@ -64,7 +64,10 @@ class _AiohttpChannel:
             raise StopAsyncIteration() from None
 
     async def send(self, message: bytes) -> None:
-        await self._ws.send_bytes(message)
+        try:
+            await self._ws.send_bytes(message)
+        except ConnectionError:
+            pass  # the client left; pycrdt-websocket still broadcasts to it once
 
     async def recv(self) -> bytes:
         msg = await self._ws.receive()
