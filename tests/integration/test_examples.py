@@ -23,10 +23,13 @@ import aiohttp
 import anyio
 import pytest
 
+from mxsync.dev.npm import node_available
+
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # ``examples`` is a folder of the checkout, not installed
     sys.path.insert(0, str(REPO))
 
+from examples.whiteboard.build import BUNDLE, build  # noqa: E402
 from examples.whiteboard.model import (  # noqa: E402
     BOARD_H,
     BOARD_W,
@@ -245,3 +248,21 @@ async def test_demo_whose_reader_died_stops_everything_on_ctrl_c(tmp_path):
     logins = state / "logins.env"
     assert logins.stat().st_mode & 0o777 == 0o600
     assert "MXSYNC_USER=@ops:localhost" in logins.read_text()
+
+
+# --------------------------------------------------------------------------- whiteboard bundle
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(not node_available(), reason="needs node and npm")
+def test_whiteboard_bundle_is_built_from_its_source(tmp_path):
+    """static/whiteboard.js is what ``make whiteboard-js`` makes of web/ (npm yjs and
+    y-websocket, pinned), and loads nothing from the internet."""
+    out = build(tmp_path / "whiteboard.js")
+    committed = BUNDLE.read_bytes()
+    assert out.read_bytes() == committed, "run `make whiteboard-js` and commit the bundle"
+    text = committed.decode()
+    assert "WebsocketProvider" in text or "y-websocket" in text or "messageSync" in text
+    # The only URL in it is a link in one of yjs's error messages.
+    urls = set(re.findall(r"https?://[^\s\"'`)]+", text))
+    assert urls <= {"https://github.com/yjs/yjs/issues/438"}, urls
