@@ -221,7 +221,8 @@ class Gateway:
     async def document(self, name: str) -> SyncedDoc:
         """The SyncedDoc behind ``name``, opened (and loaded) if it is not yet."""
         held = await self._held(name)
-        assert held.sdoc is not None
+        if held.relay is None or held.sdoc is None:
+            raise RuntimeError("the gateway is stopping")
         return held.sdoc
 
     # -- documents ----------------------------------------------------------------
