@@ -17,12 +17,15 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+from typing import TYPE_CHECKING
 
 import anyio
 
 from ..errors import ConfigError
-from ..gateway import Access, Gateway
 from .common import add_login_args, client_from_args, run_command
+
+if TYPE_CHECKING:
+    from ..gateway import Access
 
 __all__ = ["add_parser", "cmd_gateway", "parse_tokens"]
 
@@ -67,6 +70,9 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         tokens[made_up] = "write"
 
     async def main() -> None:
+        # Imported here: aiohttp's server is not worth loading for every other command.
+        from ..gateway import Gateway
+
         async with client_from_args(args) as client:
             room_id = await client.join(args.room)
             async with Gateway(client, room_id, host=args.host, port=args.port, tokens=tokens,
