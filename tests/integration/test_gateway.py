@@ -189,3 +189,37 @@ async def test_mxsync_gateway_command_serves_until_ctrl_c(hs, make_user, make_cl
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+@pytest.mark.skip(reason="awareness between gateways travels over Matrix to-device: "
+                         "issue 16's other part (engineer 16b); enable at merge")
+async def test_awareness_crosses_gateways_and_goes_when_the_client_leaves(make_user,
+                                                                          make_client):
+    alice = await make_client(await make_user("gwx", relaxed=True))
+    bob = await make_client(await make_user("gwy", relaxed=True))
+    room = await alice.create_room("gateway-awareness", invite=[bob.user_id])
+    await bob.join(room)
+    async with (
+        Gateway(alice, room, tokens={WRITE: "write"}) as gw_a,
+        Gateway(bob, room, tokens={B_WRITE: "write"}) as gw_b,
+    ):
+        assert gw_a.url and gw_b.url
+        async with NodeYjs(gw_a.url, "notes", WRITE) as n1, \
+                NodeYjs(gw_b.url, "notes", B_WRITE) as n2:
+            await n1.wait_synced()
+            await n2.wait_synced()
+            n1_id = await n1.call("clientID")
+            await n1.call("aware", field="user", value={"name": "across"})
+
+            async def n2_sees() -> bool:
+                return any(cid == n1_id and st.get("user", {}).get("name") == "across"
+                           for cid, st in await n2.call("states"))
+
+            await wait_until(n2_sees, 20, "n1's awareness state through Matrix on n2")
+            await n1.close()
+
+            async def n2_lost() -> bool:
+                return all(cid != n1_id for cid, _ in await n2.call("states"))
+
+            # Removed at once when the gateway forwards the removal; 30 s expiry otherwise.
+            await wait_until(n2_lost, 45, "n1's awareness state to go from n2")
