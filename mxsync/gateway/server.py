@@ -5,7 +5,8 @@ authentication and the documents held open for them: WebSocket path ``/NAME``
 (the "room name" of a ``WebsocketProvider``) is the document ``NAME`` of the
 room. The first connection to a name opens its SyncedDoc on the gateway's one
 Matrix client and waits for its initial load; later connections share it; it
-stays open until the gateway closes (at most ``max_docs`` names).
+is closed when no connection has used it for ``idle_close`` seconds (at most
+``max_docs`` names are open at once).
 
 Authentication: the token in the ``token`` query parameter (what a stock
 provider sends with ``params: {token}``) is looked up in ``tokens`` (token ->
@@ -21,6 +22,7 @@ import hmac
 import itertools
 import logging
 import socket
+import time
 from collections.abc import Collection, Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -73,6 +75,13 @@ class _Held:
         self.relay: DocRelay | None = None
         self.sdoc: SyncedDoc | None = None
         self.error: BaseException | None = None
+        #: Asked for through Gateway.document(): never closed for being idle.
+        self.pinned = False
+        #: Closing (idle): new connections wait for ``closed``, then open it afresh.
+        self.closing = False
+        self.closed = anyio.Event()
+        #: When a connection last joined or left (time.monotonic()).
+        self.last_used = time.monotonic()
 
 
 class Gateway:
@@ -83,7 +92,9 @@ class Gateway:
     your own (route ``/{name}`` or any route with a ``name`` match).
     ``read_only=True`` opens every document read-only (a gateway for a Matrix
     account without write power); ``names`` (if given) are the only document
-    names served; ``doc_options`` are passed to ``open_doc``.
+    names served; ``doc_options`` are passed to ``open_doc``. A document no
+    connection has used for ``idle_close`` seconds (default 300; None: never) is
+    closed, and opened again (from the client's cache) by the next connection.
     """
 
     def __init__(
@@ -97,6 +108,7 @@ class Gateway:
         anonymous: Access | None = None,
         read_only: bool = False,
         max_docs: int = 64,
+        idle_close: float | None = 300.0,
         names: Collection[str] | None = None,
         queue: int = 512,
         doc_options: Mapping[str, Any] | None = None,
@@ -115,6 +127,8 @@ class Gateway:
             raise ConfigError("no way in: give tokens, or anonymous='read'/'write'")
         if max_docs < 1 or queue < 16:
             raise ConfigError("max_docs must be >= 1 and queue >= 16")
+        if idle_close is not None and not idle_close > 0:
+            raise ConfigError("idle_close must be > 0 seconds (or None: never)")
         if port is not None and not 0 <= port <= 65535:
             raise ConfigError(f"not a port: {port}")
         self.client = client
@@ -123,6 +137,7 @@ class Gateway:
         self.port = port
         self.read_only = read_only
         self.max_docs = max_docs
+        self.idle_close = idle_close
         self.names = frozenset(names) if names is not None else None
         self._tokens = tokens
         self._anonymous: Access | None = anonymous
@@ -221,6 +236,7 @@ class Gateway:
     async def document(self, name: str) -> SyncedDoc:
         """The SyncedDoc behind ``name``, opened (and loaded) if it is not yet."""
         held = await self._held(name)
+        held.pinned = True
         if held.relay is None or held.sdoc is None:
             raise RuntimeError("the gateway is stopping")
         return held.sdoc
@@ -228,19 +244,28 @@ class Gateway:
     # -- documents ----------------------------------------------------------------
 
     async def _held(self, name: str) -> _Held:
-        held = self._docs.get(name)
-        if held is None:
-            if self._tg is None:
-                raise RuntimeError("the gateway is not running; use `async with Gateway(...)`")
-            if len(self._docs) >= self.max_docs:
-                raise ConfigError(f"the gateway holds {self.max_docs} documents already")
-            held = self._docs[name] = _Held()
-            await self._tg.start(self._hold, name, held)
+        """The open document ``name``: opened if need be, never one that is closing."""
         with anyio.fail_after(_OPEN_TIMEOUT):
-            await held.ready.wait()
-        if held.error is not None:
-            raise held.error
-        return held
+            while True:
+                held = self._docs.get(name)
+                if held is None:
+                    if self._tg is None:
+                        raise RuntimeError("the gateway is not running; "
+                                           "use `async with Gateway(...)`")
+                    if len(self._docs) >= self.max_docs:
+                        raise ConfigError(f"the gateway holds {self.max_docs} documents "
+                                          "already")
+                    held = self._docs[name] = _Held()
+                    await self._tg.start(self._hold, name, held)
+                if held.closing:
+                    await held.closed.wait()
+                    continue
+                await held.ready.wait()
+                if held.error is not None:
+                    raise held.error
+                if not held.closing:  # it may have begun closing while we waited
+                    held.last_used = time.monotonic()
+                    return held
 
     async def _hold(self, name: str, held: _Held,
                     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -259,7 +284,11 @@ class Gateway:
                         held.sdoc, held.relay = sdoc, relay
                         held.ready.set()
                         log.info("gateway: document %r of %s open", name, self.room_id)
-                        await anyio.sleep_forever()
+                        await self._until_idle(held, relay)
+                        held.closing = True
+                        log.info("gateway: closing document %r of %s (idle)", name,
+                                 self.room_id)
+                    tg.cancel_scope.cancel()
         except MxsyncError as exc:
             log.error("gateway: cannot open document %r of %s: %s", name, self.room_id, exc)
             held.error = exc
@@ -268,6 +297,20 @@ class Gateway:
             held.ready.set()
             if self._docs.get(name) is held:
                 del self._docs[name]
+            held.closed.set()
+
+    async def _until_idle(self, held: _Held, relay: DocRelay) -> None:
+        """Return once no connection has used the document for ``idle_close`` s."""
+        if self.idle_close is None:
+            await anyio.sleep_forever()
+            return
+        idle_since = time.monotonic()
+        while True:
+            await anyio.sleep(min(self.idle_close / 4, 30.0))
+            if relay.peers or held.pinned:
+                idle_since = time.monotonic()
+            elif time.monotonic() - max(idle_since, held.last_used) >= self.idle_close:
+                return
 
     # -- connections --------------------------------------------------------------
 
@@ -331,6 +374,7 @@ class Gateway:
             self._counts["read_only_refused"] += peer.refused
             peer.refused = 0
             relay.leave(peer)
+            held.last_used = time.monotonic()
         if peer.dropped and not ws.closed:
             self._counts["dropped"] += 1
             log.warning("gateway: %r does not read fast enough; closing it", peer)

@@ -223,3 +223,25 @@ async def test_awareness_crosses_gateways_and_goes_when_the_client_leaves(make_u
 
             # Removed at once when the gateway forwards the removal; 30 s expiry otherwise.
             await wait_until(n2_lost, 45, "n1's awareness state to go from n2")
+
+
+async def test_an_idle_document_is_closed_and_reopened_by_the_next_client(make_user,
+                                                                         make_client):
+    alice = await make_client(await make_user("gwidle", relaxed=True))
+    room = await alice.create_room("gateway-idle")
+    async with Gateway(alice, room, tokens={WRITE: "write"}, idle_close=0.5) as gw:
+        assert gw.url
+        async with NodeYjs(gw.url, "doc", WRITE) as n:
+            await n.wait_synced()
+            await n.call("insert", text="kept while closed")
+            await wait_until(lambda: gw.statistics().docs == 1, 10, "the document open")
+            # Still open while a client is connected, however long.
+            await anyio.sleep(1.5)
+            assert gw.statistics().docs == 1
+            await n.close()
+        await wait_until(lambda: gw.statistics().docs == 0, 10, "the idle document closed")
+        async with NodeYjs(gw.url, "doc", WRITE) as again:
+            await again.wait_synced()
+            await wait_until(lambda: _text_has(again, "kept while closed"), 20,
+                             "the text after reopening")
+        assert gw.statistics().docs == 1
