@@ -9,6 +9,6 @@ It sits above :mod:`mxsync.client`, beside ``dev/`` and ``cli/``.
 """
 
 from .relay import DocRelay, Peer
-from .server import Access, Gateway, GatewayStatistics
+from .server import TOKEN_PROTOCOL, Access, Gateway, GatewayStatistics
 
-__all__ = ["Access", "DocRelay", "Gateway", "GatewayStatistics", "Peer"]
+__all__ = ["TOKEN_PROTOCOL", "Access", "DocRelay", "Gateway", "GatewayStatistics", "Peer"]

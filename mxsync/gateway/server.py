@@ -9,11 +9,14 @@ is closed when no connection has used it for ``idle_close`` seconds (at most
 ``max_docs`` names are open at once).
 
 Authentication: the token in the ``token`` query parameter (what a stock
-provider sends with ``params: {token}``) is looked up in ``tokens`` (token ->
-"write" or "read"); without a known token a connection gets ``anonymous``
-(None: HTTP 401 before the upgrade). A "read" connection receives everything,
-and its updates are refused (:mod:`.relay`). Bad frames close that socket only
-(1003/1007, with a log line); the gateway and its other sockets go on.
+provider sends with ``params: {token}``), or offered as the WebSocket
+subprotocol ``mxsync.token.TOKEN`` (``protocols: ["mxsync.token." + token]``:
+kept out of URLs and access logs; the gateway answers with that subprotocol),
+is looked up in ``tokens`` (token -> "write" or "read"); without a known token
+a connection gets ``anonymous`` (None: HTTP 401 before the upgrade). A "read"
+connection receives everything, and its updates are refused (:mod:`.relay`).
+Bad frames close that socket only (1003/1007, with a log line); the gateway and
+its other sockets go on.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from ..engine.taskgroups import exit_stack
 from ..errors import ConfigError, MxsyncError, ProtocolError
 from .relay import DocRelay, Peer
 
-__all__ = ["Access", "Gateway", "GatewayStatistics"]
+__all__ = ["TOKEN_PROTOCOL", "Access", "Gateway", "GatewayStatistics"]
 
 log = logging.getLogger("mxsync.gateway")
 
@@ -47,6 +50,8 @@ Access = Literal["write", "read"]
 _ACCESS: Final = ("write", "read")
 _MAX_MESSAGE: Final = 16 * 1024 * 1024
 _OPEN_TIMEOUT: Final = 120.0
+#: A token offered as a WebSocket subprotocol: ``mxsync.token.<token>``.
+TOKEN_PROTOCOL: Final = "mxsync.token."
 
 
 class GatewayStatistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -314,13 +319,26 @@ class Gateway:
 
     # -- connections --------------------------------------------------------------
 
-    def _access(self, request: web.Request) -> Access | None:
+    def _lookup(self, token: str) -> Access | None:
+        for known, access in self._tokens.items():
+            if hmac.compare_digest(known.encode(), token.encode()):
+                return access
+        return None
+
+    def _access(self, request: web.Request) -> tuple[Access | None, str | None]:
+        """What the connection may do, and the subprotocol to answer with (if any)."""
+        for header in request.headers.getall("Sec-WebSocket-Protocol", []):
+            for offered in (p.strip() for p in header.split(",")):
+                if offered.startswith(TOKEN_PROTOCOL):
+                    access = self._lookup(offered[len(TOKEN_PROTOCOL):])
+                    if access is not None:
+                        return access, offered
         token = request.query.get("token")
         if token is not None:
-            for known, access in self._tokens.items():
-                if hmac.compare_digest(known.encode(), token.encode()):
-                    return access
-        return self._anonymous
+            access = self._lookup(token)
+            if access is not None:
+                return access, None
+        return self._anonymous, None
 
     def _refuse(self, status: int, why: str, request: web.Request) -> web.Response:
         self._counts["refused"] += 1
@@ -330,16 +348,18 @@ class Gateway:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The aiohttp handler of one WebSocket connection to ``/{name}``."""
         name = request.match_info.get("name") or request.path.lstrip("/")
-        access = self._access(request)
+        access, protocol = self._access(request)
         if access is None:
-            return self._refuse(401, "a valid token is needed (?token=...)", request)
+            return self._refuse(401, "a valid token is needed (?token=... or the subprotocol "
+                                f"{TOKEN_PROTOCOL}TOKEN)", request)
         if not 1 <= len(name.encode("utf-8", "replace")) <= 255:
             return self._refuse(400, "a document name is 1..255 bytes", request)
         if self.names is not None and name not in self.names:
             return self._refuse(404, f"no document {name!r} here", request)
         if name not in self._docs and len(self._docs) >= self.max_docs:
             return self._refuse(503, f"at most {self.max_docs} documents", request)
-        ws = web.WebSocketResponse(max_msg_size=_MAX_MESSAGE, heartbeat=30.0)
+        ws = web.WebSocketResponse(max_msg_size=_MAX_MESSAGE, heartbeat=30.0,
+                                   protocols=(protocol,) if protocol else ())
         await ws.prepare(request)
         self._sockets.add(ws)
         try:

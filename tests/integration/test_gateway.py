@@ -19,7 +19,7 @@ import pycrdt
 import pytest
 
 from mxsync.dev.npm import node_available
-from mxsync.gateway import Gateway
+from mxsync.gateway import TOKEN_PROTOCOL, Gateway
 from tests.integration.yws import NodeYjs, wait_until
 
 pytestmark = [
@@ -142,8 +142,13 @@ async def test_bad_frames_and_bad_tokens_close_that_socket_only(make_user, make_
                 assert ws.close_code == code, frame
         assert gw.statistics().bad_frames == 5
         assert "gateway: closing" in caplog.text
-        # The gateway still serves: a stock client edits the document.
-        async with NodeYjs(gw.url, "doc", WRITE) as n:
+        # The gateway still serves: a stock client edits the document, its token
+        # offered as a subprotocol (out of the URL), which the gateway answers with.
+        async with http.ws_connect(base, protocols=[TOKEN_PROTOCOL + WRITE]) as ws:
+            assert ws.protocol == TOKEN_PROTOCOL + WRITE
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await http.ws_connect(base, protocols=[TOKEN_PROTOCOL + "wrong-token-x"])
+        async with NodeYjs(gw.url, "doc", "protocol:" + WRITE) as n:
             await n.wait_synced()
             await n.call("insert", text="still here")
             sdoc = await gw.document("doc")

@@ -2,6 +2,8 @@
 //
 //   node yws_client.js URL ROOM [TOKEN]
 //
+// A TOKEN "protocol:T" is offered as the WebSocket subprotocol mxsync.token.T
+// instead of the ?token= query parameter.
 // Commands (one JSON object a line, each answered {id, result} on stdout):
 //   {id, op: "insert", text, index?}   insert into the Y.Text "text" (default: at the end)
 //   {id, op: "text"}                   the text
@@ -21,7 +23,8 @@ const doc = new Y.Doc();
 const text = doc.getText('text');
 const provider = new WebsocketProvider(url, room, doc, {
   WebSocketPolyfill: WebSocket,
-  params: token ? { token } : {},
+  params: token && !token.startsWith('protocol:') ? { token } : {},
+  protocols: token && token.startsWith('protocol:') ? ['mxsync.token.' + token.slice(9)] : [],
   disableBc: true,
 });
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
