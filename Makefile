@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test test-fast lint bench venv clean
+.PHONY: demo test test-fast lint bench venv clean whiteboard-js
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	scripts/ensure-system-packages
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+## whiteboard-js: rebuild the whiteboard page's bundle (npm yjs + y-websocket, esbuild)
+whiteboard-js: $(STAMP)
+	$(BIN)/python -m examples.whiteboard.build
 
 clean:
 	rm -rf $(VENV) .mxsync .pytest_cache

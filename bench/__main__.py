@@ -33,7 +33,7 @@ from mxsync.dev import DevServer
 
 MODULES = {"docs": "bench.bench_docs", "streams": "bench.bench_streams", "rss": "bench.bench_rss",
            "federation": "bench.bench_federation", "e2ee": "bench.bench_e2ee",
-           "peers": "bench.bench_peers"}
+           "peers": "bench.bench_peers", "gateway": "bench.bench_gateway"}
 
 #: Keys every full run writes, each a number (issue #6).
 REQUIRED = (

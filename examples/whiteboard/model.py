@@ -1,7 +1,8 @@
 """The whiteboard's data model: what it keeps in the room's pycrdt document.
 
-Everything the board shows lives in one pycrdt ``Doc`` (the room's SyncedDoc
-named ``whiteboard``), in three root types::
+Every stroke lives in one Yjs/pycrdt ``Doc`` (the room's SyncedDoc named
+``whiteboard``), in two root types, written by the page's Yjs document (see
+``web/board.js``, the same schema) and by Python through :class:`Board`::
 
     strokes   Map   stroke id -> {"author": "@alice:localhost",
                                   "color": "#e11d48",      # "#rrggbb"
@@ -9,8 +10,6 @@ named ``whiteboard``), in three root types::
                                   "points": [x0, y0, x1, y1, ...],
                                   "t": 1700000000000}      # when it was drawn (ms)
     order     Array stroke ids, bottom to top (z-order)
-    presence  Map   user id -> {"pages": 1,                # browser pages open
-                                "seen_ms": 1700000000000}  # last heartbeat (ms)
 
 Coordinates are whole numbers on a fixed board of :data:`BOARD_W` x
 :data:`BOARD_H` units; each page scales the board to its window. A stroke is an
@@ -26,14 +25,13 @@ Operations, each one local transaction, hence one update in the room:
 - **clear**: delete every stroke. A stroke drawn concurrently elsewhere
   survives a clear, as it should: its author had not seen the clear.
 
-Presence is honest and cheap: each whiteboard server writes its user's entry
-when a page connects or disconnects and refreshes ``seen_ms`` every
-:data:`HEARTBEAT_MS` while a page is open; a user is present while ``pages > 0``
-and the last refresh is younger than :data:`PRESENCE_TIMEOUT_MS` (a server that
-was killed stops refreshing, and its user fades out).
+Presence (who is here, where their pointer is) is not in the document: it
+travels as Yjs awareness states (``{"user": {"id", "color"}, "cursor": [x, y]}``),
+which expire by themselves, so an open page adds nothing to the document's
+history. :func:`present_users` reads them.
 
-The functions here are synchronous and do no I/O; the server calls them on the
-event loop's thread, where the SyncedDoc applies remote updates too.
+The functions here are synchronous and do no I/O; call them on the event
+loop's thread, where the SyncedDoc applies remote updates too.
 """
 
 from __future__ import annotations
@@ -48,11 +46,10 @@ from pycrdt import Array, Doc, Map
 __all__ = [
     "BOARD_H",
     "BOARD_W",
-    "HEARTBEAT_MS",
     "MAX_POINTS",
-    "PRESENCE_TIMEOUT_MS",
     "Board",
     "InvalidStroke",
+    "present_users",
     "validate_stroke",
 ]
 
@@ -60,8 +57,6 @@ BOARD_W = 1600
 BOARD_H = 900
 MAX_POINTS = 4000  # (x, y) pairs per stroke: a long, slow scribble
 MAX_WIDTH = 64
-HEARTBEAT_MS = 60_000
-PRESENCE_TIMEOUT_MS = 150_000
 
 _COLOR = re.compile(r"#[0-9a-fA-F]{6}")
 _STROKE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -117,7 +112,6 @@ class Board:
         self.user = user
         self.strokes: Map = doc.get("strokes", type=Map)
         self.order: Array = doc.get("order", type=Array)
-        self.presence: Map = doc.get("presence", type=Map)
 
     # -- edits -----------------------------------------------------------------
 
@@ -180,19 +174,10 @@ class Board:
             if ids[i] == sid:
                 del self.order[i]
 
-    # -- presence --------------------------------------------------------------
-
-    def set_presence(self, pages: int, *, now_ms: int | None = None) -> None:
-        """Record how many pages this user has open (0 when the server stops)."""
-        entry = {"pages": max(0, pages), "seen_ms": _now_ms() if now_ms is None else now_ms}
-        with self.doc.transaction():
-            self.presence[self.user] = entry
-
     # -- reading ---------------------------------------------------------------
 
-    def snapshot(self, *, now_ms: int | None = None) -> dict[str, Any]:
-        """The board as plain JSON for a page: strokes in z-order, who is present."""
-        now = _now_ms() if now_ms is None else now_ms
+    def snapshot(self, present: list[str] | None = None) -> dict[str, Any]:
+        """The board as plain JSON: strokes in z-order, and ``present`` (user ids)."""
         raw_strokes = self.strokes.to_py() or {}
         seen: set[str] = set()
         ordered: list[str] = []
@@ -221,14 +206,18 @@ class Board:
                 "width": _as_int(s.get("width"), 1),
                 "points": [_as_int(v) for v in points],
             })
-        present = []
-        for user, p in sorted((self.presence.to_py() or {}).items()):
-            if not isinstance(p, dict):
-                continue
-            pages, seen_ms = _as_int(p.get("pages")), _as_int(p.get("seen_ms"))
-            if pages > 0 and now - seen_ms < PRESENCE_TIMEOUT_MS:
-                present.append({"user": user, "pages": pages, "seen_ms": seen_ms})
-        return {"strokes": strokes, "presence": present}
+        return {"strokes": strokes, "presence": sorted(present or [])}
+
+
+def present_users(states: Mapping[int, Any]) -> list[str]:
+    """The user ids of awareness states (``{client id: state}``) that name one, once each."""
+    users = set()
+    for state in states.values():
+        user = state.get("user") if isinstance(state, dict) else None
+        uid = user.get("id") if isinstance(user, dict) else None
+        if isinstance(uid, str) and uid:
+            users.add(uid)
+    return sorted(users)
 
 
 def _get(value: Any, key: str) -> Any:

@@ -48,6 +48,15 @@ PACKAGE_SETS: dict[str, dict[str, str]] = {
         "y-websocket": "2.1.0",
         "ws": "8.18.3",
     },
+    # The whiteboard example's page, bundled at build time (examples/whiteboard/build.py):
+    # the same Yjs and provider as a stock app, and esbuild to bundle them.
+    "whiteboard-build": {
+        "esbuild": "0.28.2",
+        "yjs": "13.6.27",
+        "y-protocols": "1.0.6",
+        "lib0": "0.2.114",
+        "y-websocket": "2.1.0",
+    },
     # Matrix-CRDT 0.2.0 in Node, with the matrix-js-sdk it works with.
     "matrix-crdt": {
         "matrix-crdt": "0.2.0",

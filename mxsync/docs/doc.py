@@ -178,6 +178,7 @@ class SyncedDoc:
         self._load_ms: float | None = None
         self._repairing = False
         self._unrepaired = 0
+        self._awareness: pycrdt.Awareness | None = None
 
     def __repr__(self) -> str:
         return f"<SyncedDoc {self.name!r} in {self.room_id} for {self.client.user_id}>"
@@ -191,6 +192,13 @@ class SyncedDoc:
     def doc(self) -> pycrdt.Doc[Any]:
         """The document: an ordinary ``pycrdt.Doc``."""
         return self._replica.doc
+
+    @property
+    def awareness(self) -> pycrdt.Awareness:
+        """The document's ``pycrdt.Awareness`` (presence, cursors: never in the document)."""
+        if self._awareness is None:
+            self._awareness = pycrdt.Awareness(self.doc)
+        return self._awareness
 
     @property
     def synced(self) -> bool:

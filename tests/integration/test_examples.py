@@ -1,5 +1,6 @@
 """The examples without a browser, against a real Synapse: the whiteboard's
-server protocol and ``mxsync demo`` end to end (the pure model: tests/unit).
+server (its y-websocket gateway, spoken to by a Python Yjs client) and
+``mxsync demo`` end to end (the pure model: tests/unit).
 
 The demo test runs ``mxsync demo`` as a user does, against its own embedded
 Synapse: every page answers, a reading reaches the dashboard, Ctrl-C stops
@@ -22,15 +23,20 @@ import aiohttp
 import anyio
 import pytest
 
+from mxsync.dev.npm import node_available
+
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # ``examples`` is a folder of the checkout, not installed
     sys.path.insert(0, str(REPO))
 
+from examples.whiteboard.build import BUNDLE, build  # noqa: E402
 from examples.whiteboard.model import (  # noqa: E402
     BOARD_H,
     BOARD_W,
+    Board,
 )
-from examples.whiteboard.server import run_whiteboard  # noqa: E402
+from examples.whiteboard.server import DOC_NAME, WS_PATH, run_whiteboard  # noqa: E402
+from tests.integration.yws import PyYjs  # noqa: E402
 from tests.unit.test_examples_model import stroke  # noqa: E402
 
 # --------------------------------------------------------------------------- whiteboard server
@@ -38,7 +44,12 @@ from tests.unit.test_examples_model import stroke  # noqa: E402
 
 @pytest.mark.anyio
 @pytest.mark.timeout(120)
-async def test_whiteboard_servers_relay_strokes_and_refuse_bad_messages(make_user, make_client):
+async def test_whiteboard_servers_relay_strokes_over_y_websocket_and_close_bad_sockets(
+    make_user, make_client
+):
+    """Two users' whiteboard servers: a y-websocket client of alice's draws (the
+    page's protocol, spoken here by pycrdt), bob's board shows the stroke; a
+    garbage frame closes that socket only; presence is awareness, not the doc."""
     a_creds = await make_user("alice", relaxed=True)
     b_creds = await make_user("bob", relaxed=True)
     alice = await make_client(a_creds)
@@ -55,22 +66,27 @@ async def test_whiteboard_servers_relay_strokes_and_refuse_bad_messages(make_use
         for asset in ("whiteboard.js", "style.css"):
             async with http.get(f"{a_url}static/{asset}") as resp:
                 assert resp.status == 200
-        async with http.ws_connect(a_url + "ws") as ws:
-            hello = await ws.receive_json(timeout=10)
-            assert hello["type"] == "hello" and hello["user"] == alice.user_id
-            assert hello["board"] == {"w": BOARD_W, "h": BOARD_H}
-            for bad, why in (
-                ("not json", "not JSON"),
-                (json.dumps(["op"]), "object"),
-                (json.dumps({"op": "fly"}), "unknown op"),
-                (json.dumps({"op": "stroke", "stroke": stroke("s", 1.5, 2)}), "refused"),
-            ):
-                await ws.send_str(bad)
-                with anyio.fail_after(10):
-                    while (msg := await ws.receive_json())["type"] != "error":
-                        pass
-                assert why in msg["message"]
-            await ws.send_json({"op": "stroke", "stroke": stroke("good1", 10, 20, 30, 40)})
+        async with http.get(a_url + "api/config") as resp:
+            config = await resp.json()
+        assert config["user"] == alice.user_id and config["doc"] == DOC_NAME
+        assert config["board"] == {"w": BOARD_W, "h": BOARD_H}
+        ws_url = a_url.replace("http://", "ws://").rstrip("/") + f"{WS_PATH}/{DOC_NAME}"
+        # Only the whiteboard's document is served.
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await http.ws_connect(ws_url + "-other")
+        assert err.value.status == 404
+        # Garbage closes that socket, with a log line; the server goes on.
+        async with http.ws_connect(ws_url) as bad:
+            await bad.receive_bytes(timeout=30)
+            await bad.send_bytes(b"\x00\x01\xff\xff")
+            with anyio.fail_after(10):
+                while not bad.closed:
+                    await bad.receive()
+            assert bad.close_code == 1007
+        async with PyYjs(http, ws_url) as page:
+            with anyio.fail_after(30):
+                await page.synced.wait()
+            Board(page.doc, alice.user_id).draw(stroke("good1", 10, 20, 30, 40))
             with anyio.fail_after(30):
                 while True:
                     async with http.get(b_url + "api/board") as resp:
@@ -80,15 +96,10 @@ async def test_whiteboard_servers_relay_strokes_and_refuse_bad_messages(make_use
                     await anyio.sleep(0.05)
             assert board["strokes"][0]["author"] == alice.user_id
             assert board["user"] == bob.user_id
-            assert alice.user_id in [p["user"] for p in board["presence"]]
-        # Alice's only page closed: bob's board no longer shows her.
-        with anyio.fail_after(30):
-            while True:
-                async with http.get(b_url + "api/board") as resp:
-                    board = await resp.json()
-                if alice.user_id not in [p["user"] for p in board["presence"]]:
-                    break
-                await anyio.sleep(0.05)
+        async with http.get(a_url + "api/stats") as resp:
+            stats = await resp.json()
+        assert stats["gateway"]["bad_frames"] == 1
+        assert stats["doc"]["update_events_sent"] >= 1
         tg.cancel_scope.cancel()
 
 
@@ -237,3 +248,21 @@ async def test_demo_whose_reader_died_stops_everything_on_ctrl_c(tmp_path):
     logins = state / "logins.env"
     assert logins.stat().st_mode & 0o777 == 0o600
     assert "MXSYNC_USER=@ops:localhost" in logins.read_text()
+
+
+# --------------------------------------------------------------------------- whiteboard bundle
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(not node_available(), reason="needs node and npm")
+def test_whiteboard_bundle_is_built_from_its_source(tmp_path):
+    """static/whiteboard.js is what ``make whiteboard-js`` makes of web/ (npm yjs and
+    y-websocket, pinned), and loads nothing from the internet."""
+    out = build(tmp_path / "whiteboard.js")
+    committed = BUNDLE.read_bytes()
+    assert out.read_bytes() == committed, "run `make whiteboard-js` and commit the bundle"
+    text = committed.decode()
+    assert "WebsocketProvider" in text or "y-websocket" in text or "messageSync" in text
+    # The only URL in it is a link in one of yjs's error messages.
+    urls = set(re.findall(r"https?://[^\s\"'`)]+", text))
+    assert urls <= {"https://github.com/yjs/yjs/issues/438"}, urls

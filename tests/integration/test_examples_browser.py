@@ -1,8 +1,11 @@
 """The example web apps in a real browser (headless Chromium), against a real Synapse.
 
-- Whiteboard: alice's and bob's pages, each served by its own whiteboard server
-  and client; what one draws, undoes, erases or clears shows on the other (the
-  app's state and the canvas pixels), and each sees who is present.
+- Whiteboard (a Yjs app: y-websocket to the gateway in its server): alice's and
+  bob's pages, each served by its own whiteboard server and client; what one
+  draws, undoes, erases or clears shows on the other (the app's state and the
+  canvas pixels); two pages of one server see each other's cursor (awareness)
+  and see it go; a Python client sees a page's stroke, and two idle pages add
+  no update bytes to the document in a minute.
 - Dashboard: a reading published during the test shows on the page with its
   unit, the last hour comes from the room's history on open, and a device
   stopped during the test turns offline: a publisher closed in the test, and
@@ -36,7 +39,8 @@ if str(REPO) not in sys.path:  # ``examples`` is a folder of the checkout, not i
     sys.path.insert(0, str(REPO))
 
 from examples.iot_sensor.dashboard import run_dashboard  # noqa: E402
-from examples.whiteboard.server import run_whiteboard  # noqa: E402
+from examples.whiteboard.model import Board  # noqa: E402
+from examples.whiteboard.server import DOC_NAME, run_whiteboard  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -129,17 +133,14 @@ async def test_whiteboard_pages_share_strokes_undo_erase_clear_and_presence(
                                                                   task_status=task_status))
         a_page = await open_page(browser, a_url)
         b_page = await open_page(browser, b_url)
-        both = [alice.user_id, bob.user_id]
         for page, me in ((a_page, alice.user_id), (b_page, bob.user_id)):
-            await page.wait_for_function("whiteboard.connected() && whiteboard.boards() > 0",
-                                         timeout=WAIT_MS)
+            await wait_ready(page)
             assert await page.evaluate("whiteboard.me()") == me
-            # Presence: each page shows both users once both have a page open.
-            await page.wait_for_function(
-                "users => users.every(u => whiteboard.presence().includes(u))", arg=both,
-                timeout=WAIT_MS)
-        presence_chips = await a_page.locator("#presence li").count()
-        assert presence_chips == 2
+            # Presence (awareness): each page shows its own user. Across servers
+            # awareness travels over Matrix (issue 16b), tested there.
+            await page.wait_for_function("u => whiteboard.presence().includes(u)", arg=me,
+                                         timeout=WAIT_MS)
+        assert await a_page.locator("#presence li").count() >= 1
 
         # Alice draws a red stroke; it appears on Bob's page, point for point.
         await a_page.evaluate("whiteboard.setColor('#e11d48')")
@@ -190,10 +191,105 @@ async def test_whiteboard_pages_share_strokes_undo_erase_clear_and_presence(
         await a_page.click("#clear")
         await b_page.wait_for_function("whiteboard.strokes().length === 0", timeout=WAIT_MS)
 
-        # Bob closes his page: Alice sees him leave.
-        await b_page.close()
+        # A second page of Alice's: each sees the other's cursor (awareness
+        # through the gateway), which adds nothing to the document.
+        before = await a_page.evaluate("whiteboard.stateBytes()")
+        a2_page = await open_page(browser, a_url)
+        await wait_ready(a2_page)
+        await a2_page.bring_to_front()
+        x, y = await a2_page.evaluate("whiteboard.clientPoint(700, 400)")
+        await a2_page.mouse.move(x, y, steps=3)
         await a_page.wait_for_function(
-            "u => !whiteboard.presence().includes(u)", arg=bob.user_id, timeout=WAIT_MS)
+            "whiteboard.cursors().some(c => Math.abs(c.x - 700) <= 2 && Math.abs(c.y - 400) <= 2)",
+            timeout=WAIT_MS)
+        assert await a_page.evaluate("whiteboard.stateBytes()") == before
+        # The page closes: its cursor goes (the gateway removes its state).
+        await a2_page.close()
+        await a_page.wait_for_function("whiteboard.cursors().length === 0", timeout=WAIT_MS)
+        assert a_page.errors == [] and b_page.errors == [] and a2_page.errors == []
+        tg.cancel_scope.cancel()
+
+
+async def wait_ready(page: Any) -> None:
+    await page.wait_for_function(
+        "window.whiteboard && whiteboard.connected() && whiteboard.synced()", timeout=WAIT_MS)
+
+
+async def _stats(url: str) -> dict[str, Any]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http, http.get(url + "api/stats") as resp:
+        result: dict[str, Any] = await resp.json()
+    return result
+
+
+#: The issue's requirement: two pages merely open for a minute.
+IDLE_SECONDS = 60
+
+
+@pytest.mark.timeout(240)
+async def test_whiteboard_stroke_reaches_python_and_idle_pages_add_nothing_to_the_doc(
+    make_user, make_client
+):
+    alice = await make_client(await make_user("alice", relaxed=True))
+    bob = await make_client(await make_user("bob", relaxed=True))
+    carol = await make_client(await make_user("carol", relaxed=True))
+    room = await alice.create_room("whiteboard", invite=[bob.user_id, carol.user_id])
+    await carol.join(room)
+
+    async with anyio.create_task_group() as tg, chromium() as browser, \
+            carol.open_doc(room, DOC_NAME) as observer:
+        a_url = await tg.start(lambda task_status: run_whiteboard(alice, room,
+                                                                  task_status=task_status))
+        b_url = await tg.start(lambda task_status: run_whiteboard(bob, room,
+                                                                  task_status=task_status))
+        await observer.wait_synced()
+        a_page = await open_page(browser, a_url)
+        b_page = await open_page(browser, b_url)
+        for page in (a_page, b_page):
+            await wait_ready(page)
+
+        # Alice's page draws: Bob's page and a Python client (carol) see the stroke.
+        await draw(a_page, [(100, 100), (500, 300), (900, 200)])
+        await b_page.wait_for_function("whiteboard.strokes().length === 1", timeout=WAIT_MS)
+        board = Board(observer.doc, carol.user_id)
+        with anyio.fail_after(30):
+            while len(board.snapshot()["strokes"]) != 1:  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+        (py_stroke,) = board.snapshot()["strokes"]
+        (page_stroke,) = await strokes(b_page)
+        assert py_stroke == page_stroke and py_stroke["author"] == alice.user_id
+
+        # Settle: both servers have every edit on the homeserver.
+        with anyio.fail_after(30):
+            while True:
+                stats = [await _stats(u) for u in (a_url, b_url)]
+                if all(s["doc"]["pending_edits"] == 0 and not s["doc"]["in_flight"]
+                       for s in stats):
+                    break
+                await anyio.sleep(0.1)
+
+        def counters(stats: list[dict[str, Any]]) -> list[tuple[int, ...]]:
+            return [(s["doc"]["update_events_sent"], s["doc"]["bytes_sent"],
+                     s["doc"]["edits"], s["state_bytes"]) for s in stats]
+
+        before = counters(stats)
+        seen_before = observer.statistics()
+        state_before = len(observer.doc.get_update())
+        pages_before = [await p.evaluate("whiteboard.stateBytes()") for p in (a_page, b_page)]
+
+        await anyio.sleep(IDLE_SECONDS)  # two pages open, nobody drawing
+
+        after = counters([await _stats(u) for u in (a_url, b_url)])
+        seen_after = observer.statistics()
+        assert after == before
+        assert seen_after.updates_applied == seen_before.updates_applied
+        assert seen_after.bytes_applied == seen_before.bytes_applied
+        assert len(observer.doc.get_update()) == state_before
+        assert [await p.evaluate("whiteboard.stateBytes()")
+                for p in (a_page, b_page)] == pages_before
+        # The pages stayed connected all along (awareness kept them live).
+        assert all([await p.evaluate("whiteboard.connected()") for p in (a_page, b_page)])
         assert a_page.errors == [] and b_page.errors == []
         tg.cancel_scope.cancel()
 

@@ -12,9 +12,9 @@ from examples.iot_sensor.simulate import Climate, Door, parse_devices
 from examples.whiteboard.model import (
     BOARD_H,
     BOARD_W,
-    PRESENCE_TIMEOUT_MS,
     Board,
     InvalidStroke,
+    present_users,
     validate_stroke,
 )
 
@@ -116,17 +116,20 @@ def test_validate_stroke_normalises_the_colour():
     assert validate_stroke(stroke("s", 0, 0, color="#ABCDEF"))[1] == "#abcdef"
 
 
-def test_presence_shows_users_with_an_open_page_and_a_recent_heartbeat():
+def test_presence_comes_from_awareness_states_never_from_the_document():
     doc = Doc()
-    alice, bob = Board(doc, "@alice:x"), Board(doc, "@bob:x")
-    now = 1_700_000_000_000
-    alice.set_presence(1, now_ms=now)
-    bob.set_presence(2, now_ms=now - PRESENCE_TIMEOUT_MS - 1)  # its server died
-    carol = Board(doc, "@carol:x")
-    carol.set_presence(0, now_ms=now)  # closed her page
-    assert alice.snapshot(now_ms=now)["presence"] == [
-        {"user": "@alice:x", "pages": 1, "seen_ms": now}
-    ]
+    board = Board(doc, "@alice:x")
+    states = {
+        1: {"user": {"id": "@alice:x", "color": "#e11d48"}, "cursor": [10, 20]},
+        2: {"user": {"id": "@alice:x"}},  # her second page
+        3: {"user": {"id": "@bob:x"}, "cursor": None},
+        4: {},  # a gateway's own empty state
+        5: {"user": "garbage"},
+        6: "garbage",
+    }
+    assert present_users(states) == ["@alice:x", "@bob:x"]
+    assert board.snapshot(present_users(states))["presence"] == ["@alice:x", "@bob:x"]
+    assert set(doc.keys()) <= {"strokes", "order"}
 
 
 def test_snapshot_survives_foreign_garbage_in_the_document():
@@ -140,7 +143,6 @@ def test_snapshot_survives_foreign_garbage_in_the_document():
                                "points": [5, 5], "t": 1}
     board.order.append("missing")
     board.order.append(42)
-    board.presence["@x:x"] = "garbage"
     snap = board.snapshot()
     assert [s["id"] for s in snap["strokes"]] == ["ok", "orphan"]
     assert snap["presence"] == []

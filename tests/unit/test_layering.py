@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, int]] = [
     ("mxsync.__main__", 6),
     ("mxsync.dev", 6),
     ("mxsync.cli", 6),
+    ("mxsync.gateway", 6),  # the y-websocket gateway, above the client like cli/
 ]
 #: Features: same layer, but neither may import the other.
 FEATURES = ("mxsync.docs", "mxsync.streams")
