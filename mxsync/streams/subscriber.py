@@ -43,19 +43,12 @@ import anyio
 import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ..engine.authz import PowerLevels, judge_state, levels_backwards, room_creators
+from ..engine.authz import PowerLevels, levels_backwards, room_creators
 from ..engine.events import RoomEvent
 from ..engine.surface import Engine
 from ..engine.taskgroups import exit_stack
 from ..errors import ConfigError, ProtocolError
-from ..protocol.readings import (
-    Reading,
-    SensorMeta,
-    decode_device_state,
-    decode_sensor_meta,
-    validate_device_id,
-    validate_sensor_id,
-)
+from ..protocol.readings import Reading, SensorMeta, validate_device_id, validate_sensor_id
 from ..protocol.types import CREATE, DEVICE, POWER_LEVELS, READINGS, SENSOR
 from .history import (
     BatchReader,
@@ -66,6 +59,7 @@ from .history import (
     read_history,
 )
 from .holes import Key, find_batches
+from .state import StreamState, decode_state, load_state
 
 __all__ = ["Subscriber", "SubscriberStatistics", "DeviceStatus"]
 
@@ -254,10 +248,9 @@ class Subscriber:
             self._send.close()
 
     async def _load_state(self) -> None:
-        mine = [ev for ev in await self._client.room_state(self._room)
-                if ev.type == SENSOR or ev.type == DEVICE]
-        for ev in await judge_state(self._client, self._room, mine, self._levels.creators):
-            await self._on_state(ev, seen_ms=ev.origin_server_ts)
+        # Malformed or refused states fall back to their newest valid version.
+        for ev, value in await load_state(self._client, self._room, self._levels.creators):
+            self._apply_state(ev, value, seen_ms=ev.origin_server_ts)
 
     # -- events ------------------------------------------------------------------
 
@@ -338,20 +331,21 @@ class Subscriber:
 
     async def _on_state(self, ev: RoomEvent, *, seen_ms: int) -> None:
         """A sensor or device state whose sender had the level for it."""
-        assert ev.state_key is not None
         try:
-            if ev.type == SENSOR:
-                validate_sensor_id(ev.state_key)
-                meta = decode_sensor_meta(ev.content)
-                old = self._meta.get(ev.state_key)
-                if old is None or ev.origin_server_ts >= old[0]:
-                    self._meta[ev.state_key] = (ev.origin_server_ts, meta)
-                return
-            validate_device_id(ev.state_key)
-            state = decode_device_state(ev.content)
+            value = decode_state(ev)
         except (ProtocolError, ConfigError) as exc:
             self._reader.bad(ev, exc)
             return
+        self._apply_state(ev, value, seen_ms=seen_ms)
+
+    def _apply_state(self, ev: RoomEvent, value: StreamState, *, seen_ms: int) -> None:
+        assert ev.state_key is not None
+        if isinstance(value, SensorMeta):
+            old = self._meta.get(ev.state_key)
+            if old is None or ev.origin_server_ts >= old[0]:
+                self._meta[ev.state_key] = (ev.origin_server_ts, value)
+            return
+        state = value
         device = ev.state_key
         if ev.origin_server_ts < self._device_ts.get(device, -1):
             return  # older than what we know (the state fetch raced the sync)
