@@ -43,13 +43,14 @@ import anyio
 import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ..engine.authz import PowerLevels, levels_backwards, room_creators
+from ..engine.authz import PowerLevels, levels_backwards, power_levels_before, room_creators
 from ..engine.events import RoomEvent
 from ..engine.surface import Engine
 from ..engine.taskgroups import exit_stack
 from ..errors import ConfigError, ProtocolError
 from ..protocol.readings import Reading, SensorMeta, validate_device_id, validate_sensor_id
 from ..protocol.types import CREATE, DEVICE, POWER_LEVELS, READINGS, SENSOR
+from . import durable as durable_pos
 from .history import (
     BatchReader,
     Bucket,
@@ -129,6 +130,10 @@ class Subscriber:
       been stored before / after the time of its readings (see ``history``).
     - ``page_size`` (50): events per /messages page in history scans.
     - ``latest_scan`` (50): newest batches ``latest`` looks through at most.
+    - ``durable`` (None): a name under which the client's store keeps what the
+      consumer acknowledged (``await sub.ack()``); a subscriber started again
+      with the same store and name hands out everything after that first, then
+      goes on live (:mod:`mxsync.streams.durable`). Without it, live means from now on.
     """
 
     def __init__(
@@ -144,6 +149,7 @@ class Subscriber:
         history_lag: float = 120.0,
         page_size: int = 50,
         latest_scan: int = 50,
+        durable: str | None = None,
     ) -> None:
         if not isinstance(room_id, str) or not room_id.startswith("!"):
             raise ConfigError(f"not a room id: {room_id!r}")
@@ -160,6 +166,12 @@ class Subscriber:
                 raise ConfigError(f"{name} must be a number >= 0, got {v!r}")
         self._client = client
         self._room = room_id
+        self._durable = None if durable is None else durable_pos.validate_name(durable)
+        if self._durable is not None and not live:
+            raise ConfigError("a durable subscriber is a live one: drop live=False")
+        #: The consumer's position: last committed, and what ack() would commit.
+        self._position: durable_pos.Position | None = None
+        self._current_event: str | None = None
         self._live = live
         self._buffer = buffer
         self._check_interval = max(0.05, float(check_interval))
@@ -170,10 +182,11 @@ class Subscriber:
         self._reader = BatchReader(client, room_id)
         #: The levels in force after the last live event taken into account.
         self._levels = PowerLevels()
-        self._send: MemoryObjectSendStream[list[Reading]] | None = None
-        self._recv: MemoryObjectReceiveStream[list[Reading]] | None = None
+        self._send: MemoryObjectSendStream[tuple[str, list[Reading]]] | None = None
+        self._recv: MemoryObjectReceiveStream[tuple[str, list[Reading]]] | None = None
         self._current: list[Reading] = []
         self._pos = 0
+        self._base = 0
         self._seqs: dict[tuple[str, str, int | None], int] = {}
         self._last: dict[str, Reading] = {}
         self._scanned: set[str] = set()
@@ -201,9 +214,8 @@ class Subscriber:
     async def __aenter__(self) -> Subscriber:
         async with AsyncExitStack() as stack:
             if self._live:
-                self._send, self._recv = anyio.create_memory_object_stream[list[Reading]](
-                    self._buffer
-                )
+                self._send, self._recv = anyio.create_memory_object_stream[
+                    tuple[str, list[Reading]]](self._buffer)
                 stack.enter_context(self._send)
                 stack.enter_context(self._recv)
             # Live means from now on: the first sync of a new client (recent history)
@@ -221,6 +233,10 @@ class Subscriber:
                 await self._client.get_state(self._room, POWER_LEVELS), creators
             )
             await self._load_state()
+            if self._durable is not None:
+                name = self._durable
+                self._position = await self._client.run_sql(
+                    lambda c: durable_pos.load(c, self._room, name))
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
             tg.start_soon(self._run, recv)
@@ -242,6 +258,9 @@ class Subscriber:
         return None
 
     async def _run(self, recv: MemoryObjectReceiveStream[RoomEvent]) -> None:
+        if self._position is not None:
+            await durable_pos.replay(self._client, self._room, self._position,
+                                     self._replay_first, self._on_event)
         async for ev in recv:
             await self._on_event(ev)
         if self._send is not None:
@@ -267,6 +286,18 @@ class Subscriber:
                 self._reader.warn_once("forbidden " + ev.type, ev.sender,
                                        "ignoring %s events of %s in %s: no power level for them",
                                        ev.type, ev.sender, self._room)
+
+    async def _replay_first(self, ev: RoomEvent, token: str | None) -> None:
+        """The batch a durable consumer stopped in: its readings not acknowledged."""
+        assert self._position is not None
+        levels = PowerLevels(await power_levels_before(self._client, self._room, token),
+                             self._levels.creators)
+        batch = self._reader.batch(ev, levels)
+        readings = None if batch is None else self._reader.readings(ev, batch)
+        if batch is None or readings is None:
+            return
+        await self._take(ev, (ev.sender, batch.device, batch.session), batch.seq, readings,
+                         skip=self._position.done)
 
     async def _on_batch(self, ev: RoomEvent) -> None:
         batch = self._reader.batch(ev, self._levels)
@@ -309,8 +340,11 @@ class Subscriber:
         return last
 
     async def _take(self, ev: RoomEvent, key: Key, seq: int,
-                    readings: list[Reading]) -> None:
+                    readings: list[Reading], *, skip: int = 0) -> None:
         batch_device = key[1]
+        session = key[2]
+        readings = [msgspec.structs.replace(r, session=session, index=i)
+                    for i, r in enumerate(readings)]
         self._seqs[key] = seq
         self._batches += 1
         self._alive(batch_device, ev.sender)
@@ -324,10 +358,12 @@ class Subscriber:
                 self._last[sensor] = r
         if self._filter is not None:
             readings = [r for r in readings if r.sensor in self._filter]
+        if skip:
+            readings = readings[skip:]
         if readings:
             self._readings += len(readings)
             if self._send is not None:
-                await self._send.send(readings)
+                await self._send.send((ev.event_id, readings))
 
     async def _on_state(self, ev: RoomEvent, *, seen_ms: int) -> None:
         """A sensor or device state whose sender had the level for it."""
@@ -410,13 +446,33 @@ class Subscriber:
             if self._recv is None:
                 raise RuntimeError("this subscriber is not live (live=False) or not running")
             try:
-                self._current = await self._recv.receive()
+                event_id, self._current = await self._recv.receive()
             except (anyio.EndOfStream, anyio.ClosedResourceError):
                 raise StopAsyncIteration from None
             self._pos = 0
+            # The position counts from the first reading of a batch handed out
+            # after a restart, which may not be the batch's first.
+            self._base = (self._position.done if self._position is not None
+                          and self._position.event_id == event_id else 0)
+            self._current_event = event_id
         r = self._current[self._pos]
         self._pos += 1
         return r
+
+    async def ack(self) -> None:
+        """Acknowledge every reading handed out so far; committed to the store
+        before it returns, so a restart with the same durable name never hands
+        them out again (``durable`` subscribers only)."""
+        if self._durable is None:
+            raise RuntimeError("ack() needs a durable subscriber (subscribe(..., durable=NAME))")
+        if self._current_event is None:
+            return
+        pos = durable_pos.Position(self._current_event, self._base + self._pos)
+        if pos == self._position:
+            return
+        name = self._durable
+        await self._client.run_sql(lambda c: durable_pos.save(c, self._room, name, pos))
+        self._position = pos
 
     # -- last values --------------------------------------------------------------------
 

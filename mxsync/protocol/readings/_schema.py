@@ -48,7 +48,10 @@ Compression: TypeAlias = Literal["zlib", "none"]
 
 class Reading(msgspec.Struct, frozen=True, gc=False):
     """One sensor reading. ``device`` and ``seq`` are filled in by the decoder
-    from the batch the reading came in; ``seq`` is that batch's number."""
+    from the batch the reading came in; ``seq`` is that batch's number. A
+    Subscriber also fills in ``session`` (the batch's) and ``index`` (the
+    reading's place in its batch, as packed), so that :attr:`identity` names
+    the reading for good (a sink de-duplicates by it)."""
 
     sensor: str
     t_ms: int
@@ -56,6 +59,14 @@ class Reading(msgspec.Struct, frozen=True, gc=False):
     unit: str | None = None
     device: str | None = None
     seq: int | None = None
+    session: int | None = None
+    index: int | None = None
+
+    @property
+    def identity(self) -> tuple[str | None, int | None, int | None, int | None]:
+        """``(device, session, seq, index)``: the same for every copy of this
+        reading a subscriber hands out (live, after a restart, a replay)."""
+        return (self.device, self.session, self.seq, self.index)
 
 
 class _Content(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
