@@ -75,11 +75,16 @@ class Sink:
 
 
 async def ingest(client: Client, room: str, sink: Sink, *, name: str = "ingest",
-                 ack_every: int = 10, trace: IO[str] | None = None) -> None:
-    """Write the room's readings into ``sink`` until cancelled: commit, then ack."""
+                 ack_every: int = 10, idle: float = 0.5,
+                 trace: IO[str] | None = None) -> None:
+    """Write the room's readings into ``sink`` until cancelled: commit, then ack,
+    every ``ack_every`` readings or after ``idle`` seconds without one."""
     room_id = await client.join(room)
     pending: list[Reading] = []
     async with client.subscribe(room_id, durable=name) as sub:
+        if trace is not None:
+            trace.write("ready\n")
+            trace.flush()
 
         async def commit() -> None:
             sink.write(pending)
@@ -92,7 +97,7 @@ async def ingest(client: Client, room: str, sink: Sink, *, name: str = "ingest",
         while True:
             r: Reading | None = None
             # A quiet stream commits what it holds after a short wait.
-            with anyio.move_on_after(0.5 if pending else math.inf):
+            with anyio.move_on_after(idle if pending else math.inf):
                 try:
                     r = await sub.__anext__()
                 except StopAsyncIteration:
@@ -119,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", default="ingest", help="durable name (default %(default)s)")
     parser.add_argument("--ack-every", type=int, default=10,
                         help="readings per commit and ack (default %(default)s)")
+    parser.add_argument("--idle", type=float, default=0.5,
+                        help="seconds without a reading before committing (default %(default)s)")
     parser.add_argument("--trace", default=None, help="append got/ack lines to this file")
     args = parser.parse_args(argv)
     if args.ack_every < 1:
@@ -132,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"ingest ({client.user_id}) writing {args.room} into {args.db}",
                       flush=True)
                 await ingest(client, args.room, sink, name=args.name,
-                             ack_every=args.ack_every, trace=trace)
+                             ack_every=args.ack_every, idle=args.idle, trace=trace)
         finally:
             sink.close()
             if trace is not None:
