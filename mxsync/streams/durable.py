@@ -39,7 +39,8 @@ from ..engine.surface import Engine
 from ..errors import ConfigError, MatrixError
 from ..protocol.types import POWER_LEVELS, READINGS
 
-__all__ = ["Position", "validate_name", "create_table", "load", "save", "replay"]
+__all__ = ["Position", "validate_name", "create_table", "load", "save", "replay",
+           "replay_from_start"]
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,21 @@ async def replay(
     await first(ev, token)
     n = 0
     async for page in engine.pages(room_id, token, direction="f", limit=_PAGE,
+                                   types=[READINGS, POWER_LEVELS]):
+        for e in page.events:
+            n += 1
+            await on_event(e)
+    return n
+
+
+async def replay_from_start(
+    engine: Engine, room_id: str, on_event: Callable[[RoomEvent], Awaitable[None]]
+) -> int:
+    """Every readings and power-levels event of the room from its first visible
+    one, in timeline order, to ``on_event`` (``start="earliest"`` with no
+    position yet); the number of events replayed."""
+    n = 0
+    async for page in engine.pages(room_id, None, direction="f", limit=_PAGE,
                                    types=[READINGS, POWER_LEVELS]):
         for e in page.events:
             n += 1

@@ -134,6 +134,9 @@ class Subscriber:
       consumer acknowledged (``await sub.ack()``); a subscriber started again
       with the same store and name hands out everything after that first, then
       goes on live (:mod:`mxsync.streams.durable`). Without it, live means from now on.
+    - ``start`` ("now"): where the live stream begins when there is no durable
+      position yet: ``"now"``, or ``"earliest"`` (every batch the room shows,
+      from its first visible event, then live).
     """
 
     def __init__(
@@ -150,6 +153,7 @@ class Subscriber:
         page_size: int = 50,
         latest_scan: int = 50,
         durable: str | None = None,
+        start: str = "now",
     ) -> None:
         if not isinstance(room_id, str) or not room_id.startswith("!"):
             raise ConfigError(f"not a room id: {room_id!r}")
@@ -169,6 +173,11 @@ class Subscriber:
         self._durable = None if durable is None else durable_pos.validate_name(durable)
         if self._durable is not None and not live:
             raise ConfigError("a durable subscriber is a live one: drop live=False")
+        if start not in ("now", "earliest"):
+            raise ConfigError(f"start must be 'now' or 'earliest', got {start!r}")
+        if start == "earliest" and not live:
+            raise ConfigError("start='earliest' is for live subscribers: drop live=False")
+        self._start = start
         #: The consumer's position: last committed, and what ack() would commit.
         self._position: durable_pos.Position | None = None
         self._current_event: str | None = None
@@ -261,6 +270,9 @@ class Subscriber:
         if self._position is not None:
             await durable_pos.replay(self._client, self._room, self._position,
                                      self._replay_first, self._on_event)
+        elif self._start == "earliest":
+            self._levels = PowerLevels(None, self._levels.creators)  # before any levels
+            await durable_pos.replay_from_start(self._client, self._room, self._on_event)
         async for ev in recv:
             await self._on_event(ev)
         if self._send is not None:
