@@ -57,9 +57,11 @@ from .history import (
     HistoryProgress,
     aggregate,
     by_time,
+    check_range,
     read_history,
 )
 from .holes import Key, find_batches
+from .index import BatchIndex
 from .state import StreamState, decode_state, load_state
 
 __all__ = ["Subscriber", "SubscriberStatistics", "DeviceStatus"]
@@ -115,6 +117,12 @@ class SubscriberStatistics(msgspec.Struct, frozen=True, kw_only=True):
     forbidden: int
     #: Device status changes a watcher missed because its queue was full.
     lost_device_changes: int
+    #: Events the batch index's backwards walk read (streams/index.py): the
+    #: room back to the retention bound the first time, back to where the
+    #: index stopped after a restart.
+    index_walk_events: int = 0
+    #: Batches history fetched (``/context``) because they were not cached.
+    index_fetched: int = 0
 
 
 class Subscriber:
@@ -126,8 +134,12 @@ class Subscriber:
     - ``live`` (True): keep a stream of live readings (iterate it, or pass False).
     - ``buffer`` (64): batches the live stream holds before it slows the sync.
     - ``check_interval`` (0.5): how often missed heartbeats are looked for.
+    - ``history_retention`` (30 days): how far back the local batch index
+      (:mod:`mxsync.streams.index`) reaches; ``history``/``window`` over ranges
+      within it are exact by reading time, whenever the batches were uploaded.
     - ``history_skew`` (60.0) / ``history_lag`` (120.0): how far a batch may have
-      been stored before / after the time of its readings (see ``history``).
+      been stored before / after the time of its readings: the bounds of the
+      timestamp scan that answers ranges older than the retention.
     - ``page_size`` (50): events per /messages page in history scans.
     - ``latest_scan`` (50): newest batches ``latest`` looks through at most.
     - ``durable`` (None): a name under which the client's store keeps what the
@@ -154,6 +166,7 @@ class Subscriber:
         latest_scan: int = 50,
         durable: str | None = None,
         start: str = "now",
+        history_retention: float = 30 * 86_400.0,
     ) -> None:
         if not isinstance(room_id, str) or not room_id.startswith("!"):
             raise ConfigError(f"not a room id: {room_id!r}")
@@ -165,7 +178,7 @@ class Subscriber:
         if type(page_size) is not int or not 1 <= page_size <= 1000:
             raise ConfigError(f"page_size must be within 1..1000, got {page_size!r}")
         for name, v in (("check_interval", check_interval), ("history_skew", history_skew),
-                        ("history_lag", history_lag)):
+                        ("history_lag", history_lag), ("history_retention", history_retention)):
             if not isinstance(v, int | float) or v < 0:
                 raise ConfigError(f"{name} must be a number >= 0, got {v!r}")
         self._client = client
@@ -186,6 +199,8 @@ class Subscriber:
         self._check_interval = max(0.05, float(check_interval))
         self._skew_ms = int(history_skew * 1000)
         self._lag_ms = int(history_lag * 1000)
+        self._retention_ms = int(history_retention * 1000)
+        self._index: BatchIndex | None = None
         self._page_size = page_size
         self._latest_scan = latest_scan
         self._reader = BatchReader(client, room_id)
@@ -242,6 +257,10 @@ class Subscriber:
                 await self._client.get_state(self._room, POWER_LEVELS), creators
             )
             await self._load_state()
+            self._index = BatchIndex(self._client, self._room, self._reader,
+                                     retention_ms=self._retention_ms, skew_ms=self._skew_ms,
+                                     creators=creators)
+            await self._index.open()
             if self._durable is not None:
                 name = self._durable
                 self._position = await self._client.run_sql(
@@ -275,6 +294,8 @@ class Subscriber:
             await durable_pos.replay_from_start(self._client, self._room, self._on_event)
         async for ev in recv:
             await self._on_event(ev)
+            if self._index is not None:
+                await self._index.seen_live(ev)
         if self._send is not None:
             self._send.close()
 
@@ -357,6 +378,8 @@ class Subscriber:
         session = key[2]
         readings = [msgspec.structs.replace(r, session=session, index=i)
                     for i, r in enumerate(readings)]
+        if self._index is not None:
+            await self._index.note(ev, batch_device, session, seq, readings)
         self._seqs[key] = seq
         self._batches += 1
         self._alive(batch_device, ev.sender)
@@ -552,11 +575,21 @@ class Subscriber:
     ) -> list[Reading]:
         """The readings of ``sensor`` with ``start_ms <= t_ms < end_ms``, by time.
 
-        ``progress`` is called after each page with a :class:`HistoryProgress`.
-        ``lag`` (seconds) overrides ``history_lag``: how long after its time a
-        reading may have reached the homeserver.
+        Within ``history_retention`` it answers from the local batch index: every
+        reading of the range the room holds, whenever it was uploaded; the index
+        is filled by one backwards walk at the first query and by the live
+        stream, and a repeated query fetches nothing it has cached.
+        Older ranges are scanned by server time: ``progress`` is called after
+        each page with a :class:`HistoryProgress`, and ``lag`` (seconds)
+        overrides ``history_lag``, how long after its time a reading may have
+        reached the homeserver.
         """
         validate_sensor_id(sensor)
+        check_range(start_ms, end_ms)
+        if self._index is not None and self._index.covers(start_ms):
+            if end_ms <= start_ms:
+                return []
+            return await self._index.history(sensor, start_ms, end_ms)
         return await read_history(
             self._client, self._room, sensor, start_ms, end_ms,
             reader=self._reader, skew_ms=self._skew_ms,
@@ -621,6 +654,8 @@ class Subscriber:
             malformed=self._reader.malformed,
             forbidden=self._reader.forbidden,
             lost_device_changes=self._lost_changes,
+            index_walk_events=0 if self._index is None else self._index.walked_events,
+            index_fetched=0 if self._index is None else self._index.fetched,
         )
 
 
