@@ -112,3 +112,32 @@ async def test_readings_uploaded_a_day_late_are_found_and_a_repeat_makes_no_requ
     assert stats.index_walk_events == 0, stats
     assert first_stats.index_walk_events >= 3, first_stats
     assert requests["messages"] <= 3, requests  # levels listing, one page, levels before it
+
+
+async def test_sensor_kinds_refuse_mismatches_and_window_never_averages_booleans(
+    hs, make_user, make_client
+):
+    from mxsync import ConfigError
+
+    dev = await make_client(await make_user("kinds", relaxed=True))
+    room = await dev.create_room("kinds")
+    now = int(time.time() * 1000)
+    async with dev.subscribe(room, live=False) as sub:
+        async with dev.publisher(room, device="k", presence=False) as pub:
+            pub.declare("temp", kind="number", precision=1, unit="Cel")
+            pub.declare("mode", kind="enum", values=["auto", "off"])
+            for bad_sensor, bad in (("temp", "21.5"), ("temp", True), ("mode", "turbo")):
+                with pytest.raises(ConfigError, match=f"{bad_sensor}"):
+                    pub.publish(bad_sensor, bad, t=now)
+            for i in range(4):
+                pub.publish("temp", 20 + i / 2, t=now - 10_000 + i)
+                pub.publish("door", i % 2 == 0, t=now - 10_000 + i)  # inferred: boolean
+                pub.publish("mode", "auto", t=now - 10_000 + i)
+            with pytest.raises(ConfigError, match="'door' is a boolean sensor"):
+                pub.publish("door", 1, t=now)
+            await pub.flush()
+        with anyio.fail_after(60):
+            (temp,) = await sub.window("temp", now - 20_000, now, 1)
+            (door,) = await sub.window("door", now - 20_000, now, 1)
+    assert (temp.count, temp.numbers, temp.min, temp.max, temp.mean) == (4, 4, 20.0, 21.5, 20.75)
+    assert (door.count, door.numbers, door.min, door.mean) == (4, 0, None, None)
