@@ -47,6 +47,7 @@ import logging
 import sqlite3
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Final
 
 import anyio
@@ -58,7 +59,7 @@ from ..engine.surface import Engine
 from ..errors import ProtocolError
 from ..protocol.readings import Reading, parse_batch
 from ..protocol.types import POWER_LEVELS, READINGS
-from .history import BatchReader, by_time
+from .history import BatchReader, HistoryProgress, by_time
 
 __all__ = ["BatchIndex", "MAX_CACHED_READINGS", "create_tables"]
 
@@ -218,24 +219,34 @@ class BatchIndex:
         """Does the index answer a query starting at ``start_ms`` (invariant 3)?"""
         return start_ms >= _now_ms() - self.retention_ms
 
-    async def history(self, sensor: str, start_ms: int, end_ms: int) -> list[Reading]:
+    async def history(
+        self, sensor: str, start_ms: int, end_ms: int,
+        progress: Callable[[HistoryProgress], object] | None = None,
+    ) -> list[Reading]:
         """The readings of ``sensor`` in ``[start_ms, end_ms)``, by time, from the
-        batches the index names (invariants 4 and 5)."""
+        batches the index names (invariants 4 and 5). ``progress`` is called
+        after each batch (``events``: batches looked at, ``fraction``: of those
+        the index named)."""
         await self.ensure()
         hits = await self._client.run_sql(
             lambda c: _query(c, self._room, sensor, start_ms, end_ms))
         seen: set[tuple[str, str, int | None, int]] = set()
         found: list[Reading] = []
-        for event_id, sender, device, session, seq in hits:
+        for i, (event_id, sender, device, session, seq) in enumerate(hits):
             key = (sender, device, session, seq)
-            if key in seen:
-                continue
-            readings = await self._readings(event_id)
-            if readings is None:
-                continue
-            seen.add(key)
-            found.extend(r for r in readings
-                         if r.sensor == sensor and start_ms <= r.t_ms < end_ms)
+            readings = None if key in seen else await self._readings(event_id)
+            if readings is not None:
+                seen.add(key)
+                found.extend(r for r in readings
+                             if r.sensor == sensor and start_ms <= r.t_ms < end_ms)
+            if progress is not None:
+                progress(HistoryProgress(
+                    events=i + 1, batches=len(seen), readings=len(found),
+                    position_ms=max((r.t_ms for r in found), default=start_ms),
+                    fraction=(i + 1) / len(hits)))
+        if progress is not None and not hits:
+            progress(HistoryProgress(events=0, batches=0, readings=0, position_ms=end_ms,
+                                     fraction=1.0))
         found.sort(key=by_time)
         return found
 

@@ -579,8 +579,9 @@ class Subscriber:
         reading of the range the room holds, whenever it was uploaded; the index
         is filled by one backwards walk at the first query and by the live
         stream, and a repeated query fetches nothing it has cached.
-        Older ranges are scanned by server time: ``progress`` is called after
-        each page with a :class:`HistoryProgress`, and ``lag`` (seconds)
+        ``progress`` is called with a :class:`HistoryProgress` after each batch
+        (from the index) or page (a scan). Older ranges are scanned by server
+        time, and ``lag`` (seconds)
         overrides ``history_lag``, how long after its time a reading may have
         reached the homeserver.
         """
@@ -589,7 +590,7 @@ class Subscriber:
         if self._index is not None and self._index.covers(start_ms):
             if end_ms <= start_ms:
                 return []
-            return await self._index.history(sensor, start_ms, end_ms)
+            return await self._index.history(sensor, start_ms, end_ms, progress)
         return await read_history(
             self._client, self._room, sensor, start_ms, end_ms,
             reader=self._reader, skew_ms=self._skew_ms,
