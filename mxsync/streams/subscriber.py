@@ -556,8 +556,11 @@ class Subscriber:
                     continue
                 readings = self._reader.readings(ev, batch)
                 if readings:
-                    mine = [r for r in readings if r.sensor == sensor]
-                    return max(mine, key=by_time) if mine else None
+                    mine = [(r.t_ms, i) for i, r in enumerate(readings) if r.sensor == sensor]
+                    if not mine:
+                        return None
+                    _, i = max(mine, key=lambda p: (p[0], -p[1]))  # the first of the newest
+                    return msgspec.structs.replace(readings[i], session=batch.session, index=i)
             if scanned >= self._latest_scan:
                 break
         return None
@@ -665,4 +668,7 @@ def _newer(a: Reading | None, b: Reading | None) -> Reading | None:
         return b
     if b is None:
         return a
-    return b if b.t_ms > a.t_ms else a
+    # Of two of one time, the one from a batch (it has an identity) over the state's copy.
+    if b.t_ms > a.t_ms or (b.t_ms == a.t_ms and a.index is None and b.index is not None):
+        return b
+    return a
