@@ -69,6 +69,8 @@ log = logging.getLogger("mxsync.streams")
 MAX_CACHED_READINGS: Final = 200_000
 
 _PAGE: Final = 100
+#: Batches noted between two prunes of rows past the retention.
+_PRUNE_EVERY: Final = 1000
 
 
 def create_tables(conn: sqlite3.Connection) -> None:
@@ -151,6 +153,7 @@ class BatchIndex:
         #: Batches fetched for queries; events the walk read.
         self.fetched = 0
         self.walked_events = 0
+        self._notes = 0
 
     async def open(self) -> None:
         def load(c: sqlite3.Connection) -> str | None:
@@ -164,8 +167,17 @@ class BatchIndex:
                    readings: list[Reading]) -> None:
         """A batch the subscriber took (live, repaired or replayed)."""
         rows = rows_of(ev, device, session, seq, readings)
-        if rows:
-            await self._client.run_sql(lambda c: _insert(c, rows))
+        if not rows:
+            return
+        self._notes += 1
+        prune = self._notes % _PRUNE_EVERY == 0
+        before = _now_ms() - self.retention_ms
+
+        def store(c: sqlite3.Connection) -> None:
+            _insert(c, rows)
+            if prune:  # invariant 3, while a subscriber runs for long
+                _prune(c, self._room, before)
+        await self._client.run_sql(store)
 
     async def seen_live(self, ev: RoomEvent) -> None:
         """An event of the live stream: the frontier moves once the walk is done."""
