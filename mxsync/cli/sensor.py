@@ -133,7 +133,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--since", default="1h", help="start: 1h, 30m, ISO 8601 or ms (default 1h)")
     p.add_argument("--until", default="now", help="end, excluded (default now)")
     p.add_argument("--lag", type=float, default=None,
-                   help="seconds a reading may have reached the server after its time")
+                   help="seconds a reading may have reached the server after its time "
+                   "(only for ranges older than the batch index's retention)")
     p.add_argument("--csv", action="store_true", help="CSV output")
     add_login_args(p)
     p.set_defaults(func=cmd_history)
