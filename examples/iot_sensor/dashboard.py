@@ -161,6 +161,8 @@ class Dashboard:
                 "device": device,
                 "unit": unit,
                 "kind": kind,
+                # What the sensor measures, when its publisher declared it.
+                "sensor_kind": meta.sensor_kind if meta else None,
                 "name": meta.name if meta else None,
                 "last": None if latest is None else {"t": latest.t_ms, "v": latest.value},
                 "history": shares if is_bool else [

@@ -28,8 +28,10 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..protocol.readings import (
+    MAX_ENUM_VALUES,
     MAX_NAME_BYTES,
     MAX_T_MS,
+    SENSOR_KINDS,
     Reading,
     SensorMeta,
     Value,
@@ -47,7 +49,7 @@ from .buffer import Row
 __all__ = ["Sensors", "SensorInfo", "KINDS"]
 
 #: What a sensor measures, and so which values it takes.
-KINDS = ("number", "boolean", "enum", "text", "counter")
+KINDS = SENSOR_KINDS
 
 log = logging.getLogger("mxsync.streams.publisher")
 
@@ -141,9 +143,10 @@ class Sensors:
             if values is None or isinstance(values, str):
                 raise ConfigError(f"sensor {sensor!r}: an enum needs values=[...] (strs)")
             allowed = frozenset(values)
-            if not allowed or not all(type(v) is str for v in allowed):
-                raise ConfigError(f"sensor {sensor!r}: enum values must be a non-empty "
-                                  f"collection of str, got {values!r}")
+            if (not allowed or len(allowed) > MAX_ENUM_VALUES
+                    or not all(type(v) is str for v in allowed)):
+                raise ConfigError(f"sensor {sensor!r}: enum values must be 1 to "
+                                  f"{MAX_ENUM_VALUES} strs, got {values!r}")
             for v in allowed:
                 encode_value(v, None)  # within the str limit
         elif values is not None:
@@ -236,6 +239,8 @@ class Sensors:
                         Reading(row[0], row[1], row[2], row[3], self._device),
                         precision=row[4] if type(row[2]) is float else None,
                         name=s.name,
+                        sensor_kind=s.kind,
+                        values=None if s.values is None else sorted(s.values),
                     )
                 )
             except ConfigError as exc:

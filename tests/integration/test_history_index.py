@@ -139,5 +139,12 @@ async def test_sensor_kinds_refuse_mismatches_and_window_never_averages_booleans
         with anyio.fail_after(60):
             (temp,) = await sub.window("temp", now - 20_000, now, 1)
             (door,) = await sub.window("door", now - 20_000, now, 1)
+            while {"temp", "mode", "door"} - set(sub.sensors):  # noqa: ASYNC110 - state, polled
+                await anyio.sleep(0.05)
+        # What each sensor measures travels in its state (org.mxsync.sensor).
+        meta = sub.sensors
+        assert (meta["temp"].sensor_kind, meta["temp"].unit) == ("number", "Cel")
+        assert (meta["mode"].sensor_kind, meta["mode"].values) == ("enum", ["auto", "off"])
+        assert meta["door"].sensor_kind == "boolean"
     assert (temp.count, temp.numbers, temp.min, temp.max, temp.mean) == (4, 4, 20.0, 21.5, 20.75)
     assert (door.count, door.numbers, door.min, door.mean) == (4, 0, None, None)

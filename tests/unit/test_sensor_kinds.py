@@ -88,3 +88,18 @@ def test_window_never_averages_booleans_or_text() -> None:
     assert (b.count, b.numbers, b.min, b.max, b.mean) == (4, 1, 4, 4, 4.0)
     (only_bools,) = aggregate(rs[:2], 0, 10, 1)
     assert (only_bools.count, only_bools.numbers, only_bools.mean) == (2, 0, None)
+
+
+def test_the_sensor_state_carries_the_kind_and_refuses_contradictions() -> None:
+    from mxsync.errors import ProtocolError
+    from mxsync.protocol.readings import SensorMeta, decode_sensor_meta, to_content
+
+    m = SensorMeta.from_reading(Reading("mode", T, "auto"), sensor_kind="enum",
+                                values=["auto", "off"])
+    assert decode_sensor_meta(to_content(m)) == m
+    assert decode_sensor_meta({"kind": "int", "sensor_kind": "gauge-v9"}).sensor_kind == "gauge-v9"
+    for bad in ({"kind": "bool", "sensor_kind": "number"}, {"kind": "str", "values": ["a"]},
+                {"kind": "str", "sensor_kind": "enum", "values": []},
+                {"kind": "float", "sensor_kind": "counter"}):
+        with pytest.raises(ProtocolError):
+            decode_sensor_meta(bad)
