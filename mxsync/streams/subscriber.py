@@ -25,6 +25,14 @@ Invariants:
 - Live readings go through a bounded stream (``buffer`` batches): a consumer
   that does not iterate slows the client's sync loop down. A subscriber used
   only for ``latest``/``history``/devices passes ``live=False``.
+- Every reading handed out carries its identity (``Reading.identity``:
+  device, session, seq, index in its batch). A durable subscriber
+  (``durable=NAME``) hands out, after a restart, everything after the position
+  ``ack()`` last committed, then live (:mod:`mxsync.streams.durable`).
+- ``history``/``window`` within the retention answer from the batch index
+  (:mod:`mxsync.streams.index`), exact by reading time; sensor and device
+  state that is malformed falls back to its newest valid version
+  (:mod:`mxsync.streams.state`).
 - A device is offline when its state says so (shutdown, last will) or, for a
   device that promised heartbeats, when neither a refresh nor a batch of it
   arrived for twice ``heartbeat_ms`` (``inferred=True``, reason
