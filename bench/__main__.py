@@ -33,7 +33,8 @@ from mxsync.dev import DevServer
 
 MODULES = {"docs": "bench.bench_docs", "streams": "bench.bench_streams", "rss": "bench.bench_rss",
            "federation": "bench.bench_federation", "e2ee": "bench.bench_e2ee",
-           "peers": "bench.bench_peers", "gateway": "bench.bench_gateway"}
+           "peers": "bench.bench_peers", "gateway": "bench.bench_gateway",
+           "history": "bench.bench_history"}
 
 #: Keys every full run writes, each a number (issue #6).
 REQUIRED = (
@@ -57,6 +58,9 @@ RATIOS: list[tuple[str, str, float | None]] = [
     ("doc_edits_per_s_default", "doc_edits_per_s_naive_default", None),
     ("doc_edits_per_s_default", "doc_edits_per_s_naive_default_ceiling", None),
     ("readings_per_s_default", "readings_per_s_naive_default_ceiling", None),
+    # History by reading time (issue #13): the scan by server time over the index.
+    ("history_scan_wide_ms", "history_index_repeat_ms", None),
+    ("history_scan_wide_ms", "history_index_first_ms", None),
 ]
 
 #: (figure, upper bound): absolute targets.

@@ -38,6 +38,7 @@ from anyio.abc import TaskStatus
 
 from mxsync import Client
 from mxsync.streams import DeviceStatus, Reading, Subscriber
+from mxsync.streams.history import bucket_bounds
 
 from .._web import SOCKETS, Changes, add_app_args, json_dumps, page_app, run_app, serve
 
@@ -68,6 +69,21 @@ def device_json(st: DeviceStatus) -> dict[str, Any]:
         "inferred": st.inferred,
         "description": st.description,
     }
+
+
+def share_true(readings: list[Reading], start: int, end: int,
+               buckets: int) -> list[dict[str, Any]]:
+    """Buckets of a boolean sensor as the chart draws them: the share of true
+    readings (0..1) as the mean, 0/1 as the band."""
+    edges = bucket_bounds(start, end, buckets)
+    n, yes = [0] * buckets, [0] * buckets
+    for r in readings:
+        if start <= r.t_ms < end and isinstance(r.value, bool):
+            i = (r.t_ms - start) * buckets // (end - start)
+            n[i] += 1
+            yes[i] += r.value
+    return [{"t0": edges[i], "t1": edges[i + 1], "n": n[i], "min": int(yes[i] == n[i]),
+             "max": int(yes[i] > 0), "mean": yes[i] / n[i]} for i in range(buckets) if n[i]]
 
 
 def reading_json(r: Reading) -> dict[str, Any]:
@@ -129,6 +145,11 @@ class Dashboard:
                 live = self.live.get(sensor)
                 latest = await self.sub.latest(sensor)
                 buckets = await self.sub.window(sensor, start, end, self.buckets)
+                is_bool = (meta.kind == "bool" if meta else
+                           latest is not None and isinstance(latest.value, bool))
+                if is_bool:  # window() aggregates numbers only: draw the share of true
+                    shares = share_true(await self.sub.history(sensor, start, end),
+                                        start, end, self.buckets)
             unit = (meta.unit if meta else None) or (latest.unit if latest else None) or (
                 live.unit if live else None)
             device = (meta.device if meta else None) or (latest.device if latest else None) or (
@@ -140,9 +161,11 @@ class Dashboard:
                 "device": device,
                 "unit": unit,
                 "kind": kind,
+                # What the sensor measures, when its publisher declared it.
+                "sensor_kind": meta.sensor_kind if meta else None,
                 "name": meta.name if meta else None,
                 "last": None if latest is None else {"t": latest.t_ms, "v": latest.value},
-                "history": [
+                "history": shares if is_bool else [
                     {"t0": b.start_ms, "t1": b.end_ms, "n": b.count,
                      "min": b.min, "max": b.max, "mean": b.mean}
                     for b in buckets if b.count

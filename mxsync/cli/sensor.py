@@ -5,6 +5,8 @@
     mxsync sensor publish ROOM SENSOR VALUE [--unit U] [--precision P] [--type T]
     mxsync sensor tail ROOM [--sensor S ...]
     mxsync sensor history ROOM SENSOR --since 1h [--until T] [--csv]
+    mxsync sensor export ROOM --out FILE [--format csv|influx] [--name N] (resumable,
+        see :mod:`mxsync.cli.export`)
 
 ROOM is a room id (``!abc:server``) or an alias (``#name:server``, joined
 first). Login options come from ``mxsync.cli.common`` (flags or MXSYNC_*
@@ -28,6 +30,7 @@ from ..errors import ConfigError, MxsyncError
 from ..protocol.readings import Reading, Value
 from ..streams import DeviceStatus
 from .common import add_login_args, client_from_args, client_store, run_command
+from .export import add_export_parser
 
 __all__ = ["add_parser", "parse_value", "parse_time", "format_time"]
 
@@ -130,10 +133,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--since", default="1h", help="start: 1h, 30m, ISO 8601 or ms (default 1h)")
     p.add_argument("--until", default="now", help="end, excluded (default now)")
     p.add_argument("--lag", type=float, default=None,
-                   help="seconds a reading may have reached the server after its time")
+                   help="seconds a reading may have reached the server after its time "
+                   "(only for ranges older than the batch index's retention)")
     p.add_argument("--csv", action="store_true", help="CSV output")
     add_login_args(p)
     p.set_defaults(func=cmd_history)
+
+    add_export_parser(actions, _run)
 
 
 def _run(main: Any, args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from ..engine.authz import judge_state, levels_for, power_level_allows, room_creators
 from ..engine.events import MessagesPage, RoomEvent
 from ..engine.pages import paginate
+from ..engine.state_history import newest_valid
 from ..engine.surface import Engine
 from ..errors import ForbiddenError, MatrixError, ProtocolError
 from ..protocol import docs as proto
@@ -133,11 +134,9 @@ class Loader:
     async def declare(self, recv: MemoryObjectReceiveStream[RoomEvent]) -> None:
         """Return once the document is declared: found, declared by us, or awaited."""
         ev = await self.client.state_event(self.room_id, DOC, self.name)
-        if ev is not None and ev.content and not await self._declared_by_writer(ev):
-            ev = None
-        if ev is not None and ev.content:
-            self._check_declaration(ev.content)
-        elif self.read_only:
+        if ev is not None and ev.content and await self._find_declaration(ev):
+            return
+        if self.read_only:
             raise ProtocolError(f"document {self.name!r} is not declared in {self.room_id}")
         elif await self.client.may_send(self.room_id, self.client.user_id, DOC, state=True):
             await self._declare_once()
@@ -190,8 +189,13 @@ class Loader:
             async for ev in recv:
                 if (ev.type == DOC and ev.state_key == self.name and ev.content
                         and await self._declared_by_writer(ev)):
-                    self._check_declaration(ev.content)
-                    return
+                    try:
+                        self._check_declaration(ev.content)
+                        return
+                    except ProtocolError as exc:
+                        log.warning("skipping declaration %s of %r: %s", ev.event_id,
+                                    self.name, exc)
+                        continue
                 self.backlog.append(ev)
         raise ForbiddenError(
             403, "M_FORBIDDEN",
@@ -223,6 +227,49 @@ class Loader:
         if not decl.supported:
             raise ProtocolError(f"document {self.name!r} uses encoding {decl.encoding!r}")
         self._short = decl.short
+
+    async def _find_declaration(self, current: RoomEvent) -> bool:
+        """Is the document declared, judging by ``current`` (the room's state) and,
+        when that is malformed or refused, by the declarations it replaced
+        (PROTOCOL §1.7)? Raises ProtocolError only for a document whose newest
+        readable declaration by a writer names an encoding this reader lacks."""
+        by_writer = False
+        unsupported: str | None = None
+
+        async def accept(ev: RoomEvent) -> proto.DocDeclaration | None:
+            nonlocal by_writer, unsupported
+            if not ev.content:
+                return None  # removed at that point: look further back
+            if not await self._declared_by_writer(ev):
+                return None
+            by_writer = True
+            try:
+                decl = proto.decode_doc_event(DOC, ev.content)
+            except ProtocolError as exc:
+                log.warning("skipping declaration %s of %r in %s: %s", ev.event_id,
+                            self.name, self.room_id, exc)
+                return None
+            if not isinstance(decl, proto.DocDeclaration):
+                return None
+            if not decl.supported:
+                if unsupported is None:
+                    unsupported = decl.encoding
+                log.warning("skipping declaration %s of %r in %s: encoding %r", ev.event_id,
+                            self.name, self.room_id, decl.encoding)
+                return None
+            return decl
+
+        if await newest_valid(self.client, self.room_id, current, accept) is not None:
+            return True
+        if unsupported is not None:
+            raise ProtocolError(f"document {self.name!r} uses encoding {unsupported!r}")
+        if by_writer:
+            # Declared by a writer, but nothing readable left within reach: the
+            # default declaration (yjs-v1) holds.
+            log.warning("document %r in %s: no readable declaration, assuming %r",
+                        self.name, self.room_id, proto.ENCODING_YJS_V1)
+            return True
+        return False
 
     # -- history ---------------------------------------------------------------------
 

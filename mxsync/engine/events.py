@@ -36,6 +36,9 @@ class RoomEvent(msgspec.Struct, frozen=True, kw_only=True):
     #: this very device, so it marks our own echo (other devices of the same
     #: user see None).
     txn_id: str | None = None
+    #: ``unsigned.replaces_state``: for a state event, the id of the state event it
+    #: replaced (same type and state_key), so a reader can walk a state's history.
+    replaces_state: str | None = None
 
     @property
     def is_state(self) -> bool:
@@ -63,6 +66,7 @@ def parse_event(room_id: str, raw: Any) -> RoomEvent | None:
         return None
     unsigned = raw.get("unsigned")
     txn_id = unsigned.get("transaction_id") if isinstance(unsigned, dict) else None
+    replaces = unsigned.get("replaces_state") if isinstance(unsigned, dict) else None
     return RoomEvent(
         room_id=room_id,
         event_id=event_id,
@@ -72,6 +76,7 @@ def parse_event(room_id: str, raw: Any) -> RoomEvent | None:
         origin_server_ts=ts,
         state_key=state_key,
         txn_id=txn_id if isinstance(txn_id, str) else None,
+        replaces_state=replaces if isinstance(replaces, str) and state_key is not None else None,
     )
 
 

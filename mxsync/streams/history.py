@@ -67,9 +67,10 @@ class HistoryProgress(msgspec.Struct, frozen=True, kw_only=True):
 class Bucket(msgspec.Struct, frozen=True, kw_only=True):
     """Aggregate of the readings with ``start_ms <= t_ms < end_ms``.
 
-    ``min``/``max``/``mean`` cover int and float values (bools count as 0/1);
-    they are None when the bucket has no such value. ``count`` counts every
-    reading, str values included. ``mean`` is ``math.fsum(values) / n``.
+    ``min``/``max``/``mean`` cover the numbers only (int and float values;
+    never bools, never str); they are None when the bucket has none, and
+    ``numbers`` says how many there were. ``count`` counts every reading, bools
+    and str values included. ``mean`` is ``math.fsum(values) / numbers``.
     """
 
     start_ms: int
@@ -78,6 +79,8 @@ class Bucket(msgspec.Struct, frozen=True, kw_only=True):
     min: int | float | None = None
     max: int | float | None = None
     mean: float | None = None
+    #: Readings aggregated into min/max/mean (the int and float ones).
+    numbers: int = 0
 
 
 class BatchReader:
@@ -274,9 +277,7 @@ def aggregate(
         i = (r.t_ms - start_ms) * buckets // width
         counts[i] += 1
         v = r.value
-        if type(v) is bool:
-            values[i].append(int(v))
-        elif type(v) is int or type(v) is float:
+        if type(v) is int or type(v) is float:
             values[i].append(v)  # type: ignore[arg-type]
     out = []
     for i in range(buckets):
@@ -286,5 +287,6 @@ def aggregate(
             min=min(vs) if vs else None,
             max=max(vs) if vs else None,
             mean=math.fsum(vs) / len(vs) if vs else None,
+            numbers=len(vs),
         ))
     return out

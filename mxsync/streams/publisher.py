@@ -263,14 +263,24 @@ class Publisher:
         precision: int | None = None,
         unit: str | None = None,
         name: str | None = None,
+        kind: str | None = None,
+        values: Iterable[str] | None = None,
     ) -> None:
-        """Set a sensor's float precision (decimals, 0..9), default unit and name.
+        """Set a sensor's kind, float precision (decimals, 0..9), default unit and name.
 
         A float is rounded to ``precision`` decimals and comes back exactly so
         rounded. ``None`` takes the publisher's ``precision``; with none there
         either, a float travels as its shortest exact decimal (at most 9 places).
+
+        ``kind`` is what the sensor measures: ``"number"`` (int or float; the
+        only kind ``window`` aggregates), ``"boolean"``, ``"enum"`` (a str among
+        ``values``), ``"text"`` (any str) or ``"counter"`` (an int >= 0 that never
+        goes down in one run). Undeclared, a sensor's kind is inferred from its
+        first reading (number, boolean or text) and fixed from then on. A reading
+        of another kind raises ConfigError naming the sensor, its kind and the value.
         """
-        self._sensors.declare(sensor, precision=precision, unit=unit, name=name)
+        self._sensors.declare(sensor, precision=precision, unit=unit, name=name, kind=kind,
+                              values=values)
 
     def publish(
         self,

@@ -6,6 +6,11 @@ Invariants:
   int beyond +-(2**53 - 1), a str over 256 bytes, a bad id, unit or time), so a
   bad reading fails at ``publish`` and never later; and it returns a row the
   encoder takes as it is.
+- A sensor has a kind (:data:`KINDS`): declared, or inferred from its first
+  reading (number, boolean or text) and fixed from then on. A reading of
+  another kind raises ConfigError naming the sensor, its kind and the value; a
+  ``counter`` (an int >= 0) never goes down within the publisher's run; an
+  ``enum`` takes only its declared values.
 - Automatic times never go back, even when the wall clock does.
 - A sensor's state update (``org.mxsync.sensor``) carries a reading the
   homeserver already stores: its index is below the publisher's ``settled``
@@ -17,13 +22,16 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
 from ..protocol.readings import (
+    MAX_ENUM_VALUES,
     MAX_NAME_BYTES,
     MAX_T_MS,
+    SENSOR_KINDS,
     Reading,
     SensorMeta,
     Value,
@@ -38,7 +46,10 @@ from ..protocol.readings import (
 from ..protocol.types import MAX_SAFE_INT
 from .buffer import Row
 
-__all__ = ["Sensors", "SensorInfo"]
+__all__ = ["Sensors", "SensorInfo", "KINDS"]
+
+#: What a sensor measures, and so which values it takes.
+KINDS = SENSOR_KINDS
 
 log = logging.getLogger("mxsync.streams.publisher")
 
@@ -59,6 +70,45 @@ class SensorInfo:
     meta_at: float = -math.inf
     #: A last value chosen for the next state update, sent once it is stored.
     candidate: tuple[Row, int] | None = None
+    #: One of KINDS; None until declared or inferred from the first reading.
+    kind: str | None = None
+    #: ``enum`` only: the values it may take.
+    values: frozenset[str] | None = None
+    #: ``counter`` only: its last value in this run.
+    count: int | None = None
+
+
+def _infer(value: Value) -> str:
+    t = type(value)
+    return "boolean" if t is bool else "text" if t is str else "number"
+
+
+def _check_kind(sensor: str, s: SensorInfo, value: Value) -> None:
+    """ConfigError unless ``value`` is of the sensor's kind (inferring it the first time)."""
+    kind, t = s.kind, type(value)
+    if kind is None:
+        s.kind = _infer(value)
+        return
+    if kind == "number":
+        ok = t is int or t is float
+    elif kind == "boolean":
+        ok = t is bool
+    elif kind == "text":
+        ok = t is str
+    elif kind == "enum":
+        ok = t is str and s.values is not None and value in s.values
+    else:  # counter
+        ok = t is int and value >= 0 and (s.count is None or value >= s.count)  # type: ignore[operator]
+        if ok:
+            s.count = value  # type: ignore[assignment]
+        elif t is int and value >= 0:  # type: ignore[operator]
+            raise ConfigError(f"sensor {sensor!r} is a counter: {value!r} is below its last "
+                              f"value {s.count!r} (a counter never goes down in one run)")
+    if not ok:
+        what = "" if kind != "enum" else f" (one of {sorted(s.values or ())!r})"
+        an = "an" if kind[0] in "aeiou" else "a"
+        raise ConfigError(f"sensor {sensor!r} is {an} {kind} sensor{what}: "
+                          f"{value!r} ({t.__name__}) is not {an} {kind}")
 
 
 class Sensors:
@@ -78,8 +128,29 @@ class Sensors:
         precision: int | None = None,
         unit: str | None = None,
         name: str | None = None,
+        kind: str | None = None,
+        values: Iterable[str] | None = None,
     ) -> None:
         validate_sensor_id(sensor)
+        if kind is not None and kind not in KINDS:
+            raise ConfigError(f"sensor {sensor!r}: kind must be one of {', '.join(KINDS)}, "
+                              f"got {kind!r}")
+        if precision is not None and kind not in (None, "number"):
+            raise ConfigError(f"sensor {sensor!r}: precision is for number sensors, "
+                              f"not {kind}")
+        allowed: frozenset[str] | None = None
+        if kind == "enum":
+            if values is None or isinstance(values, str):
+                raise ConfigError(f"sensor {sensor!r}: an enum needs values=[...] (strs)")
+            allowed = frozenset(values)
+            if (not allowed or len(allowed) > MAX_ENUM_VALUES
+                    or not all(type(v) is str for v in allowed)):
+                raise ConfigError(f"sensor {sensor!r}: enum values must be 1 to "
+                                  f"{MAX_ENUM_VALUES} strs, got {values!r}")
+            for v in allowed:
+                encode_value(v, None)  # within the str limit
+        elif values is not None:
+            raise ConfigError(f"sensor {sensor!r}: values are for enum sensors, not {kind}")
         if precision is None:
             precision = self._precision
         else:
@@ -92,9 +163,14 @@ class Sensors:
             raise ConfigError(f"name must be a str of at most {MAX_NAME_BYTES} bytes of UTF-8")
         s = self._by_id.get(sensor)
         if s is None:
-            self._by_id[sensor] = SensorInfo(precision, unit, name)
+            s = self._by_id[sensor] = SensorInfo(precision, unit, name)
         else:
             s.precision, s.unit, s.name = precision, unit, name
+        if kind is not None:
+            if s.kind is not None and s.kind != kind and s.last is not None:
+                raise ConfigError(f"sensor {sensor!r} is a {s.kind} sensor already "
+                                  f"(from its readings), it cannot become a {kind}")
+            s.kind, s.values = kind, allowed
 
     def get(self, sensor: str) -> SensorInfo:
         s = self._by_id.get(sensor)
@@ -133,6 +209,8 @@ class Sensors:
         elif tv is not bool:
             enc = encode_value(value, s.precision)  # refuses other types, accepts subclasses
             value = decode_value(enc.kind, enc.wire, enc.exp)
+        if s.kind != "number" or (tv is not float and tv is not int):
+            _check_kind(sensor, s, value)
         return (sensor, t, value, unit, s.precision)
 
     def updates(
@@ -161,6 +239,8 @@ class Sensors:
                         Reading(row[0], row[1], row[2], row[3], self._device),
                         precision=row[4] if type(row[2]) is float else None,
                         name=s.name,
+                        sensor_kind=s.kind,
+                        values=None if s.values is None else sorted(s.values),
                     )
                 )
             except ConfigError as exc:

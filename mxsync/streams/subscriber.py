@@ -25,6 +25,14 @@ Invariants:
 - Live readings go through a bounded stream (``buffer`` batches): a consumer
   that does not iterate slows the client's sync loop down. A subscriber used
   only for ``latest``/``history``/devices passes ``live=False``.
+- Every reading handed out carries its identity (``Reading.identity``:
+  device, session, seq, index in its batch). A durable subscriber
+  (``durable=NAME``) hands out, after a restart, everything after the position
+  ``ack()`` last committed, then live (:mod:`mxsync.streams.durable`).
+- ``history``/``window`` within the retention answer from the batch index
+  (:mod:`mxsync.streams.index`), exact by reading time; sensor and device
+  state that is malformed falls back to its newest valid version
+  (:mod:`mxsync.streams.state`).
 - A device is offline when its state says so (shutdown, last will) or, for a
   device that promised heartbeats, when neither a refresh nor a batch of it
   arrived for twice ``heartbeat_ms`` (``inferred=True``, reason
@@ -43,29 +51,26 @@ import anyio
 import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ..engine.authz import PowerLevels, judge_state, levels_backwards, room_creators
+from ..engine.authz import PowerLevels, levels_backwards, power_levels_before, room_creators
 from ..engine.events import RoomEvent
 from ..engine.surface import Engine
 from ..engine.taskgroups import exit_stack
 from ..errors import ConfigError, ProtocolError
-from ..protocol.readings import (
-    Reading,
-    SensorMeta,
-    decode_device_state,
-    decode_sensor_meta,
-    validate_device_id,
-    validate_sensor_id,
-)
+from ..protocol.readings import Reading, SensorMeta, validate_device_id, validate_sensor_id
 from ..protocol.types import CREATE, DEVICE, POWER_LEVELS, READINGS, SENSOR
+from . import durable as durable_pos
 from .history import (
     BatchReader,
     Bucket,
     HistoryProgress,
     aggregate,
     by_time,
+    check_range,
     read_history,
 )
 from .holes import Key, find_batches
+from .index import BatchIndex
+from .state import StreamState, decode_state, load_state
 
 __all__ = ["Subscriber", "SubscriberStatistics", "DeviceStatus"]
 
@@ -120,6 +125,12 @@ class SubscriberStatistics(msgspec.Struct, frozen=True, kw_only=True):
     forbidden: int
     #: Device status changes a watcher missed because its queue was full.
     lost_device_changes: int
+    #: Events the batch index's backwards walk read (streams/index.py): the
+    #: room back to the retention bound the first time, back to where the
+    #: index stopped after a restart.
+    index_walk_events: int = 0
+    #: Batches history fetched (``/context``) because they were not cached.
+    index_fetched: int = 0
 
 
 class Subscriber:
@@ -131,10 +142,21 @@ class Subscriber:
     - ``live`` (True): keep a stream of live readings (iterate it, or pass False).
     - ``buffer`` (64): batches the live stream holds before it slows the sync.
     - ``check_interval`` (0.5): how often missed heartbeats are looked for.
+    - ``history_retention`` (30 days): how far back the local batch index
+      (:mod:`mxsync.streams.index`) reaches; ``history``/``window`` over ranges
+      within it are exact by reading time, whenever the batches were uploaded.
     - ``history_skew`` (60.0) / ``history_lag`` (120.0): how far a batch may have
-      been stored before / after the time of its readings (see ``history``).
+      been stored before / after the time of its readings: the bounds of the
+      timestamp scan that answers ranges older than the retention.
     - ``page_size`` (50): events per /messages page in history scans.
     - ``latest_scan`` (50): newest batches ``latest`` looks through at most.
+    - ``durable`` (None): a name under which the client's store keeps what the
+      consumer acknowledged (``await sub.ack()``); a subscriber started again
+      with the same store and name hands out everything after that first, then
+      goes on live (:mod:`mxsync.streams.durable`). Without it, live means from now on.
+    - ``start`` ("now"): where the live stream begins when there is no durable
+      position yet: ``"now"``, or ``"earliest"`` (every batch the room shows,
+      from its first visible event, then live).
     """
 
     def __init__(
@@ -150,6 +172,9 @@ class Subscriber:
         history_lag: float = 120.0,
         page_size: int = 50,
         latest_scan: int = 50,
+        durable: str | None = None,
+        start: str = "now",
+        history_retention: float = 30 * 86_400.0,
     ) -> None:
         if not isinstance(room_id, str) or not room_id.startswith("!"):
             raise ConfigError(f"not a room id: {room_id!r}")
@@ -161,25 +186,39 @@ class Subscriber:
         if type(page_size) is not int or not 1 <= page_size <= 1000:
             raise ConfigError(f"page_size must be within 1..1000, got {page_size!r}")
         for name, v in (("check_interval", check_interval), ("history_skew", history_skew),
-                        ("history_lag", history_lag)):
+                        ("history_lag", history_lag), ("history_retention", history_retention)):
             if not isinstance(v, int | float) or v < 0:
                 raise ConfigError(f"{name} must be a number >= 0, got {v!r}")
         self._client = client
         self._room = room_id
+        self._durable = None if durable is None else durable_pos.validate_name(durable)
+        if self._durable is not None and not live:
+            raise ConfigError("a durable subscriber is a live one: drop live=False")
+        if start not in ("now", "earliest"):
+            raise ConfigError(f"start must be 'now' or 'earliest', got {start!r}")
+        if start == "earliest" and not live:
+            raise ConfigError("start='earliest' is for live subscribers: drop live=False")
+        self._start = start
+        #: The consumer's position: last committed, and what ack() would commit.
+        self._position: durable_pos.Position | None = None
+        self._current_event: str | None = None
         self._live = live
         self._buffer = buffer
         self._check_interval = max(0.05, float(check_interval))
         self._skew_ms = int(history_skew * 1000)
         self._lag_ms = int(history_lag * 1000)
+        self._retention_ms = int(history_retention * 1000)
+        self._index: BatchIndex | None = None
         self._page_size = page_size
         self._latest_scan = latest_scan
         self._reader = BatchReader(client, room_id)
         #: The levels in force after the last live event taken into account.
         self._levels = PowerLevels()
-        self._send: MemoryObjectSendStream[list[Reading]] | None = None
-        self._recv: MemoryObjectReceiveStream[list[Reading]] | None = None
+        self._send: MemoryObjectSendStream[tuple[str, list[Reading]]] | None = None
+        self._recv: MemoryObjectReceiveStream[tuple[str, list[Reading]]] | None = None
         self._current: list[Reading] = []
         self._pos = 0
+        self._base = 0
         self._seqs: dict[tuple[str, str, int | None], int] = {}
         self._last: dict[str, Reading] = {}
         self._scanned: set[str] = set()
@@ -207,9 +246,8 @@ class Subscriber:
     async def __aenter__(self) -> Subscriber:
         async with AsyncExitStack() as stack:
             if self._live:
-                self._send, self._recv = anyio.create_memory_object_stream[list[Reading]](
-                    self._buffer
-                )
+                self._send, self._recv = anyio.create_memory_object_stream[
+                    tuple[str, list[Reading]]](self._buffer)
                 stack.enter_context(self._send)
                 stack.enter_context(self._recv)
             # Live means from now on: the first sync of a new client (recent history)
@@ -227,6 +265,14 @@ class Subscriber:
                 await self._client.get_state(self._room, POWER_LEVELS), creators
             )
             await self._load_state()
+            self._index = BatchIndex(self._client, self._room, self._reader,
+                                     retention_ms=self._retention_ms, skew_ms=self._skew_ms,
+                                     creators=creators)
+            await self._index.open()
+            if self._durable is not None:
+                name = self._durable
+                self._position = await self._client.run_sql(
+                    lambda c: durable_pos.load(c, self._room, name))
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
             tg.start_soon(self._run, recv)
@@ -248,16 +294,23 @@ class Subscriber:
         return None
 
     async def _run(self, recv: MemoryObjectReceiveStream[RoomEvent]) -> None:
+        if self._position is not None:
+            await durable_pos.replay(self._client, self._room, self._position,
+                                     self._replay_first, self._on_event)
+        elif self._start == "earliest":
+            self._levels = PowerLevels(None, self._levels.creators)  # before any levels
+            await durable_pos.replay_from_start(self._client, self._room, self._on_event)
         async for ev in recv:
             await self._on_event(ev)
+            if self._index is not None:
+                await self._index.seen_live(ev)
         if self._send is not None:
             self._send.close()
 
     async def _load_state(self) -> None:
-        mine = [ev for ev in await self._client.room_state(self._room)
-                if ev.type == SENSOR or ev.type == DEVICE]
-        for ev in await judge_state(self._client, self._room, mine, self._levels.creators):
-            await self._on_state(ev, seen_ms=ev.origin_server_ts)
+        # Malformed or refused states fall back to their newest valid version.
+        for ev, value in await load_state(self._client, self._room, self._levels.creators):
+            self._apply_state(ev, value, seen_ms=ev.origin_server_ts)
 
     # -- events ------------------------------------------------------------------
 
@@ -274,6 +327,18 @@ class Subscriber:
                 self._reader.warn_once("forbidden " + ev.type, ev.sender,
                                        "ignoring %s events of %s in %s: no power level for them",
                                        ev.type, ev.sender, self._room)
+
+    async def _replay_first(self, ev: RoomEvent, token: str | None) -> None:
+        """The batch a durable consumer stopped in: its readings not acknowledged."""
+        assert self._position is not None
+        levels = PowerLevels(await power_levels_before(self._client, self._room, token),
+                             self._levels.creators)
+        batch = self._reader.batch(ev, levels)
+        readings = None if batch is None else self._reader.readings(ev, batch)
+        if batch is None or readings is None:
+            return
+        await self._take(ev, (ev.sender, batch.device, batch.session), batch.seq, readings,
+                         skip=self._position.done)
 
     async def _on_batch(self, ev: RoomEvent) -> None:
         batch = self._reader.batch(ev, self._levels)
@@ -316,8 +381,13 @@ class Subscriber:
         return last
 
     async def _take(self, ev: RoomEvent, key: Key, seq: int,
-                    readings: list[Reading]) -> None:
+                    readings: list[Reading], *, skip: int = 0) -> None:
         batch_device = key[1]
+        session = key[2]
+        readings = [msgspec.structs.replace(r, session=session, index=i)
+                    for i, r in enumerate(readings)]
+        if self._index is not None:
+            await self._index.note(ev, batch_device, session, seq, readings)
         self._seqs[key] = seq
         self._batches += 1
         self._alive(batch_device, ev.sender)
@@ -331,27 +401,30 @@ class Subscriber:
                 self._last[sensor] = r
         if self._filter is not None:
             readings = [r for r in readings if r.sensor in self._filter]
+        if skip:
+            readings = readings[skip:]
         if readings:
             self._readings += len(readings)
             if self._send is not None:
-                await self._send.send(readings)
+                await self._send.send((ev.event_id, readings))
 
     async def _on_state(self, ev: RoomEvent, *, seen_ms: int) -> None:
         """A sensor or device state whose sender had the level for it."""
-        assert ev.state_key is not None
         try:
-            if ev.type == SENSOR:
-                validate_sensor_id(ev.state_key)
-                meta = decode_sensor_meta(ev.content)
-                old = self._meta.get(ev.state_key)
-                if old is None or ev.origin_server_ts >= old[0]:
-                    self._meta[ev.state_key] = (ev.origin_server_ts, meta)
-                return
-            validate_device_id(ev.state_key)
-            state = decode_device_state(ev.content)
+            value = decode_state(ev)
         except (ProtocolError, ConfigError) as exc:
             self._reader.bad(ev, exc)
             return
+        self._apply_state(ev, value, seen_ms=seen_ms)
+
+    def _apply_state(self, ev: RoomEvent, value: StreamState, *, seen_ms: int) -> None:
+        assert ev.state_key is not None
+        if isinstance(value, SensorMeta):
+            old = self._meta.get(ev.state_key)
+            if old is None or ev.origin_server_ts >= old[0]:
+                self._meta[ev.state_key] = (ev.origin_server_ts, value)
+            return
+        state = value
         device = ev.state_key
         if ev.origin_server_ts < self._device_ts.get(device, -1):
             return  # older than what we know (the state fetch raced the sync)
@@ -416,13 +489,33 @@ class Subscriber:
             if self._recv is None:
                 raise RuntimeError("this subscriber is not live (live=False) or not running")
             try:
-                self._current = await self._recv.receive()
+                event_id, self._current = await self._recv.receive()
             except (anyio.EndOfStream, anyio.ClosedResourceError):
                 raise StopAsyncIteration from None
             self._pos = 0
+            # The position counts from the first reading of a batch handed out
+            # after a restart, which may not be the batch's first.
+            self._base = (self._position.done if self._position is not None
+                          and self._position.event_id == event_id else 0)
+            self._current_event = event_id
         r = self._current[self._pos]
         self._pos += 1
         return r
+
+    async def ack(self) -> None:
+        """Acknowledge every reading handed out so far; committed to the store
+        before it returns, so a restart with the same durable name never hands
+        them out again (``durable`` subscribers only)."""
+        if self._durable is None:
+            raise RuntimeError("ack() needs a durable subscriber (subscribe(..., durable=NAME))")
+        if self._current_event is None:
+            return
+        pos = durable_pos.Position(self._current_event, self._base + self._pos)
+        if pos == self._position:
+            return
+        name = self._durable
+        await self._client.run_sql(lambda c: durable_pos.save(c, self._room, name, pos))
+        self._position = pos
 
     # -- last values --------------------------------------------------------------------
 
@@ -471,8 +564,11 @@ class Subscriber:
                     continue
                 readings = self._reader.readings(ev, batch)
                 if readings:
-                    mine = [r for r in readings if r.sensor == sensor]
-                    return max(mine, key=by_time) if mine else None
+                    mine = [(r.t_ms, i) for i, r in enumerate(readings) if r.sensor == sensor]
+                    if not mine:
+                        return None
+                    _, i = max(mine, key=lambda p: (p[0], -p[1]))  # the first of the newest
+                    return msgspec.structs.replace(readings[i], session=batch.session, index=i)
             if scanned >= self._latest_scan:
                 break
         return None
@@ -490,11 +586,22 @@ class Subscriber:
     ) -> list[Reading]:
         """The readings of ``sensor`` with ``start_ms <= t_ms < end_ms``, by time.
 
-        ``progress`` is called after each page with a :class:`HistoryProgress`.
-        ``lag`` (seconds) overrides ``history_lag``: how long after its time a
-        reading may have reached the homeserver.
+        Within ``history_retention`` it answers from the local batch index: every
+        reading of the range the room holds, whenever it was uploaded; the index
+        is filled by one backwards walk at the first query and by the live
+        stream, and a repeated query fetches nothing it has cached.
+        ``progress`` is called with a :class:`HistoryProgress` after each batch
+        (from the index) or page (a scan). Older ranges are scanned by server
+        time, and ``lag`` (seconds)
+        overrides ``history_lag``, how long after its time a reading may have
+        reached the homeserver.
         """
         validate_sensor_id(sensor)
+        check_range(start_ms, end_ms)
+        if self._index is not None and self._index.covers(start_ms):
+            if end_ms <= start_ms:
+                return []
+            return await self._index.history(sensor, start_ms, end_ms, progress)
         return await read_history(
             self._client, self._room, sensor, start_ms, end_ms,
             reader=self._reader, skew_ms=self._skew_ms,
@@ -559,6 +666,8 @@ class Subscriber:
             malformed=self._reader.malformed,
             forbidden=self._reader.forbidden,
             lost_device_changes=self._lost_changes,
+            index_walk_events=0 if self._index is None else self._index.walked_events,
+            index_fetched=0 if self._index is None else self._index.fetched,
         )
 
 
@@ -567,4 +676,7 @@ def _newer(a: Reading | None, b: Reading | None) -> Reading | None:
         return b
     if b is None:
         return a
-    return b if b.t_ms > a.t_ms else a
+    # Of two of one time, the one from a batch (it has an identity) over the state's copy.
+    if b.t_ms > a.t_ms or (b.t_ms == a.t_ms and a.index is None and b.index is not None):
+        return b
+    return a

@@ -672,7 +672,8 @@ def test_aggregate_buckets_cover_the_range_exactly():
     b = aggregate(rs, 0, 10, 3)
     assert [(x.start_ms, x.end_ms, x.count) for x in b] == [(0, 4, 2), (4, 7, 1), (7, 10, 1)]
     assert (b[0].min, b[0].max, b[0].mean) == (1, 2.5, 1.75)
-    assert (b[1].min, b[1].mean) == (1, 1.0)  # a bool counts as 0/1
+    assert (b[1].min, b[1].mean, b[1].numbers, b[1].count) == (None, None, 0, 1)  # a bool
+    assert b[0].numbers == 2  # is counted, never averaged
     strs = aggregate([Reading("s", 1, "on")], 0, 10, 2)
     assert strs[0].count == 1 and strs[0].mean is None and strs[1].count == 0
     with pytest.raises(ConfigError):

@@ -69,6 +69,8 @@ from ._limits import MAX_T_MS as MAX_T_MS
 from ._limits import MAX_UNIT_BYTES as MAX_UNIT_BYTES
 from ._limits import MIN_BATCH_BYTES as MIN_BATCH_BYTES
 from ._limits import MIN_T_MS as MIN_T_MS
+from ._schema import MAX_ENUM_VALUES as MAX_ENUM_VALUES
+from ._schema import SENSOR_KINDS as SENSOR_KINDS
 from ._schema import DeviceState as DeviceState
 from ._schema import Reading as Reading
 from ._schema import ReadingsBatch as ReadingsBatch
@@ -107,6 +109,8 @@ __all__ = [
     "Series",
     "ReadingsBatch",
     "SensorMeta",
+    "SENSOR_KINDS",
+    "MAX_ENUM_VALUES",
     "DeviceState",
     "EncodedValue",
     "BatchEncoder",

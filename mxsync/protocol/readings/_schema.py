@@ -25,6 +25,7 @@ from ._limits import (
     MAX_RAW_BYTES,
     MAX_REASON_BYTES,
     MAX_SERIES,
+    MAX_STR_BYTES,
     MAX_T_MS,
     MIN_T_MS,
 )
@@ -48,7 +49,10 @@ Compression: TypeAlias = Literal["zlib", "none"]
 
 class Reading(msgspec.Struct, frozen=True, gc=False):
     """One sensor reading. ``device`` and ``seq`` are filled in by the decoder
-    from the batch the reading came in; ``seq`` is that batch's number."""
+    from the batch the reading came in; ``seq`` is that batch's number. A
+    Subscriber also fills in ``session`` (the batch's) and ``index`` (the
+    reading's place in its batch, as packed), so that :attr:`identity` names
+    the reading for good (a sink de-duplicates by it)."""
 
     sensor: str
     t_ms: int
@@ -56,6 +60,14 @@ class Reading(msgspec.Struct, frozen=True, gc=False):
     unit: str | None = None
     device: str | None = None
     seq: int | None = None
+    session: int | None = None
+    index: int | None = None
+
+    @property
+    def identity(self) -> tuple[str | None, int | None, int | None, int | None]:
+        """``(device, session, seq, index)``: the same for every copy of this
+        reading a subscriber hands out (live, after a restart, a replay)."""
+        return (self.device, self.session, self.seq, self.index)
 
 
 class _Content(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -115,6 +127,11 @@ class SensorMeta(_Content, frozen=True, kw_only=True, omit_defaults=True):
     #: ... float only: the last value is ``last / 10**last_exp``.
     last_exp: int = 0
     last_t_ms: int | None = None
+    #: What the sensor measures (SENSOR_KINDS); None: not said. A reader treats
+    #: a str it does not know as None.
+    sensor_kind: str | None = None
+    #: ``sensor_kind == "enum"`` only: the values it takes.
+    values: list[str] | None = None
 
     @classmethod
     def from_reading(
@@ -123,10 +140,14 @@ class SensorMeta(_Content, frozen=True, kw_only=True, omit_defaults=True):
         *,
         precision: int | None = None,
         name: str | None = None,
+        sensor_kind: str | None = None,
+        values: list[str] | None = None,
     ) -> SensorMeta:
         """The state of ``reading.sensor`` after ``reading``. Raises ConfigError."""
         enc = encode_value(reading.value, precision)
         return cls(
+            sensor_kind=sensor_kind,
+            values=values,
             kind=enc.kind,
             device=reading.device,
             name=name,
@@ -201,6 +222,17 @@ def _check_batch(b: ReadingsBatch, err: type[Exception]) -> None:
         raise err(f"a batch holds at most {MAX_BATCH_READINGS} readings, not {total}")
 
 
+#: What a sensor measures (``org.mxsync.sensor`` ``sensor_kind``), and the value
+#: kinds each takes.
+SENSOR_KINDS: tuple[str, ...] = ("number", "boolean", "enum", "text", "counter")
+_SENSOR_KIND_VALUES: dict[str, tuple[str, ...]] = {
+    "number": ("int", "float"), "boolean": ("bool",), "enum": ("str",), "text": ("str",),
+    "counter": ("int",),
+}
+#: Values an enum sensor may declare.
+MAX_ENUM_VALUES = 64
+
+
 def _check_sensor_meta(m: SensorMeta, err: type[Exception]) -> None:
     if m.v != 1:
         raise err(f"unsupported sensor version {_short(m.v)}; this mxsync reads version 1")
@@ -215,6 +247,18 @@ def _check_sensor_meta(m: SensorMeta, err: type[Exception]) -> None:
         if m.kind != "float":
             raise err(f"a {m.kind} sensor has no precision")
         _check_int(m.precision, 0, MAX_PRECISION, "precision", err)
+    if m.sensor_kind is not None:
+        _check_text(m.sensor_kind, 32, "sensor_kind", err)
+        fits = _SENSOR_KIND_VALUES.get(m.sensor_kind)
+        if fits is not None and m.kind not in fits:
+            raise err(f"a {m.sensor_kind} sensor has no {m.kind} values")
+    if m.values is not None:
+        if m.sensor_kind != "enum":
+            raise err("values are for enum sensors")
+        if not 1 <= len(m.values) <= MAX_ENUM_VALUES:
+            raise err(f"an enum has 1 to {MAX_ENUM_VALUES} values, not {len(m.values)}")
+        for x in m.values:
+            _check_text(x, MAX_STR_BYTES, "an enum value", err)
     if m.last is None:
         if m.last_exp != 0 or m.last_t_ms is not None:
             raise err("last_exp and last_t_ms need a last value")
