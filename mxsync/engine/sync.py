@@ -83,6 +83,7 @@ from .gap import GapRepair, create_tables, mark_seen
 from .http import Backoff, Http
 from .status import State, Status, SyncStatistics
 from .store import Store
+from .todevice import ToDevice
 
 __all__ = ["SyncLoop", "Status", "SyncStatistics", "SYNC_TYPES"]
 
@@ -144,8 +145,11 @@ class SyncLoop:
         gap_page_events: int = 250,
         keep_seen: int = 16_384,
         crypto: Crypto | Cleartext | None = None,
+        to_device: ToDevice | None = None,
     ) -> None:
         self._http = http
+        #: Where the answers' to-device events go (after the Olm machine's turn).
+        self.to_device = to_device
         self.crypto = crypto or Cleartext()
         self._store = store
         self.timeline_limit = timeline_limit
@@ -338,6 +342,10 @@ class SyncLoop:
         if not isinstance(next_batch, str):
             raise TransientError("sync answer without next_batch")
         await self.crypto.receive_sync(resp)  # room keys first: this batch may need them
+        if self.to_device is not None:
+            # Ephemeral and never blocking: a stop before the since-token is
+            # saved makes the server deliver them again (consumers are idempotent).
+            self.to_device.receive_sync(resp)
         rooms = resp.get("rooms") if isinstance(resp.get("rooms"), dict) else {}
         assert isinstance(rooms, dict)
         joined = rooms.get("join") if isinstance(rooms.get("join"), dict) else {}

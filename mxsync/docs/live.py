@@ -1,0 +1,118 @@
+"""The live channel: local update batches sent at once to the peers, over to-device.
+
+Under Synapse's default ``rc_message`` (0.2 events/s) a timeline batch may wait
+seconds for its slot; to-device messages are not held to it. This module owns
+the updates of local transactions not yet sent live (one observer of the
+document, separate from :mod:`mxsync.docs.local`, which feeds the timeline),
+the one live send in flight, and applying the live updates peers send.
+
+Invariants:
+- The timeline stays the durable record: a live update is sent *besides* the
+  timeline batch that carries the same changes, never instead of it. Losing
+  every live message changes nothing but latency.
+- Local transactions are sent as soon as the previous live send returned;
+  those made meanwhile go together as one merged update (coalescing, at most
+  one send in flight per document). Nothing is sent when there are no peers,
+  above ``Peers.max_devices`` peers, in an encrypted room (``Peers.allowed``),
+  for a read-only document, or for an update above
+  :data:`~mxsync.protocol.live.MAX_LIVE_BYTES`.
+- A received update is applied only if its sender is a joined member whose
+  power level allows ``org.mxsync.doc.update`` now; it is applied with origin
+  :data:`~mxsync.docs.replica.REMOTE`, so it is never sent back and never
+  counted as a local edit; applying it again (its timeline event) is a no-op
+  (Yjs updates are idempotent). Anything pycrdt refuses is skipped and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio
+import pycrdt
+
+from ..protocol import live as wire
+from ..protocol.types import DOC_UPDATE
+from .peers import Peers
+from .replica import REMOTE, Replica, is_panic
+
+__all__ = ["LiveUpdates"]
+
+log = logging.getLogger("mxsync.docs.live")
+
+
+class LiveUpdates:
+    """One document's live channel (see the module docstring)."""
+
+    def __init__(self, replica: Replica, peers: Peers, *, send: bool = True) -> None:
+        self.replica = replica
+        self.peers = peers
+        self.may_send = send
+        self._pending: list[bytes] = []
+        self._wake = anyio.Event()
+        self._sub: pycrdt.Subscription | None = None
+        self.sent = 0
+        self.bytes_sent = 0
+        self.not_sent = 0
+        self.applied = 0
+        self.skipped = 0
+
+    # -- local side -------------------------------------------------------------
+
+    def observe(self) -> None:
+        self._sub = self.replica.doc.observe(self._on_transaction)
+
+    def close(self) -> None:
+        if self._sub is not None:
+            self.replica.doc.unobserve(self._sub)
+            self._sub = None
+
+    def _on_transaction(self, event: Any) -> None:
+        if not self.may_send or event.transaction.origin() == hash(REMOTE):
+            return
+        update = event.update
+        if update and update != b"\x00\x00":  # an empty update: no structs, no deletions
+            self._pending.append(update)
+            self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            targets = self.peers.live_targets()
+            update = batch[0] if len(batch) == 1 else pycrdt.merge_updates(*batch)
+            if not targets or len(update) > wire.MAX_LIVE_BYTES:
+                self.not_sent += 1
+                continue
+            if await self.peers.send(self.peers.live_message(update), to=targets):
+                self.sent += 1
+                self.bytes_sent += len(update)
+
+    # -- remote side -------------------------------------------------------------------
+
+    async def receive(self, sender: str, msg: wire.LiveMessage) -> None:
+        self.peers.heard(sender, msg.device_id, msg.ts)
+        if not self.replica.allows(sender, DOC_UPDATE):
+            self.skipped += 1
+            log.warning("%r: a live update from %s, who may not send updates: skipped",
+                        self.replica.name, sender)
+            return
+        doc = self.replica.doc
+        try:
+            with doc.transaction(origin=REMOTE):
+                doc.apply_update(msg.update)
+        except Exception as exc:
+            self.skipped += 1
+            log.warning("%r: skipping a live update from %s: %s", self.replica.name, sender, exc)
+            return
+        except BaseException as exc:
+            if not is_panic(exc):
+                raise
+            self.skipped += 1
+            log.warning("%r: a live update from %s made pycrdt panic: %s", self.replica.name,
+                        sender, exc)
+            return
+        self.applied += 1
