@@ -27,6 +27,8 @@ import logging
 import time
 from typing import Any, Final
 
+import anyio
+
 from ..engine.surface import Engine
 from ..errors import MatrixError, MxsyncError
 from ..protocol import live as wire
@@ -38,6 +40,8 @@ log = logging.getLogger("mxsync.docs.peers")
 
 #: How often the room's encryption and membership are looked at again (seconds).
 _RECHECK: Final = 10.0
+#: At most this many reads of the members a second for senders not known as members.
+_MEMBER_REREAD: Final = 4.0
 
 
 class Peers:
@@ -92,14 +96,16 @@ class Peers:
         """Is ``user_id`` a joined member (re-read at most every few seconds)?"""
         if user_id in self._members:
             return True
-        await self._refresh_members(force=False)
+        # A newcomer announces right after its join: read the members again, after
+        # the message came (a stranger's messages: at most _MEMBER_REREAD reads a second).
+        wait = self._members_at + 1 / _MEMBER_REREAD - time.monotonic()
+        if wait > 0:
+            await anyio.sleep(wait)
+        await self._refresh_members()
         return user_id in self._members
 
-    async def _refresh_members(self, *, force: bool) -> None:
-        now = time.monotonic()
-        if not force and now - self._members_at < 2.0:
-            return
-        self._members_at = now
+    async def _refresh_members(self) -> None:
+        self._members_at = time.monotonic()
         try:
             self._members = frozenset(await self.client.joined_members(self.room_id))
         except MxsyncError as exc:
@@ -147,7 +153,7 @@ class Peers:
         """Send ``msg`` to every device of every joined member (``hello``)."""
         if not await self.allowed():
             return False
-        await self._refresh_members(force=True)
+        await self._refresh_members()
         etype, content = wire.encode_message(msg)
         return await self._send(etype, {u: {"*": content} for u in sorted(self._members)})
 

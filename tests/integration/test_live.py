@@ -126,7 +126,8 @@ async def test_live_updates_arrive_while_the_timeline_is_throttled(make_user, ma
         for ch in typed:
             t.insert(len(t), ch)
             sent = time.monotonic()
-            await until(lambda n=len(t): len(text(db)) >= n, deadline=5.0)
+            n = len(t)
+            await until(lambda n=n: len(text(db)) >= n, deadline=5.0)
             late.append(time.monotonic() - sent)
         # All of it came live: the timeline brought at most a batch or two meanwhile.
         assert text(db) == typed
