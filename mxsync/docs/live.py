@@ -20,7 +20,8 @@ Invariants:
   power level allows ``org.mxsync.doc.update`` now; it is applied with origin
   :data:`~mxsync.docs.replica.REMOTE`, so it is never sent back and never
   counted as a local edit; applying it again (its timeline event) is a no-op
-  (Yjs updates are idempotent). Anything pycrdt refuses is skipped and logged.
+  (Yjs updates are idempotent). Anything that fails the scratch check
+  (``validate_update``) or that pycrdt refuses is skipped and logged.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from typing import Any
 import anyio
 import pycrdt
 
+from ..errors import ProtocolError
+from ..protocol import docs as proto
 from ..protocol import live as wire
 from ..protocol.types import DOC_UPDATE
 from .peers import Peers
@@ -99,6 +102,12 @@ class LiveUpdates:
             self.skipped += 1
             log.warning("%r: a live update from %s, who may not send updates: skipped",
                         self.replica.name, sender)
+            return
+        try:
+            proto.validate_update(msg.update)  # the scratch check (PROTOCOL 2, "Validating")
+        except ProtocolError as exc:
+            self.skipped += 1
+            log.warning("%r: skipping a live update from %s: %s", self.replica.name, sender, exc)
             return
         doc = self.replica.doc
         try:
