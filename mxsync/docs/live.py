@@ -15,7 +15,9 @@ Invariants:
   one send in flight per document). Nothing is sent when there are no peers,
   above ``Peers.max_devices`` peers, in an encrypted room (``Peers.allowed``),
   for a read-only document, or for an update above
-  :data:`~mxsync.protocol.live.MAX_LIVE_BYTES`.
+  :data:`~mxsync.protocol.live.MAX_LIVE_BYTES`. Without peers no update is even
+  encoded; the unsent updates held never exceed ``_MAX_PENDING_BYTES`` (beyond,
+  that batch goes by the timeline alone).
 - A received update is applied only if its sender is a joined member whose
   power level allows ``org.mxsync.doc.update`` now; it is applied with origin
   :data:`~mxsync.docs.replica.REMOTE`, so it is never sent back and never
@@ -27,7 +29,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import pycrdt
@@ -43,6 +45,10 @@ __all__ = ["LiveUpdates"]
 
 log = logging.getLogger("mxsync.docs.live")
 
+#: Bytes of unsent transaction updates beyond which a batch is not merged nor sent
+#: live (a paste, or a burst while a send hangs): the memory this module holds.
+_MAX_PENDING_BYTES: Final = 4 * wire.MAX_LIVE_BYTES
+
 
 class LiveUpdates:
     """One document's live channel (see the module docstring)."""
@@ -52,6 +58,7 @@ class LiveUpdates:
         self.peers = peers
         self.may_send = send
         self._pending: list[bytes] = []
+        self._pending_bytes = 0
         self._wake = anyio.Event()
         self._sub: pycrdt.Subscription | None = None
         self.sent = 0
@@ -71,11 +78,15 @@ class LiveUpdates:
             self._sub = None
 
     def _on_transaction(self, event: Any) -> None:
-        if not self.may_send or event.transaction.origin() == hash(REMOTE):
-            return
+        if (not self.may_send or not self.peers.any()
+                or event.transaction.origin() == hash(REMOTE)):
+            return  # no peers: not even the update is encoded
+        if self._pending_bytes > _MAX_PENDING_BYTES:
+            return  # this batch is past sending live; the timeline carries it
         update = event.update
         if update and update != b"\x00\x00":  # an empty update: no structs, no deletions
             self._pending.append(update)
+            self._pending_bytes += len(update)
             self._wake.set()
 
     async def run(self) -> None:
@@ -83,11 +94,15 @@ class LiveUpdates:
             await self._wake.wait()
             self._wake = anyio.Event()
             batch, self._pending = self._pending, []
+            size, self._pending_bytes = self._pending_bytes, 0
             if not batch:
                 continue
             targets = self.peers.live_targets()
+            if not targets or size > _MAX_PENDING_BYTES:
+                self.not_sent += 1  # not worth merging: the timeline carries it
+                continue
             update = batch[0] if len(batch) == 1 else pycrdt.merge_updates(*batch)
-            if not targets or len(update) > wire.MAX_LIVE_BYTES:
+            if len(update) > wire.MAX_LIVE_BYTES:
                 self.not_sent += 1
                 continue
             if await self.peers.send(self.peers.live_message(update), to=targets):

@@ -125,6 +125,10 @@ class Peers:
     def gone(self, user_id: str, device_id: str) -> None:
         self._peers.pop((user_id, device_id), None)
 
+    def any(self) -> bool:
+        """Is any peer known (cheap: may count one that just expired)?"""
+        return bool(self._peers)
+
     def devices(self) -> list[tuple[str, str]]:
         """The peers heard from in the last ``timeout`` seconds."""
         horizon = time.monotonic() - self.timeout

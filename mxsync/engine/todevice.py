@@ -154,12 +154,14 @@ class ToDevice:
                 self._consumers.remove(consumer)
             send.close()
 
-    def receive_sync(self, resp: dict[str, Any]) -> None:
-        """Hand the mxsync events of one /sync answer's ``to_device`` to consumers."""
+    def receive_sync(self, resp: dict[str, Any]) -> int:
+        """Hand the mxsync events of one /sync answer's ``to_device`` to consumers;
+        how many there were."""
         section = resp.get("to_device")
         raws = section.get("events") if isinstance(section, dict) else None
         if not isinstance(raws, list):
-            return
+            return 0
+        count = 0
         for raw in raws:
             if not isinstance(raw, dict):
                 self.malformed += 1
@@ -172,6 +174,7 @@ class ToDevice:
                 log.warning("skipping a malformed to-device %s", etype)
                 continue
             self.received += 1
+            count += 1
             ev = ToDeviceEvent(sender, etype, content)
             for consumer in list(self._consumers):
                 if not etype.startswith(consumer.prefixes):
@@ -186,6 +189,7 @@ class ToDevice:
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     if consumer in self._consumers:
                         self._consumers.remove(consumer)
+        return count
 
     def statistics(self) -> ToDeviceStatistics:
         return ToDeviceStatistics(
