@@ -179,3 +179,25 @@ async def test_document_converges_through_the_timeline_when_to_device_is_lost(
         stats = db.channel_statistics()
         assert stats is not None and 0 < stats.live_applied < 60
         assert db.statistics().skipped == 0
+
+
+async def test_an_encrypted_room_sends_nothing_over_to_device(make_user, make_client):
+    ca, cb = await make_user("ea", relaxed=True), await make_user("eb", relaxed=True)
+    a = await make_client(ca)
+    room = await a.create_room("secret", invite=[cb.user_id], encrypted=True)
+    b = await make_client(cb)
+    await b.join(room)
+    sent_before = a.to_device_statistics().sent
+    async with a.open_doc(room) as da, b.open_doc(room) as db:
+        with anyio.fail_after(60):
+            await da.wait_synced()
+            await db.wait_synced()
+        da.awareness.set_local_state({"user": "alice"})
+        da.doc.get("t", type=pycrdt.Text).insert(0, "by the timeline")
+        await until(lambda: text(db) == "by the timeline", deadline=60.0)
+        stats = da.channel_statistics()
+        assert stats is not None and not stats.enabled and stats.live_sent == 0
+        assert da.awareness.client_id not in db.awareness.states
+    # Not one mxsync to-device request (megolm key sharing is nio's, counted elsewhere).
+    assert a.to_device_statistics().sent == sent_before
+    assert b.to_device_statistics().received == 0
