@@ -17,6 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Final
 
@@ -83,12 +84,15 @@ class Channel:
         timeout: float = 30.0,
         rate: float = 5.0,
         max_devices: int = 8,
+        persist: Callable[[], Awaitable[None]] | None = None,
+        ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self.room_id = room_id
         self.name = name
         self.peers = Peers(client, room_id, name, timeout=timeout, max_devices=max_devices)
         self.awareness = AwarenessSync(awareness, self.peers, rate=rate)
-        self.live = LiveUpdates(replica, self.peers, send=live)
+        self.live = LiveUpdates(replica, self.peers, send=live, persist=persist,
+                                ready=ready)
         self._client = client
         self.skipped = 0
 

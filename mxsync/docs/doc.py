@@ -295,7 +295,8 @@ class SyncedDoc:
                 self._channel = Channel(
                     self.client, self._replica, self.awareness, self.room_id, self.name,
                     live=self._live, timeout=self._awareness_timeout,
-                    rate=self._awareness_rate, max_devices=self._max_live_devices)
+                    rate=self._awareness_rate, max_devices=self._max_live_devices,
+                    persist=self._writer.persist, ready=self._synced.is_set)
                 await self._channel.start(stack, tg)
                 stack.push_async_callback(self._channel.close)  # before the tasks stop
                 self._stack = stack.pop_all()

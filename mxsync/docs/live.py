@@ -10,6 +10,10 @@ Invariants:
 - The timeline stays the durable record: a live update is sent *besides* the
   timeline batch that carries the same changes, never instead of it. Losing
   every live message changes nothing but latency.
+- A local change is sent live only once it is stored (the writer's ``persist``):
+  this device's Yjs client id and clocks are reused after a crash (invariant 7
+  of :mod:`mxsync.docs`), so a struct a peer has seen must never be lost
+  locally, or its clock would be issued again with other content.
 - Local transactions are sent as soon as the previous live send returned;
   those made meanwhile go together as one merged update (coalescing, at most
   one send in flight per document). Nothing is sent when there are no peers,
@@ -18,6 +22,9 @@ Invariants:
   :data:`~mxsync.protocol.live.MAX_LIVE_BYTES`. Without peers no update is even
   encoded; the unsent updates held never exceed ``_MAX_PENDING_BYTES`` (beyond,
   that batch goes by the timeline alone).
+- Received updates are applied only once the document's initial load is done
+  (before, the load's snapshot and history judge the state by its state
+  vector; what arrived live earlier comes again by the timeline).
 - A received update is applied only if its sender is a joined member whose
   power level allows ``org.mxsync.doc.update`` now; it is applied with origin
   :data:`~mxsync.docs.replica.REMOTE`, so it is never sent back and never
@@ -29,6 +36,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import anyio
@@ -53,10 +61,15 @@ _MAX_PENDING_BYTES: Final = 4 * wire.MAX_LIVE_BYTES
 class LiveUpdates:
     """One document's live channel (see the module docstring)."""
 
-    def __init__(self, replica: Replica, peers: Peers, *, send: bool = True) -> None:
+    def __init__(self, replica: Replica, peers: Peers, *, send: bool = True,
+                 persist: Callable[[], Awaitable[None]] | None = None,
+                 ready: Callable[[], bool] = lambda: True) -> None:
         self.replica = replica
         self.peers = peers
         self.may_send = send
+        self._persist = persist
+        self._ready = ready
+        self.early = 0
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._wake = anyio.Event()
@@ -105,6 +118,11 @@ class LiveUpdates:
             if len(update) > wire.MAX_LIVE_BYTES:
                 self.not_sent += 1
                 continue
+            if self._persist is not None:
+                try:
+                    await self._persist()  # stored before any peer sees it
+                except RuntimeError:
+                    return  # the writer stopped: the document is closing
             if await self.peers.send(self.peers.live_message(update), to=targets):
                 self.sent += 1
                 self.bytes_sent += len(update)
@@ -113,6 +131,9 @@ class LiveUpdates:
 
     async def receive(self, sender: str, msg: wire.LiveMessage) -> None:
         self.peers.heard(sender, msg.device_id, msg.ts)
+        if not self._ready():
+            self.early += 1
+            return
         if not self.replica.allows(sender, DOC_UPDATE):
             self.skipped += 1
             log.warning("%r: a live update from %s, who may not send updates: skipped",

@@ -217,3 +217,45 @@ async def test_awareness_is_coalesced_answered_and_not_forwarded():
         assert probe.states[7] == {"cursor": 29}
         assert 8 not in probe.states  # bob's state came from Matrix: never sent on
         tg.cancel_scope.cancel()
+
+
+async def test_a_local_change_is_stored_before_any_peer_sees_it_and_early_ones_wait():
+    from mxsync.docs.live import LiveUpdates
+    from mxsync.docs.replica import Replica
+    from mxsync.protocol import docs as proto
+
+    engine = FakeEngine()
+    order: list[str] = []
+
+    async def send_to_device(event_type: str, messages: dict[str, Any]) -> bool:
+        order.append("sent")
+        return True
+
+    async def persist() -> None:
+        await anyio.sleep(0.02)
+        order.append("stored")
+
+    engine.send_to_device = send_to_device  # type: ignore[method-assign]
+    peers = Peers(engine, "!r:x", "notes")  # type: ignore[arg-type]
+    peers.heard("@a:x", "A1", 0)
+    replica = Replica("notes", policy=proto.SnapshotPolicy("me"))
+    loaded = False
+    live = LiveUpdates(replica, peers, persist=persist, ready=lambda: loaded)
+    live.observe()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(live.run)
+        replica.doc.get("t", type=pycrdt.Text).insert(0, "hi")
+        with anyio.fail_after(5):
+            while live.sent < 1:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        assert order == ["stored", "sent"]
+        other = pycrdt.Doc()
+        other.get("t", type=pycrdt.Text).insert(0, "yo")
+        msg = peers.live_message(other.get_update())
+        await live.receive("@a:x", msg)  # before the load: left to the timeline
+        assert live.early == 1 and live.applied == 0
+        loaded = True
+        await live.receive("@a:x", msg)
+        assert live.applied == 1 and "yo" in str(replica.doc.get("t", type=pycrdt.Text))
+        tg.cancel_scope.cancel()
+    live.close()
