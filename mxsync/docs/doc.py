@@ -216,7 +216,8 @@ class SyncedDoc:
         return self._awareness
 
     def channel_statistics(self) -> ChannelStatistics | None:
-        """Counters of the to-device channel (awareness, live updates); None if not open."""
+        """Counters of the to-device channel (awareness, live updates); None before the
+        document was first opened (after a close: the counts at the close)."""
         return None if self._channel is None else self._channel.statistics()
 
     @property
