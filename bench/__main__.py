@@ -34,7 +34,7 @@ from mxsync.dev import DevServer
 MODULES = {"docs": "bench.bench_docs", "streams": "bench.bench_streams", "rss": "bench.bench_rss",
            "federation": "bench.bench_federation", "e2ee": "bench.bench_e2ee",
            "peers": "bench.bench_peers", "gateway": "bench.bench_gateway",
-           "history": "bench.bench_history"}
+           "history": "bench.bench_history", "live": "bench.bench_live"}
 
 #: Keys every full run writes, each a number (issue #6).
 REQUIRED = (
@@ -61,12 +61,20 @@ RATIOS: list[tuple[str, str, float | None]] = [
     # History by reading time (issue #13): the scan by server time over the index.
     ("history_scan_wide_ms", "history_index_repeat_ms", None),
     ("history_scan_wide_ms", "history_index_first_ms", None),
+    # Issue #16: timeline-only latency over the live channel's (the speed-up), same run.
+    ("live_latency_p50_ms_2_timeline", "live_latency_p50_ms_2", None),
+    ("live_latency_p50_ms_5_timeline", "live_latency_p50_ms_5", None),
 ]
 
 #: (figure, upper bound): absolute targets.
 LIMITS = [
     ("doc_latency_p50_ms", 100.0),
     ("bytes_per_reading", 4.0),
+    # Issue #16: typing at 10 chars/s under the default rc_message, live channel.
+    ("live_latency_p50_ms_2", 200.0),
+    ("live_latency_p99_ms_2", 1000.0),
+    ("live_latency_p50_ms_5", 200.0),
+    ("live_latency_p99_ms_5", 1000.0),
 ]
 
 

@@ -51,9 +51,19 @@ Modules, each owning its own state
 - :mod:`~mxsync.docs.writer`: batches, snapshots, pacing, outbox staging;
 - :mod:`~mxsync.docs.loader`: cache restore, catch-up, cold open, declaration;
 - :mod:`~mxsync.docs.cache`: the cache's tables and SQL;
+- :mod:`~mxsync.docs.peers`: which devices have the document open, the
+  to-device fan-out to them (never in an encrypted room);
+- :mod:`~mxsync.docs.awareness`: ``SyncedDoc.awareness`` over to-device
+  (coalesced, paced, expiring; never in the document);
+- :mod:`~mxsync.docs.live`: local batches sent at once to the peers, ahead of
+  the timeline, and the peers' applied;
+- :mod:`~mxsync.docs.channel`: the three above for one open document;
 - :mod:`~mxsync.docs.doc`: :class:`SyncedDoc`, the facade and lifecycle;
 - :mod:`~mxsync.docs.compat`: :class:`MatrixCrdtDoc`, a document in a Matrix-CRDT
   room (its wire format, ``open_doc(room, compat="matrix-crdt")``).
+
+The to-device channel (docs/PROTOCOL.md, section 4) is ephemeral: losing all of
+it changes latency and cursors, never the document, which the timeline carries.
 """
 
 from .compat import MatrixCrdtDoc as MatrixCrdtDoc

@@ -1,7 +1,7 @@
 """A document in a Matrix-CRDT room: ``open_doc(room, compat="matrix-crdt")``.
 
 Owns one room's document in the Matrix-CRDT 0.2 wire format
-(:mod:`mxsync.protocol.matrix_crdt`, docs/PROTOCOL.md section 4), so that a
+(:mod:`mxsync.protocol.matrix_crdt`, docs/PROTOCOL.md section 5), so that a
 Python service and a Matrix-CRDT JS app edit the same room: the ``pycrdt.Doc``,
 the cold open (``/messages`` backwards to the newest snapshot's
 ``last_event_id``), the live stream, the local batches (each transaction's

@@ -31,6 +31,7 @@ from ..engine.taskgroups import exit_stack
 from ..errors import ConfigError, HomeserverUnavailable, MatrixError, ProtocolError, TransientError
 from ..protocol import docs as proto
 from ..protocol.types import DOC, DOC_REQUEST, DOC_SNAPSHOT, DOC_UPDATE
+from .channel import Channel, ChannelStatistics
 from .compat import MatrixCrdtDoc
 from .loader import Loader, ProgressCallback, restore
 from .local import LocalChanges
@@ -146,6 +147,10 @@ class SyncedDoc:
         read_only: bool = False,
         declare_timeout: float | None = 30.0,
         snapshots: bool = True,
+        live: bool = True,
+        awareness_timeout: float = 30.0,
+        awareness_rate: float = 5.0,
+        max_live_devices: int = 8,
     ) -> None:
         if not isinstance(room_id, str) or not room_id.startswith("!"):
             raise ConfigError(f"not a room id: {room_id!r}")
@@ -153,6 +158,9 @@ class SyncedDoc:
             raise ConfigError("document name must be 1..255 bytes of UTF-8")
         if not batch_delay >= 0 or not cache_interval > 0:
             raise ConfigError("batch_delay must be >= 0 and cache_interval > 0")
+        if not awareness_timeout > 0 or not awareness_rate > 0 or max_live_devices < 0:
+            raise ConfigError("awareness_timeout and awareness_rate must be > 0, "
+                              "max_live_devices >= 0")
         self.client = client
         self.room_id = room_id
         self.name = name
@@ -179,6 +187,11 @@ class SyncedDoc:
         self._repairing = False
         self._unrepaired = 0
         self._awareness: pycrdt.Awareness | None = None
+        self._live = live and not read_only
+        self._awareness_timeout = awareness_timeout
+        self._awareness_rate = awareness_rate
+        self._max_live_devices = max_live_devices
+        self._channel: Channel | None = None
 
     def __repr__(self) -> str:
         return f"<SyncedDoc {self.name!r} in {self.room_id} for {self.client.user_id}>"
@@ -195,10 +208,18 @@ class SyncedDoc:
 
     @property
     def awareness(self) -> pycrdt.Awareness:
-        """The document's ``pycrdt.Awareness`` (presence, cursors: never in the document)."""
-        if self._awareness is None:
-            self._awareness = pycrdt.Awareness(self.doc)
+        """The document's ``pycrdt.Awareness`` (presence, cursors: never in the document),
+        kept in step with the other replicas over to-device while the document is open
+        (docs/PROTOCOL.md, "Live channel"). Bound to :attr:`doc`'s client id."""
+        if self._awareness is None or self._awareness.client_id != self.doc.client_id:
+            self._awareness = pycrdt.Awareness(
+                self.doc, outdated_timeout=int(self._awareness_timeout * 1000))
         return self._awareness
+
+    def channel_statistics(self) -> ChannelStatistics | None:
+        """Counters of the to-device channel (awareness, live updates); None before the
+        document was first opened (after a close: the counts at the close)."""
+        return None if self._channel is None else self._channel.statistics()
 
     @property
     def synced(self) -> bool:
@@ -273,6 +294,13 @@ class SyncedDoc:
                 self._writer.tg = tg
                 tg.start_soon(self._reader, recv)
                 tg.start_soon(self._writer.run)
+                self._channel = Channel(
+                    self.client, self._replica, self.awareness, self.room_id, self.name,
+                    live=self._live, timeout=self._awareness_timeout,
+                    rate=self._awareness_rate, max_devices=self._max_live_devices,
+                    persist=self._writer.persist, ready=self._synced.is_set)
+                await self._channel.start(stack, tg)
+                stack.push_async_callback(self._channel.close)  # before the tasks stop
                 self._stack = stack.pop_all()
         except BaseException:
             opened.discard(key)
@@ -464,7 +492,11 @@ def open_doc(client: Engine, room_id: str, name: str = "default", *,
     client never posts snapshots), ``declare_timeout`` (default 30 s: how long a
     member who may not declare the document waits for one who may; then
     :meth:`SyncedDoc.wait_synced` raises ForbiddenError naming the level it takes;
-    None waits for ever, with a warning in the log).
+    None waits for ever, with a warning in the log); the to-device channel
+    (docs/PROTOCOL.md, "Live channel"): ``live`` (default True: local batches
+    also go at once to the peers' devices), ``awareness_timeout`` (default 30 s,
+    as y-protocols), ``awareness_rate`` (awareness sends a second, default 5),
+    ``max_live_devices`` (default 8: above it, the timeline alone).
     """
     if compat == "matrix-crdt":
         if name != "default":

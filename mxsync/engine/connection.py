@@ -48,6 +48,7 @@ from .pages import paginate
 from .store import Store
 from .sync import Status, SyncLoop
 from .taskgroups import exit_stack
+from .todevice import ToDevice, ToDeviceEvent, ToDeviceStatistics
 
 __all__ = ["Connection"]
 
@@ -114,8 +115,11 @@ class Connection:
             self.nio, None if store_path is None else Path(store_path), self._room_encrypted
         )
         self.outbox = Outbox(self.http, self.store, per_room=sends_per_room, crypto=self.crypto)
+        #: The to-device channel (its receiving is fed by the sync loop).
+        self.to_device = ToDevice(self.http)
         self.sync = SyncLoop(self.http, self.store, timeline_limit=timeline_limit,
-                             timeout_ms=sync_timeout_ms, crypto=self.crypto)
+                             timeout_ms=sync_timeout_ms, crypto=self.crypto,
+                             to_device=self.to_device)
         self._call_attempts = call_attempts
         self._stack: AsyncExitStack | None = None
         self._state_loaded: set[str] = set()
@@ -429,6 +433,22 @@ class Connection:
         """Send ``req`` once; transient failures raise ``TransientError``."""
         return await self.http.call(req)
 
+    async def send_to_device(self, event_type: str,
+                             messages: dict[str, dict[str, Any]]) -> bool:
+        """Send one to-device message to the devices ``messages`` names
+        (``{user_id: {device_id or "*": content}}``), in cleartext. Bounded
+        retries; True once accepted, False if given up (the message is lost)."""
+        return await self.to_device.send(event_type, messages)
+
+    def to_device_statistics(self) -> ToDeviceStatistics:
+        return self.to_device.statistics()
+
+    async def joined_members(self, room_id: str) -> list[str]:
+        """The room's joined members now (one request, bounded retries)."""
+        answer = await self._call(api.joined_members(room_id))
+        joined = answer.get("joined")
+        return sorted(joined) if isinstance(joined, dict) else []
+
     async def run_sql(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` over the store's connection in one committed transaction."""
         return await self.store.run(fn)
@@ -441,6 +461,15 @@ class Connection:
     ) -> AsyncIterator[MemoryObjectReceiveStream[RoomEvent]]:
         """Live events of ``room_id`` whose type starts with one of ``types``."""
         async with self.sync.subscribe(room_id, types, buffer=buffer) as recv:
+            yield recv
+
+    @asynccontextmanager
+    async def to_device_events(
+        self, types: Iterable[str], *, buffer: int = 256
+    ) -> AsyncIterator[MemoryObjectReceiveStream[ToDeviceEvent]]:
+        """Cleartext to-device events of mxsync's types starting with one of
+        ``types``, from now on (a full stream loses events, never blocks)."""
+        async with self.to_device.subscribe(types, buffer=buffer) as recv:
             yield recv
 
     async def messages(

@@ -19,7 +19,12 @@ test can hand a feature a fake of it. The surface, by concern:
   feature that knows it is incomplete asks for more; paging backwards is what
   makes a homeserver backfill from the other servers of the room),
   ``context``, ``timestamp_to_event``;
-- state: ``room_state``, ``state_event``, ``get_state``, ``may_send``.
+- state: ``room_state``, ``state_event``, ``get_state``, ``may_send``,
+  ``joined_members``;
+- to-device (ephemeral, never a room event, not held to ``rc_message``):
+  ``send_to_device`` (cleartext, bounded retries, may give up) and
+  ``to_device_events`` (mxsync's cleartext to-device events, from the one
+  sync loop; a full stream loses events rather than block the loop).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from ..protocol.api import Direction, Request
 from .events import MessagesPage, RoomEvent
 from .outbox import OutboxEntry, OutgoingEvent, SendHandle, Staging
+from .todevice import ToDeviceEvent
 
 __all__ = ["Engine"]
 
@@ -167,3 +173,19 @@ class Engine(Protocol):
     async def may_send(
         self, room_id: str, sender: str, event_type: str, *, state: bool = False
     ) -> bool: ...
+
+    async def joined_members(self, room_id: str) -> list[str]:
+        """The user ids of the room's joined members now."""
+        ...
+
+    # -- to-device ------------------------------------------------------------------
+
+    async def send_to_device(self, event_type: str,
+                             messages: dict[str, dict[str, Any]]) -> bool:
+        """One cleartext to-device message (``{user_id: {device_id or "*": content}}``);
+        True once accepted, False if given up after bounded retries."""
+        ...
+
+    def to_device_events(
+        self, types: Iterable[str], *, buffer: int = 256
+    ) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[ToDeviceEvent]]: ...

@@ -46,7 +46,9 @@ Invariants:
   since-token) only seeds the state cache and positions, it delivers nothing.
 - It never spins: errors back off exponentially with jitter (capped), rate
   limits wait ``retry_after_ms``, and a server that answers an empty long-poll
-  at once is polled at most ``1 / min_interval`` times a second. The first sync
+  at once is polled at most ``1 / min_interval`` times a second (an answer
+  with mxsync to-device events is not empty: live messages are not paced).
+  The first sync
   of a run does not long-poll (timeout 0), so a returning client is live at
   once and ``wait_synced`` never waits out an empty poll. An error in the
   middle of a gap fill fails the batch; the retry walks the gap again and
@@ -84,6 +86,7 @@ from .gap import GapRepair, create_tables, mark_seen
 from .http import Backoff, Http
 from .status import State, Status, SyncStatistics
 from .store import Store
+from .todevice import ToDevice
 
 __all__ = ["SyncLoop", "Status", "SyncStatistics", "SYNC_TYPES"]
 
@@ -147,8 +150,11 @@ class SyncLoop:
         gap_page_events: int = 250,
         keep_seen: int = 16_384,
         crypto: Crypto | Cleartext | None = None,
+        to_device: ToDevice | None = None,
     ) -> None:
         self._http = http
+        #: Where the answers' to-device events go (after the Olm machine's turn).
+        self.to_device = to_device
         self.crypto = crypto or Cleartext()
         self._store = store
         self.timeline_limit = timeline_limit
@@ -341,6 +347,10 @@ class SyncLoop:
         if not isinstance(next_batch, str):
             raise TransientError("sync answer without next_batch")
         await self.crypto.receive_sync(resp)  # room keys first: this batch may need them
+        # Ephemeral and never blocking: a stop before the since-token is saved
+        # makes the server deliver them again (consumers are idempotent). An answer
+        # with only to-device events is news, not an empty poll to pace.
+        to_device = 0 if self.to_device is None else self.to_device.receive_sync(resp)
         rooms = resp.get("rooms") if isinstance(resp.get("rooms"), dict) else {}
         assert isinstance(rooms, dict)
         joined = rooms.get("join") if isinstance(rooms.get("join"), dict) else {}
@@ -412,7 +422,7 @@ class SyncLoop:
         self.status.since = next_batch
         self.status.syncs += 1
         await self.crypto.after_sync()  # key requests out, key requests answered
-        return bool(batch.delivered) or bool(invited) or rechecked
+        return bool(batch.delivered) or bool(invited) or rechecked or bool(to_device)
 
     # -- one room of a batch --------------------------------------------------
 

@@ -39,6 +39,8 @@ __all__ = [
     "join",
     "invite",
     "send_event",
+    "send_to_device",
+    "joined_members",
     "put_state",
     "room_state",
     "room_messages",
@@ -169,6 +171,20 @@ def send_event(room_id: str, event_type: str, txn_id: str, content: Any) -> Requ
     """PUT /send: idempotent per access token and ``txn_id``."""
     return Request(method="PUT", path=f"{_room(room_id)}/send/{q(event_type)}/{q(txn_id)}",
                    body=content, what="send")
+
+
+def send_to_device(event_type: str, txn_id: str,
+                   messages: dict[str, dict[str, Any]]) -> Request:
+    """PUT /sendToDevice: ``messages`` is ``{user_id: {device_id or "*": content}}``;
+    idempotent per access token and ``txn_id`` like /send."""
+    return Request(method="PUT", path=f"{_V3}/sendToDevice/{q(event_type)}/{q(txn_id)}",
+                   body={"messages": messages}, what="send to device")
+
+
+def joined_members(room_id: str) -> Request:
+    """The room's joined members: ``{"joined": {user_id: {...}}}``."""
+    return Request(method="GET", path=f"{_room(room_id)}/joined_members",
+                   what="joined members")
 
 
 def put_state(room_id: str, event_type: str, state_key: str, content: Any) -> Request:

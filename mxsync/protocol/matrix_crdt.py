@@ -1,4 +1,4 @@
-"""The Matrix-CRDT 0.2 wire format (docs/PROTOCOL.md, section 4), sans I/O.
+"""The Matrix-CRDT 0.2 wire format (docs/PROTOCOL.md, section 5), sans I/O.
 
 Owns the two event types of Matrix-CRDT (npm ``matrix-crdt`` 0.2.0, the Yjs
 provider over Matrix), their contents in both directions, and the rules its

@@ -13,6 +13,9 @@ __all__ = [
     "DOC_UPDATE",
     "DOC_SNAPSHOT",
     "DOC_REQUEST",
+    "DOC_AWARENESS",
+    "DOC_LIVE",
+    "TO_DEVICE_TYPES",
     "MEMBER_TYPES",
     "READINGS",
     "SENSOR",
@@ -43,6 +46,12 @@ DOC_SNAPSHOT = "org.mxsync.doc.snapshot"
 #: Timeline event by which a member who cannot read a document's history (it
 #: joined an encrypted room after it was written) asks writers for a snapshot.
 DOC_REQUEST = "org.mxsync.doc.request"
+#: To-device message: awareness states (y-protocols encoding) of a document's open
+#: replicas, and the announcements by which they find each other (never in a room).
+DOC_AWARENESS = "org.mxsync.doc.awareness"
+#: To-device message: a local update batch sent at once to the devices that have
+#: the document open, ahead of (never instead of) its timeline event.
+DOC_LIVE = "org.mxsync.doc.live"
 #: Timeline event carrying a batch of sensor readings.
 READINGS = "org.mxsync.readings"
 #: State event describing one sensor and its last known value; state_key is the sensor id.
@@ -63,6 +72,8 @@ MEMBER = "m.room.member"
 STATE_TYPES: tuple[str, ...] = (DOC, SENSOR, DEVICE)
 TIMELINE_TYPES: tuple[str, ...] = (DOC_UPDATE, DOC_SNAPSHOT, READINGS)
 ALL_TYPES: tuple[str, ...] = STATE_TYPES + TIMELINE_TYPES
+#: mxsync's to-device message types (not room events: no power levels apply).
+TO_DEVICE_TYPES: tuple[str, ...] = (DOC_AWARENESS, DOC_LIVE)
 #: mxsync's types that every member may send (power level 0), readers included.
 MEMBER_TYPES: tuple[str, ...] = (DOC_REQUEST,)
 

@@ -196,8 +196,6 @@ async def test_mxsync_gateway_command_serves_until_ctrl_c(hs, make_user, make_cl
             await proc.wait()
 
 
-@pytest.mark.skip(reason="awareness between gateways travels over Matrix to-device: "
-                         "issue 16's other part (engineer 16b); enable at merge")
 async def test_awareness_crosses_gateways_and_goes_when_the_client_leaves(make_user,
                                                                           make_client):
     alice = await make_client(await make_user("gwx", relaxed=True))
