@@ -155,6 +155,11 @@ def test_every_module_is_in_a_layer():
 def test_public_names_are_pinned():
     assert sorted(mxsync.__all__) == [
         "Client",
+        "Command",
+        "CommandError",
+        "CommandExpired",
+        "CommandFailed",
+        "CommandTimeout",
         "ConfigError",
         "ForbiddenError",
         "HomeserverUnavailable",
