@@ -14,7 +14,8 @@ Invariants:
 - At most once: a command id is recorded in the store (committed) before the
   application sees it, and its result is staged in the same transaction as
   the outbox entry that carries it. A retry of a known id is never handed out
-  again; if its result is known, the result is sent again. A command whose run
+  again; if its result is known and older than the retry (the caller, who
+  looks back for an answer before retrying, did not find it), it is sent again. A command whose run
   a crash interrupted is answered ``"interrupted"`` at the next start, never
   run again.
 - A command counts only if its sender had the level for ``org.mxsync.command``
@@ -100,7 +101,7 @@ def _now_ms() -> int:
 
 
 def _ensure(conn: sqlite3.Connection) -> None:
-    conn.executescript(_SCHEMA)
+    conn.execute(_SCHEMA)
 
 
 def _known(conn: sqlite3.Connection, room: str, device: str,
@@ -190,6 +191,8 @@ class CommandInbox:
         self._lane = f"command/{device}"
         self._levels = PowerLevels()
         self._warned: set[str] = set()
+        #: Command events taken into account in this run.
+        self._seen: set[str] = set()
         #: Commands handed to the application, rebirths done, and the ones refused.
         self.received = 0
         self.rebirths = 0
@@ -209,12 +212,12 @@ class CommandInbox:
             task_status.started()
             await self._answer_interrupted()
             for ev, levels in await self._past(creators):
-                await self._on_command(ev, levels, live=False)
+                await self._on_command(ev, levels)
             async for ev in recv:
                 if ev.type == POWER_LEVELS:
                     self._levels = self._levels.after(ev)
                 elif ev.type == COMMAND and ev.state_key is None:
-                    await self._on_command(ev, self._levels, live=True)
+                    await self._on_command(ev, self._levels)
 
     def commands(self) -> MemoryObjectReceiveStream[Command]:
         return self._recv
@@ -256,7 +259,7 @@ class CommandInbox:
             self._warned.add(key)
             log.warning(msg, *args)
 
-    async def _on_command(self, ev: RoomEvent, levels: PowerLevels, *, live: bool) -> None:
+    async def _on_command(self, ev: RoomEvent, levels: PowerLevels) -> None:
         try:
             cmd = decode_command(ev.content)
         except ProtocolError as exc:
@@ -271,15 +274,20 @@ class CommandInbox:
                             "device %s ignores commands of %s: no power level for them",
                             self.device, ev.sender)
             return
+        if ev.event_id in self._seen:
+            return  # met in the look-back and again live
+        self._seen.add(ev.event_id)
         room, device = self._room, self.device
         known = await self._client.run_sql(lambda c: _known(c, room, device, cmd.id))
         if known is not None:
             status, result = known
-            if live and status is not None and result is not None:
-                # A retry of a command that was answered: the answer again, not a new run.
-                self.resent += 1
-                await self._client.send(room, COMMAND_RESULT, msgspec.json.decode(result),
-                                        lane=self._lane)
+            if status is not None and result is not None:
+                answer = msgspec.json.decode(result)
+                if ev.origin_server_ts > answer.get("done_ms", 0):
+                    # A retry sent after the answer: the caller looks back for it first,
+                    # so it did not find it (too far back). The answer again, no new run.
+                    self.resent += 1
+                    await self._client.send(room, COMMAND_RESULT, answer, lane=self._lane)
             return
         if _now_ms() > cmd.expires_ms:
             self.expired += 1
