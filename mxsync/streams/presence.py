@@ -269,11 +269,12 @@ class Presence:
 
     # -- shutdown ---------------------------------------------------------------
 
-    async def shutdown(self) -> None:
-        """Mark the device offline ("shutdown") and cancel its will. Call once the
+    async def shutdown(self, reason: str = "shutdown") -> None:
+        """Mark the device offline (``reason``: "shutdown", or "last-will" for a
+        bridge relaying a device's death) and cancel its will. Call once the
         :meth:`run` task is stopped."""
         handle = await self._client.send(
-            self._room, DEVICE, self._state(online=False, reason="shutdown"),
+            self._room, DEVICE, self._state(online=False, reason=reason),
             state_key=self._device, lane=self._lane,
         )
         try:

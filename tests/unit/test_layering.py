@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, int]] = [
     ("mxsync.__main__", 6),
     ("mxsync.dev", 6),
     ("mxsync.cli", 6),
+    ("mxsync.fleet", 6),  # MQTT bridge: many devices' publishers from one client
 ]
 #: Features: same layer, but neither may import the other.
 FEATURES = ("mxsync.docs", "mxsync.streams")
