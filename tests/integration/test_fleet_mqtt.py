@@ -1,0 +1,106 @@
+"""The MQTT bridge against a real Mosquitto and a real Synapse.
+
+Devices are child processes (tests/integration/mqtt_devices.py, paho-mqtt 2,
+Sparkplug payloads by pysparkplug) so that they can be killed with SIGKILL:
+the broker then publishes their last will, which the bridge turns into
+"offline" in Matrix. A dashboard sees their readings, births and deaths, and
+commands them (JSON round trip, Sparkplug NCMD/DCMD).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from mxsync.dev.mosquitto import Mosquitto
+from mxsync.fleet import MqttBridge
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(240)]
+
+DEVICES = Path(__file__).with_name("mqtt_devices.py")
+
+
+def start(args: list[str], out: Path) -> subprocess.Popen[bytes]:
+    with open(out, "wb") as f:
+        return subprocess.Popen([sys.executable, str(DEVICES), *args], stdout=f,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+async def wait_output(out: Path, text: str, seconds: float = 30) -> str:
+    with anyio.fail_after(seconds):
+        while text not in (content := out.read_text()):  # noqa: ASYNC110 - a file, polled
+            await anyio.sleep(0.05)
+    return content
+
+
+async def test_json_and_sparkplug_devices_through_the_bridge(
+    make_user, make_client, tmp_path: Path
+):
+    dash_creds = await make_user("mdash", relaxed=True)
+    gw_creds = await make_user("mgw", relaxed=True)
+    dash = await make_client(dash_creds)
+    room = await dash.create_room("mqtt fleet", invite=[gw_creds.user_id])
+    gw = await make_client(gw_creds)
+    await gw.join(room)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        async with Mosquitto(tmp_path / "mosquitto") as broker, \
+                dash.subscribe(room) as sub, \
+                MqttBridge(gw, room, port=broker.port, offline_after=5,
+                           publisher={"max_age": 0.2}) as bridge:
+            json_out, spb_out = tmp_path / "json.out", tmp_path / "spb.out"
+            procs.append(start(["json", str(broker.port), "j1", "20"], json_out))
+            procs.append(start(["spb", str(broker.port), "G1", "N1", "10"], spb_out))
+            await wait_output(json_out, "READY")
+            await wait_output(spb_out, "READY")
+            # Every reading arrives: 20 x (temp, door) from j1; the node's birth values
+            # (Temp 1, Count, Output/Setpoint) and 10 Counts by alias; the pump's two.
+            got: dict[str, list] = {}
+            with anyio.fail_after(60):
+                async for r in sub:
+                    got.setdefault(r.device, []).append((r.sensor, r.value))
+                    if (len(got.get("j1", ())) >= 40 and len(got.get("G1/N1", ())) >= 13
+                            and len(got.get("G1/N1/pump", ())) >= 2):
+                        break
+            assert [v for s, v in got["j1"] if s == "temp"] == list(range(200, 220))
+            assert [v for s, v in got["j1"] if s == "door"] == [i % 2 == 0 for i in range(20)]
+            node = got["G1/N1"]
+            assert ("Temp_1", 21.3) in node  # a FLOAT metric, as its shortest decimal
+            assert [v for s, v in node if s == "Count"] == list(range(11))
+            assert got["G1/N1/pump"] == [("on", True), ("on", False)]
+            with anyio.fail_after(30):
+                while not all(d in sub.devices and sub.devices[d].online  # noqa: ASYNC110
+                              for d in ("j1", "G1/N1", "G1/N1/pump")):
+                    await anyio.sleep(0.05)
+            # Commands: a JSON round trip, and Sparkplug NCMD / DCMD.
+            with anyio.fail_after(60):
+                assert await sub.command("j1", "ping", {"x": 7}) == {"pong": 7}
+                res = await sub.command("G1/N1", "Output/Setpoint", {"value": 42})
+                assert res == {"topic": "spBv1.0/G1/NCMD/N1"}
+                await sub.command("G1/N1/pump", "on", {"value": True})
+            content = await wait_output(spb_out, "CMD spBv1.0/G1/DCMD/N1/pump on=True")
+            assert "CMD spBv1.0/G1/NCMD/N1 Output/Setpoint=42" in content
+            # kill -9: the broker's last wills (status "offline", NDEATH) make them offline.
+            for p in procs:
+                os.killpg(p.pid, signal.SIGKILL)
+            with anyio.fail_after(60):
+                while any(sub.devices[d].online  # noqa: ASYNC110
+                          for d in ("j1", "G1/N1", "G1/N1/pump")):
+                    await anyio.sleep(0.05)
+            assert {sub.devices[d].reason for d in ("j1", "G1/N1", "G1/N1/pump")} == {
+                "last-will"}
+            stats = bridge.statistics()
+            assert stats.malformed == 0 and stats.refused == 0
+            assert stats.readings == 40 + 13 + 2 and stats.deaths == 3
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(5)
