@@ -31,11 +31,12 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
 import msgspec
 
 from ..engine.outbox import OutboxEntry, OutgoingEvent, SendHandle, Staging
@@ -199,31 +200,51 @@ class Gateway:
         return DeviceEngine(self._client, self._reg.user_id(device))
 
     def publisher(self, device: str, **kw: Any) -> Publisher:
+        """The device's Publisher. Commands are off by default (``commands=False``):
+        Synapse serves no /sync to appservice users, and the gateway does not
+        take the homeserver's pushed transactions yet, so it would not see them live."""
+        kw.setdefault("commands", False)
         return Publisher(self.engine(device), self._room, device, **kw)  # type: ignore[arg-type]
 
     async def add_devices(self, devices: Iterable[str], *, level: int = 50) -> list[str]:
         """Register, invite, empower and join the users of ``devices``; their user ids."""
         users = [self._reg.user_id(d) for d in devices]
-        for user in users:
-            localpart = user[1:].split(":", 1)[0]
+        limiter = anyio.CapacityLimiter(8)
+
+        async def each(fn: Callable[[str], Awaitable[None]]) -> None:
+            async def one(user: str) -> None:
+                async with limiter:
+                    await fn(user)
+
+            async with anyio.create_task_group() as tg:
+                for user in users:
+                    tg.start_soon(one, user)
+
+        async def register(user: str) -> None:
             try:
-                await self._client.request(api.register_appservice_user(localpart))
+                await self._client.request(
+                    api.register_appservice_user(user[1:].split(":", 1)[0]))
             except MatrixError as exc:
                 if exc.errcode != "M_USER_IN_USE":
                     raise
+
+        await each(register)
         pl = dict(await self._client.get_state(self._room, POWER_LEVELS) or {})
         levels = dict(pl.get("users", {}))
         if any(levels.get(u) != level for u in users):
             levels.update({u: level for u in users})
             pl["users"] = levels
             await self._client.request(api.put_state(self._room, POWER_LEVELS, "", pl))
-        for user in users:
+
+        async def let_in(user: str) -> None:
             try:
                 await self._client.request(api.invite(self._room, user))
             except MatrixError as exc:
                 if exc.errcode != "M_FORBIDDEN":  # already in the room
                     raise
             await self._client.request(api.as_appservice(api.join(self._room), user))
+
+        await each(let_in)
         return users
 
     async def __aenter__(self) -> Gateway:

@@ -11,6 +11,7 @@ same publishers from the store and deliver what is left (prints ``DONE``).
 from __future__ import annotations
 
 import sys
+import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -26,25 +27,29 @@ T0 = 1_760_000_000_000
 async def main(url: str, reg_path: str, room: str, store: str, n: int, r: int,
                phase: str) -> None:
     reg = Registration.load(Path(reg_path))
-    async with Client(url, reg.sender, access_token=reg.as_token, store_path=store) as client:
+    async with Client(url, reg.sender, access_token=reg.as_token, store_path=store,
+                      encryption=False) as client:
         gw = Gateway(client, reg, room)
         devices = [f"d{i:04d}" for i in range(n)]
+        start = time.monotonic()
         if phase == "first":
             await client.request(api.join(room))
             await gw.add_devices(devices)
+        print(f"devices added at {time.monotonic() - start:.1f}s", flush=True)
         async with AsyncExitStack() as stack:
             pubs = [await stack.enter_async_context(gw.publisher(d, offline_after=120,
                                                                  max_age=0.5))
                     for d in devices]
+            print(f"publishers open at {time.monotonic() - start:.1f}s", flush=True)
             if phase == "first":
                 for i, pub in enumerate(pubs):
                     pub.publish_many(Reading("count", T0 + j, 1000 * i + j) for j in range(r))
                 for pub in pubs:
                     await pub.persist()
-                print("PERSISTED", flush=True)
+                print(f"PERSISTED at {time.monotonic() - start:.1f}s", flush=True)
             for pub in pubs:
                 await pub.flush()
-            print("DONE", flush=True)
+            print(f"DONE at {time.monotonic() - start:.1f}s", flush=True)
 
 
 if __name__ == "__main__":
