@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .demo import add_demo_parser
 
     add_demo_parser(sub)
-    for module in ("mxsync.cli.doc", "mxsync.cli.sensor", "mxsync.cli.room"):
+    for module in ("mxsync.cli.doc", "mxsync.cli.sensor", "mxsync.cli.room",
+                   "mxsync.cli.fleet"):
         try:
             mod = __import__(module, fromlist=["add_parser"])
         except ImportError:
