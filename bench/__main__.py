@@ -31,7 +31,8 @@ import anyio
 from mxsync.dev import DevServer
 
 MODULES = {"docs": "bench.bench_docs", "streams": "bench.bench_streams", "rss": "bench.bench_rss",
-           "federation": "bench.bench_federation", "e2ee": "bench.bench_e2ee"}
+           "federation": "bench.bench_federation", "e2ee": "bench.bench_e2ee",
+           "fleet": "bench.bench_fleet"}
 
 #: Keys every full run writes, each a number (issue #6).
 REQUIRED = (
@@ -55,6 +56,8 @@ RATIOS: list[tuple[str, str, float | None]] = [
     ("doc_edits_per_s_default", "doc_edits_per_s_naive_default", None),
     ("doc_edits_per_s_default", "doc_edits_per_s_naive_default_ceiling", None),
     ("readings_per_s_default", "readings_per_s_naive_default_ceiling", None),
+    # The MQTT bridge end to end against Mosquitto alone (issue #17; for the record).
+    ("bridge_readings_per_s", "bridge_readings_per_s_mqtt", None),
 ]
 
 #: (figure, upper bound): absolute targets.

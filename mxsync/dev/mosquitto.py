@@ -52,7 +52,7 @@ class Mosquitto:
         conf = self._dir / "mosquitto.conf"
         conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "max_queued_messages 100000\nmax_inflight_messages 0\n"
+            "max_queued_messages 0\n"
         )
         self._log = open(self._dir / "mosquitto.log", "ab")  # noqa: SIM115, ASYNC230 - small, local
         self._proc = spawn([self._binary, "-c", str(conf)], self._log)
