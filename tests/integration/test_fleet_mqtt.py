@@ -19,6 +19,8 @@ import anyio
 import pytest
 
 from mxsync.dev.mosquitto import Mosquitto
+from mxsync.dev.npm import ensure_package_set, node_command
+from mxsync.errors import NodeUnavailable
 from mxsync.fleet import MqttBridge
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(240)]
@@ -104,3 +106,62 @@ async def test_json_and_sparkplug_devices_through_the_bridge(
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
             p.wait(5)
+
+
+async def test_an_independent_sparkplug_client_through_the_bridge(
+    make_user, make_client, tmp_path: Path
+):
+    """Eclipse Tahu's sparkplug-client (npm) as the edge node: its births, aliases,
+    seq and bdSeq as it makes them, its NDEATH will on kill -9, and NCMD/DCMD to it."""
+    try:
+        modules = ensure_package_set("sparkplug")
+    except NodeUnavailable as exc:
+        pytest.skip(str(exc))
+    dash_creds = await make_user("jdash", relaxed=True)
+    gw_creds = await make_user("jgw", relaxed=True)
+    dash = await make_client(dash_creds)
+    room = await dash.create_room("js sparkplug", invite=[gw_creds.user_id])
+    gw = await make_client(gw_creds)
+    await gw.join(room)
+    out = tmp_path / "js.out"
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        async with Mosquitto(tmp_path / "mosquitto") as broker, \
+                dash.subscribe(room) as sub, \
+                MqttBridge(gw, room, port=broker.port, offline_after=5,
+                           publisher={"max_age": 0.2}) as bridge:
+            with open(out, "wb") as f:
+                proc = subprocess.Popen(
+                    [*node_command(), str(Path(__file__).with_name("spb_node.js")),
+                     str(broker.port), "Plant", "js1", "10"],
+                    stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+                    env={**os.environ, "NODE_PATH": str(modules)})
+            await wait_output(out, "READY")
+            got: dict[str, list] = {}
+            with anyio.fail_after(60):
+                async for r in sub:
+                    got.setdefault(r.device, []).append((r.sensor, r.value))
+                    if len(got.get("Plant/js1", ())) >= 13 and len(
+                            got.get("Plant/js1/valve", ())) >= 2:
+                        break
+            node = got["Plant/js1"]
+            assert ("Temp_1", 20.5) in node and ("Output/Setpoint", 0) in node
+            assert [v for s, v in node if s == "Count"] == list(range(11))
+            assert got["Plant/js1/valve"] == [("open", False), ("open", True)]
+            with anyio.fail_after(60):
+                await sub.command("Plant/js1", "Output/Setpoint", {"value": 7})
+                await sub.command("Plant/js1/valve", "open", {"value": False})
+            content = await wait_output(out, "CMD DCMD valve open=false")
+            assert "CMD NCMD Output/Setpoint=7" in content
+            os.killpg(proc.pid, signal.SIGKILL)
+            with anyio.fail_after(60):
+                while any(sub.devices[d].online  # noqa: ASYNC110
+                          for d in ("Plant/js1", "Plant/js1/valve")):
+                    await anyio.sleep(0.05)
+            stats = bridge.statistics()
+            assert stats.malformed == 0 and stats.rebirths_asked == 0
+    finally:
+        if proc is not None:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
