@@ -22,6 +22,7 @@ import pytest
 
 from mxsync import Client
 from mxsync.dev import DevServer
+from mxsync.dev.process import spawn
 from mxsync.fleet.appservice import Registration
 
 pytestmark = [pytest.mark.anyio]
@@ -32,10 +33,10 @@ T0 = 1_760_000_000_000
 
 
 def gateway(args: list[str], out: Path) -> subprocess.Popen[bytes]:
+    # spawn: its own process group, and SIGTERM should this test process die.
     with open(out, "ab") as f:
-        return subprocess.Popen([sys.executable, str(PROC), *args], stdout=f,
-                                stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "PYTHONPATH": str(REPO)})
+        return spawn([sys.executable, str(PROC), *args], f,
+                     env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 def outbox_rows(store: Path) -> int:
@@ -115,4 +116,10 @@ async def test_a_gateway_of_50_devices_survives_kill_9_nothing_lost_or_duplicate
 @pytest.mark.soak
 @pytest.mark.timeout(7200)
 async def test_soak_1000_devices_one_million_readings(tmp_path):
+    """The issue's size. Run once here (2026-12-01, loaded machine): the 1,000 users
+    were registered and joined in 244 s and the 1,000,000 readings persisted at
+    262 s, but with 1,000 members in one room Synapse (SQLite) created about one
+    event every 2 s, so 1,450 events (births, batches) would have taken ~50 min and
+    290 last wills fired while their devices lived (their restarts lagged). Not
+    completed; devices must be spread over rooms for this size (not done yet)."""
     await run_fleet(tmp_path, devices=1000, readings=1000, deadline=6000)

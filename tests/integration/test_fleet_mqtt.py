@@ -20,6 +20,7 @@ import pytest
 
 from mxsync.dev.mosquitto import Mosquitto
 from mxsync.dev.npm import ensure_package_set, node_command
+from mxsync.dev.process import spawn
 from mxsync.errors import NodeUnavailable
 from mxsync.fleet import MqttBridge
 
@@ -29,10 +30,10 @@ DEVICES = Path(__file__).with_name("mqtt_devices.py")
 
 
 def start(args: list[str], out: Path) -> subprocess.Popen[bytes]:
+    # spawn: its own process group, and SIGTERM should this test process die.
     with open(out, "wb") as f:
-        return subprocess.Popen([sys.executable, str(DEVICES), *args], stdout=f,
-                                stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        return spawn([sys.executable, str(DEVICES), *args], f,
+                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 async def wait_output(out: Path, text: str, seconds: float = 30) -> str:
@@ -131,11 +132,10 @@ async def test_an_independent_sparkplug_client_through_the_bridge(
                 MqttBridge(gw, room, port=broker.port, offline_after=5,
                            publisher={"max_age": 0.2}) as bridge:
             with open(out, "wb") as f:
-                proc = subprocess.Popen(
+                proc = spawn(
                     [*node_command(), str(Path(__file__).with_name("spb_node.js")),
                      str(broker.port), "Plant", "js1", "10"],
-                    stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
-                    env={**os.environ, "NODE_PATH": str(modules)})
+                    f, env={**os.environ, "NODE_PATH": str(modules)})
             await wait_output(out, "READY")
             got: dict[str, list] = {}
             with anyio.fail_after(60):
