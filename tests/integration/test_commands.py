@@ -207,3 +207,40 @@ async def test_an_offline_device_runs_on_return_within_expiry_only(
     # Each id has one answer (a retry that reached the device may have had it sent again).
     statuses = {(ev.content["id"], ev.content["status"]) for ev in results.events}
     assert statuses == {("late", "expired"), ("warm", "ok")}
+
+
+async def test_a_run_cut_by_a_restart_is_answered_interrupted_never_run_again(
+    hs, make_user, make_client, tmp_path: Path
+):
+    dash, room, dev_creds = await command_room(make_user, make_client)
+    store = tmp_path / "device.db"
+
+    def device() -> Client:
+        return Client(hs.url, dev_creds.user_id, password=dev_creds.password,
+                      store_path=store)
+
+    taken: list[str] = []
+    async with dash.subscribe(room, live=False) as sub:
+        async with device() as dev:
+            await dev.join(room)
+            async with dev.publisher(room, device="press") as pub:
+
+                async def take_and_hang() -> None:
+                    async for cmd in pub.commands():
+                        taken.append(cmd.id)  # starts running, never answers
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(take_and_hang)
+                    with pytest.raises(CommandTimeout):
+                        await sub.command("press", "stamp", timeout=3, command_id="stamp-1")
+                    tg.cancel_scope.cancel()
+        assert taken == ["stamp-1"]
+        runs: list[str] = []
+        async with device() as dev, dev.publisher(room, device="press") as pub:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(serve, pub, runs)
+                with anyio.fail_after(60), pytest.raises(CommandExpired) as cut:
+                    await sub.command("press", "stamp", timeout=50, command_id="stamp-1")
+                assert cut.value.status == "interrupted"
+                tg.cancel_scope.cancel()
+        assert runs == []
