@@ -9,6 +9,12 @@ Mosquitto alone, measured in the same run on the same broker.
   MqttBridge (aiomqtt, one Matrix client, relaxed user) -> Synapse -> a Subscriber of
   another client; from the first publish until the subscriber has every reading.
 - ``x_bridge_mqtt``: the ratio of the two.
+- ``gateway_readings_per_s``: the appservice gateway (its own Synapse with the
+  registration installed, Synapse's default rate limits, device users exempt by
+  ``rate_limited: false``): N devices, each its own user, one client; R readings
+  per device published at once; until a dashboard has all N * R
+  (``gateway_devices``, ``gateway_readings``; ``gateway_setup_s``: registering,
+  inviting and joining the N users and opening their publishers).
 
 Run alone: ``python -m bench.bench_fleet [--quick]`` (starts its own Synapse).
 """
@@ -30,6 +36,7 @@ from mxsync import Client
 from mxsync.dev import DevServer
 from mxsync.dev.mosquitto import Mosquitto
 from mxsync.fleet import MqttBridge
+from mxsync.fleet.appservice import Gateway, Registration
 
 from .bench_streams import _mqtt_once
 
@@ -94,6 +101,48 @@ async def through_bridge(hs: DevServer, port: int, n: int, tmp: Path) -> float:
             return n / (time.perf_counter() - start)
 
 
+async def gateway_rate(devices: int, readings: int, tmp: Path) -> dict[str, float]:
+    from contextlib import AsyncExitStack
+
+    from mxsync import Reading
+    from mxsync.protocol import api
+
+    reg = Registration.generate("localhost")
+    reg_file = reg.write(tmp / "fleet.yaml")
+    async with DevServer(tmp / "gw-synapse", rate_limits="default",
+                         app_services=[reg_file]) as hs:
+        creds = await hs.register("gdash")
+        async with Client(hs.url, creds.user_id, password=creds.password,
+                          store_path=tmp / "gdash.db") as dash, \
+                Client(hs.url, reg.sender, access_token=reg.as_token,
+                       store_path=tmp / "gw.db", encryption=False) as bot:
+            room = await dash.create_room("gateway bench", invite=[reg.sender])
+            await dash.set_power_level(room, reg.sender, 100)
+            await bot.request(api.join(room))
+            gw = Gateway(bot, reg, room)
+            names = [f"g{i:04d}" for i in range(devices)]
+            setup = time.perf_counter()
+            await gw.add_devices(names)
+            async with AsyncExitStack() as stack:
+                pubs = [await stack.enter_async_context(gw.publisher(d, offline_after=300))
+                        for d in names]
+                setup = time.perf_counter() - setup
+                async with dash.subscribe(room, buffer=4096) as sub:
+                    t0 = int(time.time() * 1000) - readings
+                    start = time.perf_counter()
+                    for i, pub in enumerate(pubs):
+                        pub.publish_many(Reading("v", t0 + j, i + j) for j in range(readings))
+                    total, got = devices * readings, 0
+                    with anyio.fail_after(1800):
+                        async for _ in sub:
+                            got += 1
+                            if got >= total:
+                                break
+                    rate = total / (time.perf_counter() - start)
+    return {"gateway_readings_per_s": rate, "gateway_devices": devices,
+            "gateway_readings": devices * readings, "gateway_setup_s": setup}
+
+
 async def run(hs: DevServer, *, quick: bool) -> dict[str, float]:
     n = 20_000 if quick else 100_000
     with tempfile.TemporaryDirectory(prefix="mxsync-bench-fleet-") as d:
@@ -101,8 +150,9 @@ async def run(hs: DevServer, *, quick: bool) -> dict[str, float]:
         async with Mosquitto(tmp / "mosquitto") as broker:
             alone = await anyio.to_thread.run_sync(_mqtt_once, broker.port, n, 100)
             bridged = await through_bridge(hs, broker.port, n, tmp)
+        gateway = await gateway_rate(*((50, 2_000) if quick else (100, 10_000)), tmp)
     return {"bridge_readings_per_s": bridged, "bridge_readings_per_s_mqtt": alone,
-            "x_bridge_mqtt": bridged / alone}
+            "x_bridge_mqtt": bridged / alone, **gateway}
 
 
 async def _main(quick: bool) -> None:
