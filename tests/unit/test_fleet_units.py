@@ -4,10 +4,13 @@ Sparkplug host's state machine (births, aliases, seq, bdSeq) on pysparkplug's co
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import pysparkplug as spb
+import pytest
 
-from mxsync.engine.outbox import OutboxEntry
+from mxsync.engine.outbox import OutboxEntry, insert_entries, pending_entries
+from mxsync.engine.store import Store
 from mxsync.fleet import sparkplug as sp
 from mxsync.fleet.appservice import DeviceEngine, Registration, device_localpart
 from mxsync.protocol.api import as_appservice, send_event
@@ -92,3 +95,29 @@ def test_malformed_payloads_are_counted_not_raised():
     assert host.receive("spBv1.0/G/NBIRTH/N", b"\xff\x00garbage") == []
     assert host.receive("not/sparkplug", b"") == []
     assert host.malformed == 1
+
+
+@pytest.mark.anyio
+async def test_a_store_from_before_the_appservice_columns_keeps_its_outbox(tmp_path):
+    """A store written before ``as_user``/``ts_ms`` existed: its pending entries are
+    read back unchanged (sent as their own user) and new ones keep both fields."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, room_id TEXT NOT NULL,"
+            " event_type TEXT NOT NULL, state_key TEXT, content BLOB NOT NULL,"
+            " txn_id TEXT NOT NULL UNIQUE, lane TEXT NOT NULL, created_ms INTEGER NOT NULL)")
+        conn.execute("INSERT INTO outbox(room_id, event_type, state_key, content, txn_id, lane,"
+                     " created_ms) VALUES ('!r:hs', 't', NULL, X'7B7D', 'old-1', 'default', 1)")
+    store = Store(path)
+    await store.open()
+    try:
+        entry = DeviceEngine(None, "@dev_a:hs").new_entry(  # type: ignore[arg-type]
+            "!r:hs", "org.mxsync.readings", {"t0_ms": 7})
+        await store.run(lambda c: insert_entries(c, [entry]))
+        rows = await store.run(pending_entries)
+    finally:
+        await store.close()
+    assert [(r.txn_id, r.as_user, r.ts_ms) for r in rows] == [
+        ("old-1", None, None), (entry.txn_id, "@dev_a:hs", 7)]
+    assert rows[0].request().query is None
