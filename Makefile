@@ -10,6 +10,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	# Sparkplug B codec of the MQTT bridge: --no-deps, see pyproject.toml (fleet).
+	$(BIN)/pip install -q --no-deps 'pysparkplug==0.6.1'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -34,7 +34,8 @@ from mxsync.dev import DevServer
 MODULES = {"docs": "bench.bench_docs", "streams": "bench.bench_streams", "rss": "bench.bench_rss",
            "federation": "bench.bench_federation", "e2ee": "bench.bench_e2ee",
            "peers": "bench.bench_peers", "gateway": "bench.bench_gateway",
-           "history": "bench.bench_history", "live": "bench.bench_live"}
+           "history": "bench.bench_history", "live": "bench.bench_live",
+           "fleet": "bench.bench_fleet"}
 
 #: Keys every full run writes, each a number (issue #6).
 REQUIRED = (
@@ -64,6 +65,8 @@ RATIOS: list[tuple[str, str, float | None]] = [
     # Issue #16: timeline-only latency over the live channel's (the speed-up), same run.
     ("live_latency_p50_ms_2_timeline", "live_latency_p50_ms_2", None),
     ("live_latency_p50_ms_5_timeline", "live_latency_p50_ms_5", None),
+    # The MQTT bridge end to end against Mosquitto alone (issue #17; for the record).
+    ("bridge_readings_per_s", "bridge_readings_per_s_mqtt", None),
 ]
 
 #: (figure, upper bound): absolute targets.

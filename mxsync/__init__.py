@@ -8,6 +8,10 @@ from .client import Client
 from .docs import MatrixCrdtDoc, SyncedDoc
 from .engine import OutgoingEvent, RoomEvent, SendHandle, Status
 from .errors import (
+    CommandError,
+    CommandExpired,
+    CommandFailed,
+    CommandTimeout,
     ConfigError,
     ForbiddenError,
     HomeserverUnavailable,
@@ -17,12 +21,17 @@ from .errors import (
     ProtocolError,
     RateLimitedError,
 )
-from .streams import Publisher, Reading, Subscriber
+from .streams import Command, Publisher, Reading, Subscriber
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Client",
+    "Command",
+    "CommandError",
+    "CommandExpired",
+    "CommandFailed",
+    "CommandTimeout",
     "ConfigError",
     "ForbiddenError",
     "HomeserverUnavailable",

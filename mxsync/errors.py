@@ -15,6 +15,12 @@
     ├── ProtocolError          a malformed mxsync event (skipped by readers, never raised
     │                          out of a sync loop)
     ├── BufferFull             a publisher's buffer is full under the "block" policy
+    ├── CommandError           a command to a device did not succeed (``command_id`` says which)
+    │   ├── CommandFailed          the device ran it and answered with an error
+    │   ├── CommandExpired         the device did not run it: it arrived after its expiry
+    │   │                          (or the run was interrupted by a crash)
+    │   └── CommandTimeout         no answer within the caller's timeout (it may still run
+    │                              before its expiry; ask again with the same id)
     ├── DevServerError         the embedded Synapse could not be started or stopped answering
     │   └── StateDirLocked         another DevServer is using that state directory
     ├── DemoError              ``mxsync demo`` could not start (an example failed; its log
@@ -38,6 +44,10 @@ __all__ = [
     "ProtocolError",
     "TransientError",
     "BufferFull",
+    "CommandError",
+    "CommandFailed",
+    "CommandExpired",
+    "CommandTimeout",
     "DevServerError",
     "StateDirLocked",
     "DemoError",
@@ -116,6 +126,37 @@ class BufferFull(MxsyncError):
 
     Nothing was buffered. ``await publisher.publish_wait(...)`` waits for room.
     """
+
+
+class CommandError(MxsyncError):
+    """A command to a device did not succeed."""
+
+    def __init__(self, command_id: str, device: str, message: str) -> None:
+        self.command_id = command_id
+        self.device = device
+        super().__init__(f"command {command_id} to {device}: {message}")
+
+
+class CommandFailed(CommandError):
+    """The device ran the command and answered with an error (``error``: its text)."""
+
+    def __init__(self, command_id: str, device: str, error: str) -> None:
+        self.error = error
+        super().__init__(command_id, device, f"failed: {error}")
+
+
+class CommandExpired(CommandError):
+    """The device did not run the command: it came after its expiry, or the
+    device crashed while running it (``status``: "expired" or "interrupted")."""
+
+    def __init__(self, command_id: str, device: str, status: str) -> None:
+        self.status = status
+        super().__init__(command_id, device, f"not run ({status})")
+
+
+class CommandTimeout(CommandError, TimeoutError):
+    """No answer within the timeout. The device may still run the command before
+    it expires; asking again with the same ``command_id`` never runs it twice."""
 
 
 class DevServerError(MxsyncError):

@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_demo_parser(sub)
     for module in ("mxsync.cli.doc", "mxsync.cli.sensor", "mxsync.cli.room",
-                   "mxsync.cli.gateway"):
+                   "mxsync.cli.gateway", "mxsync.cli.fleet"):
         try:
             mod = __import__(module, fromlist=["add_parser"])
         except ImportError:

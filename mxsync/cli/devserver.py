@@ -45,6 +45,7 @@ async def run_devserver(
     python: str = sys.executable,
     startup_timeout: float = 60.0,
     database: Database = "sqlite",
+    app_services: list[str] | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM (or cancellation); print the URL once ready.
 
@@ -59,6 +60,7 @@ async def run_devserver(
         python=python,
         startup_timeout=startup_timeout,
         database=database,
+        app_services=app_services or (),
     )
     await _serve(server, lambda: [server.url])
 
@@ -135,6 +137,11 @@ def add_devserver_parser(
         "(needs Debian's postgresql package and psycopg2-binary)",
     )
     parser.add_argument(
+        "--app-service", action="append", default=[], metavar="FILE",
+        help="install an application service registration (repeatable), e.g. the fleet "
+        "gateway's from `mxsync fleet registration`",
+    )
+    parser.add_argument(
         "--federation",
         type=int,
         default=None,
@@ -161,7 +168,7 @@ def cmd_devserver(args: argparse.Namespace) -> int:
     else:
         run = functools.partial(run_devserver, args.state_dir, port=args.port,
                                 rate_limits=args.rate_limits, server_name=args.server_name,
-                                database=args.database)
+                                database=args.database, app_services=args.app_service)
     try:
         anyio.run(run, backend="asyncio")
     except KeyboardInterrupt:

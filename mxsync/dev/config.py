@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -232,8 +233,12 @@ def write_run_config(
     mode: RateLimitMode,
     federation_port: int | None = None,
     database: dict[str, Any] | None = None,
+    app_services: Sequence[Path] = (),
 ) -> None:
     """Rewrite log.config and devserver.yaml for a start on ``port``.
+
+    ``app_services``: registration files of application services (the fleet
+    gateway's, ``mxsync fleet registration``), listed in ``app_service_config_files``.
 
     ``federation_port``: also serve federation there, over TLS (see the module
     docstring). ``database``: Synapse's ``database`` section, SQLite if None.
@@ -266,6 +271,8 @@ def write_run_config(
         **rate_limits(mode),
         **federating,
     }
+    if app_services:
+        overlay["app_service_config_files"] = [str(Path(p).resolve()) for p in app_services]
     write_config(
         sd / OVERLAY_CONFIG,
         "Rewritten by mxsync.devserver on every start; edit homeserver.yaml instead.",

@@ -12,7 +12,11 @@ One process tree:
 - four child processes, each an example run as its users would run it, with
   the same Python: ``examples.iot_sensor.sensor``, ``examples.iot_sensor.dashboard``
   and ``examples.whiteboard`` twice (alice's and bob's). Their output goes to
-  ``<state-dir>/logs/``.
+  ``<state-dir>/logs/``;
+- a device fleet that speaks MQTT: a Mosquitto (:class:`~mxsync.dev.mosquitto.Mosquitto`,
+  a free loopback port), ``mxsync fleet bridge`` (as ``plant``, its own store)
+  relaying into the sensors room, and ``examples.iot_sensor.mqtt_fleet`` (two JSON
+  pumps, a Sparkplug B node with a device), on the same dashboard.
 
 It writes the demo users' logins to ``<state-dir>/logins.env`` (mode 0600, the
 ``MXSYNC_*`` lines the ``mxsync`` command reads) and prints one line per page
@@ -50,6 +54,7 @@ import anyio
 
 from ..client import Client
 from ..errors import DemoError, MxsyncError
+from .mosquitto import Mosquitto
 from .process import free_port, port_free, signal_group, spawn, wait_until
 from .server import Credentials, DevServer
 
@@ -286,6 +291,23 @@ def _start_examples(children: Children, hs: DevServer, state_dir: Path,
     return sensors, pages
 
 
+async def _start_mqtt_fleet(children: Children, hs: DevServer, state_dir: Path,
+                            rooms: dict[str, str], creds: dict[str, Credentials],
+                            port: int) -> None:
+    """The MQTT bridge (as ``plant``, its own store), then the MQTT devices."""
+    bridge = children.start(
+        "mqtt bridge", "mxsync",
+        ["fleet", "bridge", rooms["sensors"], "--mqtt-port", str(port),
+         "--homeserver", hs.url, "--user", creds["plant"].user_id,
+         "--store", str(state_dir / "plant-bridge.db")],
+        creds["plant"].password)
+    deadline = time.monotonic() + STARTUP_SECONDS
+    await _wait_output(children, bridge, "relaying", deadline)
+    fleet = children.start("mqtt fleet", "examples.iot_sensor.mqtt_fleet",
+                           ["--port", str(port)], "")
+    await _wait_output(children, fleet, "publishing", deadline)
+
+
 async def _serve(children: Children, sensors: Child, pages: list[Child], logins: Path,
                  seconds: float | None, say: Callable[[str], None]) -> None:
     """Wait for every page, say where they are, run until cancelled or ``seconds``."""
@@ -338,11 +360,16 @@ async def run_demo(state_dir: Path, seconds: float | None = None,
         )
         env["PYTHONUNBUFFERED"] = "1"
         children = Children(state_dir / "logs", env)
-        try:
-            sensors, pages = _start_examples(children, hs, state_dir, rooms, created, creds)
-            await _serve(children, sensors, pages, logins, seconds, say)
-        finally:
-            # The children first (their devices go offline while the homeserver
-            # runs), and only then a word about it: a print may fail.
-            await children.stop()
-            say("stopped the examples; stopping the homeserver ...")
+        async with Mosquitto(state_dir / "mosquitto") as broker:
+            try:
+                sensors, pages = _start_examples(children, hs, state_dir, rooms, created,
+                                                 creds)
+                await _start_mqtt_fleet(children, hs, state_dir, rooms, creds, broker.port)
+                say(f"{'mqtt fleet':<19} pump-1, pump-2 (JSON) and Plant/line1 (Sparkplug B)"
+                    f" on mqtt://127.0.0.1:{broker.port}, relayed by `mxsync fleet bridge`")
+                await _serve(children, sensors, pages, logins, seconds, say)
+            finally:
+                # The children first (their devices go offline while the homeserver
+                # runs), and only then a word about it: a print may fail.
+                await children.stop()
+                say("stopped the examples; stopping the homeserver ...")

@@ -57,6 +57,12 @@ PACKAGE_SETS: dict[str, dict[str, str]] = {
         "lib0": "0.2.114",
         "y-websocket": "2.1.0",
     },
+    # An independent Sparkplug B edge node (Eclipse Tahu's JS client and payload
+    # codec, with the mqtt package it brings) for the MQTT bridge's interop test.
+    "sparkplug": {
+        "sparkplug-client": "3.2.4",
+        "sparkplug-payload": "1.0.3",
+    },
     # Matrix-CRDT 0.2.0 in Node, with the matrix-js-sdk it works with.
     "matrix-crdt": {
         "matrix-crdt": "0.2.0",

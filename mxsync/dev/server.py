@@ -54,6 +54,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -173,6 +174,7 @@ class DevServer:
         federation: bool = False,
         federation_port: int | None = None,
         database: Database = "sqlite",
+        app_services: Sequence[str | Path] = (),
     ) -> None:
         if rate_limits not in get_args(RateLimitMode):
             raise ConfigError(f"rate_limits must be 'default' or 'relaxed', not {rate_limits!r}")
@@ -190,6 +192,8 @@ class DevServer:
         self._requested_port = port
         self._port: int | None = port
         self.database: Database = database
+        #: Application service registration files the homeserver loads.
+        self.app_services = [Path(p) for p in app_services]
         self.federation = federation or federation_port is not None
         self._requested_federation_port = federation_port
         self._federation_port: int | None = federation_port
@@ -269,6 +273,7 @@ class DevServer:
                     mode=self.rate_limits,
                     federation_port=self.federation_port,
                     database=database,
+                    app_services=self.app_services,
                 )
                 log_offset = self._mark_log()
                 self._proc = self._spawn()

@@ -92,6 +92,10 @@ class OutboxEntry(msgspec.Struct, frozen=True, kw_only=True):
     created_ms: int
     #: The row id; 0 until the entry is stored.
     id: int = 0
+    #: An application service sends as this user of its namespace (``?user_id=``).
+    as_user: str | None = None
+    #: An application service's timestamp for the event (``?ts=``, ms).
+    ts_ms: int | None = None
 
     @classmethod
     def new(
@@ -118,10 +122,12 @@ class OutboxEntry(msgspec.Struct, frozen=True, kw_only=True):
 
     def request(self) -> api.Request:
         if self.state_key is None:
-            return api.send_event(self.room_id, self.event_type, self.txn_id, self.content)
-        # State PUTs have no txn id, but are idempotent: the same content again
-        # yields the same state.
-        return api.put_state(self.room_id, self.event_type, self.state_key, self.content)
+            req = api.send_event(self.room_id, self.event_type, self.txn_id, self.content)
+        else:
+            # State PUTs have no txn id, but are idempotent: the same content again
+            # yields the same state.
+            req = api.put_state(self.room_id, self.event_type, self.state_key, self.content)
+        return api.as_appservice(req, self.as_user, self.ts_ms)
 
 
 # -- the outbox table: SQL as functions over a connection ----------------------
@@ -133,8 +139,9 @@ def insert_entries(conn: sqlite3.Connection, entries: Sequence[OutboxEntry]) -> 
     for e in entries:
         cur = conn.execute(
             "INSERT INTO outbox(room_id, event_type, state_key, content, txn_id, lane, "
-            "created_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (e.room_id, e.event_type, e.state_key, e.content, e.txn_id, e.lane, e.created_ms),
+            "created_ms, as_user, ts_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (e.room_id, e.event_type, e.state_key, e.content, e.txn_id, e.lane, e.created_ms,
+             e.as_user, e.ts_ms),
         )
         out.append(msgspec.structs.replace(e, id=int(cur.lastrowid or 0)))
     return out
@@ -142,12 +149,12 @@ def insert_entries(conn: sqlite3.Connection, entries: Sequence[OutboxEntry]) -> 
 
 def pending_entries(conn: sqlite3.Connection) -> list[OutboxEntry]:
     rows = conn.execute(
-        "SELECT id, room_id, event_type, state_key, content, txn_id, lane, created_ms "
-        "FROM outbox ORDER BY id"
+        "SELECT id, room_id, event_type, state_key, content, txn_id, lane, created_ms, "
+        "as_user, ts_ms FROM outbox ORDER BY id"
     ).fetchall()
     return [
         OutboxEntry(id=r[0], room_id=r[1], event_type=r[2], state_key=r[3], content=bytes(r[4]),
-                    txn_id=r[5], lane=r[6], created_ms=r[7])
+                    txn_id=r[5], lane=r[6], created_ms=r[7], as_user=r[8], ts_ms=r[9])
         for r in rows
     ]
 

@@ -51,7 +51,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     content    BLOB NOT NULL,
     txn_id     TEXT NOT NULL UNIQUE,
     lane       TEXT NOT NULL,
-    created_ms INTEGER NOT NULL
+    created_ms INTEGER NOT NULL,
+    as_user    TEXT,
+    ts_ms      INTEGER
 );
 """
 
@@ -100,6 +102,11 @@ class Store:
             # FULL: a commit survives power loss, not only a process crash.
             conn.execute("PRAGMA synchronous=FULL")
         conn.executescript(_SCHEMA)
+        # Stores made before the appservice columns (as_user, ts_ms) get them now.
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(outbox)")}
+        for column, kind in (("as_user", "TEXT"), ("ts_ms", "INTEGER")):
+            if column not in columns:
+                conn.execute(f"ALTER TABLE outbox ADD COLUMN {column} {kind}")
         self._conn = conn
         if self.path is not None:
             for suffix in ("-wal", "-shm"):

@@ -23,6 +23,8 @@ from urllib.parse import quote
 import msgspec
 
 __all__ = [
+    "as_appservice",
+    "register_appservice_user",
     "Request",
     "Direction",
     "q",
@@ -162,6 +164,13 @@ def join(room_id_or_alias: str, via: Iterable[str] = ()) -> Request:
                    body={}, what="join")
 
 
+def register_appservice_user(localpart: str) -> Request:
+    """Register a user of an application service's namespace (with the as_token)."""
+    return Request(method="POST", path=f"{_V3}/register",
+                   body={"type": "m.login.application_service", "username": localpart},
+                   what="register_appservice_user")
+
+
 def invite(room_id: str, user_id: str) -> Request:
     return Request(method="POST", path=f"{_room(room_id)}/invite", body={"user_id": user_id},
                    what="invite")
@@ -250,3 +259,16 @@ def delayed_state(room_id: str, event_type: str, state_key: str, content: Any,
 def delayed_event_action(delay_id: str, action: Literal["send", "cancel", "restart"]) -> Request:
     return Request(method="POST", path=f"{DELAYED_EVENTS}/{q(delay_id)}",
                    body={"action": action}, what=f"delayed event {action}")
+
+
+def as_appservice(req: Request, user_id: str | None, ts_ms: int | None = None) -> Request:
+    """``req`` sent by an application service as ``user_id`` of its namespace
+    (``?user_id=``), with the event's timestamp ``ts_ms`` (``?ts=``) if given."""
+    if user_id is None and ts_ms is None:
+        return req
+    query = dict(req.query or {})
+    if user_id is not None:
+        query["user_id"] = user_id
+    if ts_ms is not None:
+        query["ts"] = ts_ms
+    return msgspec.structs.replace(req, query=query)

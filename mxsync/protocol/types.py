@@ -20,6 +20,8 @@ __all__ = [
     "READINGS",
     "SENSOR",
     "DEVICE",
+    "COMMAND",
+    "COMMAND_RESULT",
     "STATE_TYPES",
     "TIMELINE_TYPES",
     "ALL_TYPES",
@@ -58,6 +60,10 @@ READINGS = "org.mxsync.readings"
 SENSOR = "org.mxsync.sensor"
 #: State event announcing a device (birth / last will); state_key is the device id.
 DEVICE = "org.mxsync.device"
+#: Timeline event asking one device to run a command (section 4).
+COMMAND = "org.mxsync.command"
+#: Timeline event by which a device acknowledges a command with its result or error.
+COMMAND_RESULT = "org.mxsync.command.result"
 
 #: The Matrix state events mxsync reads to judge whose events count.
 POWER_LEVELS = "m.room.power_levels"
@@ -70,7 +76,7 @@ ENCRYPTED = "m.room.encrypted"
 MEMBER = "m.room.member"
 
 STATE_TYPES: tuple[str, ...] = (DOC, SENSOR, DEVICE)
-TIMELINE_TYPES: tuple[str, ...] = (DOC_UPDATE, DOC_SNAPSHOT, READINGS)
+TIMELINE_TYPES: tuple[str, ...] = (DOC_UPDATE, DOC_SNAPSHOT, READINGS, COMMAND, COMMAND_RESULT)
 ALL_TYPES: tuple[str, ...] = STATE_TYPES + TIMELINE_TYPES
 #: mxsync's to-device message types (not room events: no power levels apply).
 TO_DEVICE_TYPES: tuple[str, ...] = (DOC_AWARENESS, DOC_LIVE)

@@ -17,17 +17,20 @@ Modules, each owning its own state: ``publisher`` (the public send API and
 its lifecycle), ``config`` (its checked settings), ``pump`` (buffer, encoder,
 sealed and in-flight batches, write-behind), ``buffer`` (the pump's tables in
 the client's store), ``sensors`` (declarations and last values), ``meta``
-(sensor state updates), ``presence`` (birth and last will), ``subscriber``
+(sensor state updates), ``presence`` (birth and last will), ``commands`` (commands to a
+device and their results), ``subscriber``
 (the receive path) and ``history`` (paging and buckets).
 """
 
 from ..protocol.readings import Reading, SensorMeta
+from .commands import Command
 from .history import Bucket, HistoryProgress, aggregate
 from .publisher import BufferFull, OverflowPolicy, Publisher, PublisherStatistics
 from .subscriber import DeviceStatus, Subscriber, SubscriberStatistics
 
 __all__ = [
     "Bucket",
+    "Command",
     "BufferFull",
     "DeviceStatus",
     "HistoryProgress",

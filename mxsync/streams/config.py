@@ -43,6 +43,9 @@ class PublisherConfig(msgspec.Struct, frozen=True, kw_only=True):
     close_timeout: float
     #: Retain last values in cleartext sensor state (None: only in cleartext rooms).
     last_values: bool | None = None
+    #: Take commands (``Publisher.commands``), looking back this far (s) at start.
+    commands: bool = True
+    command_look_back: float = 3600.0
 
     @property
     def lane(self) -> str:
@@ -70,6 +73,8 @@ class PublisherConfig(msgspec.Struct, frozen=True, kw_only=True):
         max_bytes: int = MAX_CONTENT_BYTES,
         close_timeout: float = 60.0,
         last_values: bool | None = None,
+        commands: bool = True,
+        command_look_back: float = 3600.0,
     ) -> PublisherConfig:
         """Check every argument (ConfigError names the first bad one) and freeze them."""
         if not isinstance(room_id, str) or not room_id.startswith("!"):
@@ -102,6 +107,13 @@ class PublisherConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError(f"window must be an int within 1..64, got {window!r}")
         if last_values not in (None, True, False):
             raise ConfigError(f"last_values must be None, True or False, got {last_values!r}")
+        if commands not in (True, False):
+            raise ConfigError(f"commands must be True or False, got {commands!r}")
+        look_back = command_look_back
+        if not isinstance(look_back, int | float) or not 0 <= look_back <= 30 * 86_400:
+            raise ConfigError(
+                f"command_look_back must be within 0..2592000 seconds, got {command_look_back!r}"
+            )
         if type(max_bytes) is not int or not MIN_BATCH_BYTES <= max_bytes <= MAX_CONTENT_BYTES:
             raise ConfigError(
                 f"max_bytes must be within {MIN_BATCH_BYTES}..{MAX_CONTENT_BYTES},"
@@ -125,4 +137,6 @@ class PublisherConfig(msgspec.Struct, frozen=True, kw_only=True):
             max_bytes=max_bytes,
             close_timeout=float(close_timeout),
             last_values=last_values,
+            commands=commands,
+            command_look_back=float(command_look_back),
         )

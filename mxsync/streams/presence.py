@@ -239,6 +239,18 @@ class Presence:
             self.rebirths += 1
             await self._announce()
 
+    async def rebirth(self) -> None:
+        """Announce the device again (``reason: "rebirth"``), as asked by a rebirth command."""
+        handle = await self._client.send(
+            self._room, DEVICE, self._state(online=True, reason="rebirth"),
+            state_key=self._device, lane=self._lane,
+        )
+        self._last_refresh = time.monotonic()
+        try:
+            await handle.wait()
+        except MatrixError as exc:
+            log.warning("the homeserver refused the rebirth of %s: %s", self._device, exc)
+
     # -- heartbeat ---------------------------------------------------------------
 
     async def _maybe_refresh(self) -> None:
@@ -257,11 +269,12 @@ class Presence:
 
     # -- shutdown ---------------------------------------------------------------
 
-    async def shutdown(self) -> None:
-        """Mark the device offline ("shutdown") and cancel its will. Call once the
+    async def shutdown(self, reason: str = "shutdown") -> None:
+        """Mark the device offline (``reason``: "shutdown", or "last-will" for a
+        bridge relaying a device's death) and cancel its will. Call once the
         :meth:`run` task is stopped."""
         handle = await self._client.send(
-            self._room, DEVICE, self._state(online=False, reason="shutdown"),
+            self._room, DEVICE, self._state(online=False, reason=reason),
             state_key=self._device, lane=self._lane,
         )
         try:

@@ -39,7 +39,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any
@@ -52,6 +52,7 @@ from ..engine.taskgroups import exit_stack
 from ..errors import BufferFull, ConfigError, MatrixError, MxsyncError
 from ..protocol.readings import Reading, Value
 from .buffer import Row
+from .commands import Command, CommandInbox, iterate
 from .config import OverflowPolicy, PublisherConfig
 from .meta import SensorState
 from .presence import Presence
@@ -147,6 +148,8 @@ class Publisher:
         self._pump = Pump(client, cfg)
         self._meta = SensorState(client, cfg, self._sensors, self._pump)
         self._presence: Presence | None = None
+        self._inbox = CommandInbox(client, cfg.room_id, cfg.device, rebirth=self._rebirth,
+                                   look_back=cfg.command_look_back) if cfg.commands else None
         self._presence_scope: anyio.CancelScope | None = None
         self._stack: AsyncExitStack | None = None
         self._open = False
@@ -191,6 +194,8 @@ class Publisher:
                 )
                 self._presence_scope = anyio.CancelScope()
                 tg.start_soon(self._run_presence, self._presence, self._presence_scope)
+            if self._inbox is not None:
+                await tg.start(self._inbox.run)
             self._open = True
             self._stack = stack.pop_all()
         return self
@@ -253,6 +258,23 @@ class Publisher:
                 await presence.run()
             except MxsyncError as exc:
                 log.error("publisher %s: presence stopped: %s", self._cfg.device, exc)
+
+    # -- commands (streams/commands.py) ------------------------------------------------
+
+    def commands(self) -> AsyncIterator[Command]:
+        """``async for cmd in pub.commands()``: the commands for this device, each
+        once; answer with ``await cmd.ok(result)`` or ``await cmd.fail(text)``.
+        "rebirth" is answered by the publisher itself and never comes out here."""
+        if self._inbox is None:
+            raise RuntimeError("this publisher takes no commands (commands=False)")
+        return iterate(self._inbox.commands())
+
+    async def _rebirth(self) -> None:
+        """Announce the device, its sensors and their last values again."""
+        self._sensors.rebirth()
+        if self._presence is not None:
+            await self._presence.rebirth()
+        await self._meta.send(final=True)
 
     # -- declaring and publishing ------------------------------------------------
 

@@ -213,6 +213,13 @@ class Sensors:
             _check_kind(sensor, s, value)
         return (sensor, t, value, unit, s.precision)
 
+    def rebirth(self) -> None:
+        """Count every sensor's last value as not reported yet (a rebirth
+        re-announces them all with the next ``updates(final=True)``)."""
+        for s in self._by_id.values():
+            s.meta_index = -1
+            s.candidate = None
+
     def updates(
         self, now: float, interval: float, settled: int, *, final: bool
     ) -> list[tuple[str, dict[str, Any]]]:

@@ -46,6 +46,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
+from typing import Any
 
 import anyio
 import msgspec
@@ -59,6 +60,7 @@ from ..errors import ConfigError, ProtocolError
 from ..protocol.readings import Reading, SensorMeta, validate_device_id, validate_sensor_id
 from ..protocol.types import CREATE, DEVICE, POWER_LEVELS, READINGS, SENSOR
 from . import durable as durable_pos
+from .commands import DEFAULT_EXPIRY, send_command
 from .history import (
     BatchReader,
     Bucket,
@@ -623,6 +625,24 @@ class Subscriber:
         aggregate([], start_ms, max(end_ms, start_ms + 1), buckets)  # check the arguments
         readings = await self.history(sensor, start_ms, end_ms, progress=progress, lag=lag)
         return aggregate(readings, start_ms, end_ms, buckets)
+
+    # -- commands (streams/commands.py) ---------------------------------------------------
+
+    async def command(
+        self, device: str, name: str, args: dict[str, Any] | None = None, *,
+        timeout: float = 30.0,  # noqa: ASYNC109 - CommandTimeout names the command id
+        command_id: str | None = None, expiry: float = DEFAULT_EXPIRY,
+    ) -> Any:
+        """Run command ``name`` on ``device`` and return its result.
+
+        Raises ForbiddenError if this user may not send commands here,
+        CommandFailed (the device answered an error), CommandExpired (not run:
+        it reached the device after ``expiry`` seconds) or CommandTimeout (no
+        answer in ``timeout`` seconds; call again with the same ``command_id``
+        to get the answer: a command id never runs twice).
+        """
+        return await send_command(self._client, self._room, device, name, args,
+                                  timeout=timeout, command_id=command_id, expiry=expiry)
 
     # -- devices --------------------------------------------------------------------------
 

@@ -191,14 +191,17 @@ async def test_demo_serves_every_page_and_stops_without_leftovers(tmp_path):
             status, text = await _get(url)
             assert status == 200, name
             assert "<script" in text
-        # The devices publish; the dashboard receives their readings.
+        # The devices publish; the dashboard receives their readings: the three
+        # Python devices (5 sensors) and the MQTT fleet through the bridge (two JSON
+        # pumps with 2 sensors each, a Sparkplug node and its device with 1 each).
         dashboard = urls["dashboard (ops)"]
+        mqtt = {"pump-1", "pump-2", "Plant/line1", "Plant/line1/press"}
         with anyio.fail_after(60):
             while True:
                 state_json = json.loads((await _get(dashboard + "api/state"))[1])
-                online = [d for d, st in state_json["devices"].items() if st["online"]]
+                online = {d for d, st in state_json["devices"].items() if st["online"]}
                 lasts = [s["last"] for s in state_json["sensors"].values() if s["last"]]
-                if len(online) == 3 and len(lasts) == 5:
+                if len(online - mqtt) == 3 and mqtt <= online and len(lasts) == 5 + 6:
                     break
                 await anyio.sleep(0.2)
         # Both whiteboards use one room.

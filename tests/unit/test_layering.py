@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, int]] = [
     ("mxsync.dev", 6),
     ("mxsync.cli", 6),
     ("mxsync.gateway", 6),  # the y-websocket gateway, above the client like cli/
+    ("mxsync.fleet", 6),  # MQTT bridge: many devices' publishers from one client
 ]
 #: Features: same layer, but neither may import the other.
 FEATURES = ("mxsync.docs", "mxsync.streams")
@@ -156,6 +157,11 @@ def test_every_module_is_in_a_layer():
 def test_public_names_are_pinned():
     assert sorted(mxsync.__all__) == [
         "Client",
+        "Command",
+        "CommandError",
+        "CommandExpired",
+        "CommandFailed",
+        "CommandTimeout",
         "ConfigError",
         "ForbiddenError",
         "HomeserverUnavailable",

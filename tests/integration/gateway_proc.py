@@ -1,0 +1,57 @@
+"""The fleet gateway as a child process, so that a test can kill -9 it.
+
+``python gateway_proc.py HS_URL REGISTRATION ROOM STORE DEVICES READINGS first|resume``
+
+first: join the room as the appservice sender, add the device users, publish
+READINGS readings per device (value ``1000 * d + j``, time ``T0 + j``), persist
+them (prints ``PERSISTED``), deliver them (prints ``DONE``). resume: open the
+same publishers from the store and deliver what is left (prints ``DONE``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import anyio
+
+from mxsync import Client, Reading
+from mxsync.fleet.appservice import Gateway, Registration
+from mxsync.protocol import api
+
+T0 = 1_760_000_000_000
+
+
+async def main(url: str, reg_path: str, room: str, store: str, n: int, r: int,
+               phase: str) -> None:
+    reg = Registration.load(Path(reg_path))
+    async with Client(url, reg.sender, access_token=reg.as_token, store_path=store,
+                      encryption=False) as client:
+        gw = Gateway(client, reg, room)
+        devices = [f"d{i:04d}" for i in range(n)]
+        start = time.monotonic()
+        if phase == "first":
+            await client.request(api.join(room))
+            await gw.add_devices(devices)
+        print(f"devices added at {time.monotonic() - start:.1f}s", flush=True)
+        async with AsyncExitStack() as stack:
+            pubs = [await stack.enter_async_context(gw.publisher(d, offline_after=120,
+                                                                 max_age=0.5))
+                    for d in devices]
+            print(f"publishers open at {time.monotonic() - start:.1f}s", flush=True)
+            if phase == "first":
+                for i, pub in enumerate(pubs):
+                    pub.publish_many(Reading("count", T0 + j, 1000 * i + j) for j in range(r))
+                for pub in pubs:
+                    await pub.persist()
+                print(f"PERSISTED at {time.monotonic() - start:.1f}s", flush=True)
+            for pub in pubs:
+                await pub.flush()
+            print(f"DONE at {time.monotonic() - start:.1f}s", flush=True)
+
+
+if __name__ == "__main__":
+    a = sys.argv[1:]
+    anyio.run(main, a[0], a[1], a[2], a[3], int(a[4]), int(a[5]), a[6])
