@@ -40,13 +40,19 @@ function client(user) {
   const send = c.sendEvent.bind(c);
   c.sendEvent = async (room, type, content, txn) => {
     const bytes = Buffer.byteLength(JSON.stringify(content));
+    // Counted when the send starts, taken back if it fails: the reader, in this
+    // same process, may see the event before the writer's PUT promise resolves,
+    // and a workload that ends on the reader's side must not miss its last sends.
+    const update = type === "matrix-crdt.doc_update";
+    if (update) { c.mxStats.updateEvents++; c.mxStats.updateBytes += bytes; }
     try {
       const r = await send(room, type, content, txn);
-      if (type === "matrix-crdt.doc_update") {
-        c.mxStats.updateEvents++; c.mxStats.updateBytes += bytes;
-      } else if (type === "matrix-crdt.doc_snapshot") c.mxStats.snapshotEvents++;
+      if (type === "matrix-crdt.doc_snapshot") c.mxStats.snapshotEvents++;
       return r;
-    } catch (e) { c.mxStats.errors++; c.mxStats.lastError = e.errcode || String(e); throw e; }
+    } catch (e) {
+      if (update) { c.mxStats.updateEvents--; c.mxStats.updateBytes -= bytes; }
+      c.mxStats.errors++; c.mxStats.lastError = e.errcode || String(e); throw e;
+    }
   };
   const messages = c.createMessagesRequest.bind(c);
   c.createMessagesRequest = async (...args) => {

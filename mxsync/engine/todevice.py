@@ -15,7 +15,9 @@ Invariants:
   :class:`~mxsync.engine.http.Backoff`, on the client's Liveness, and after
   ``deadline`` seconds (or ``attempts`` transient failures) it gives up and
   says so (False) instead of raising: a late live message is worthless.
-  A definite refusal (4xx other than 429) is raised.
+  While the client's Liveness knows the server to be unreachable, a send
+  gives up at once, without a request (an outage must not cost a retry
+  series per edit and cursor move). A definite refusal (4xx other than 429) is raised.
 - Received messages reach consumers whose type prefixes match, in the order
   the server delivered them, without ever blocking the sync loop: a consumer
   whose bounded stream is full loses the message (counted, logged once per
@@ -111,6 +113,11 @@ class ToDevice:
         give_up = time.monotonic() + self.deadline
         failures = 0
         while True:
+            if self._http.liveness.up is False:
+                # Known unreachable: a lossy message is not worth a request (the
+                # timeline carries what matters), and during an outage every edit
+                # and cursor move would otherwise add its own retries.
+                return self._drop(event_type, "the homeserver is unreachable")
             try:
                 await self._http.call(req)
             except RateLimitedError as exc:
