@@ -60,6 +60,8 @@ def test_malformed_messages_raise_protocol_error_only(etype, content):
 
 
 class _Liveness:
+    up: bool | None = None
+
     async def wait(self, delay: float) -> bool:
         await anyio.sleep(min(delay, 0.01))
         return False
@@ -98,6 +100,17 @@ async def test_a_send_keeps_its_txn_id_through_429_and_transient_errors():
     assert http.requests[-1].path not in paths  # a new message, a new txn id
     st = td.statistics()
     assert (st.sent, st.rate_limited, st.dropped, st.addressed) == (2, 1, 0, 2)
+
+
+async def test_a_send_gives_up_at_once_while_the_server_is_known_down():
+    http = ScriptedHttp([{}])
+    http.liveness.up = False
+    td = ToDevice(http)  # type: ignore[arg-type]
+    assert not await td.send(DOC_LIVE, {"@a:x": {"D": {}}})
+    assert http.requests == [] and td.statistics().dropped == 1
+    http.liveness.up = True
+    assert await td.send(DOC_LIVE, {"@a:x": {"D": {}}})
+    assert len(http.requests) == 1
 
 
 async def test_a_send_gives_up_within_its_bounds_and_raises_a_refusal():
