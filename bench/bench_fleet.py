@@ -36,7 +36,7 @@ from mxsync import Client
 from mxsync.dev import DevServer
 from mxsync.dev.mosquitto import Mosquitto
 from mxsync.fleet import MqttBridge
-from mxsync.fleet.appservice import Gateway, Registration
+from mxsync.fleet.appservice import FleetGateway, Registration
 
 from .bench_streams import _mqtt_once
 
@@ -119,7 +119,7 @@ async def gateway_rate(devices: int, readings: int, tmp: Path) -> dict[str, floa
             room = await dash.create_room("gateway bench", invite=[reg.sender])
             await dash.set_power_level(room, reg.sender, 100)
             await bot.request(api.join(room))
-            gw = Gateway(bot, reg, room)
+            gw = FleetGateway(bot, reg, room)
             names = [f"g{i:04d}" for i in range(devices)]
             setup = time.perf_counter()
             await gw.add_devices(names)

@@ -2,7 +2,7 @@
 
 Owns the application service's side: its registration (:class:`Registration`,
 the YAML file a homeserver lists in ``app_service_config_files``), the device
-users of its namespace (``@dev_*:server``) and :class:`Gateway`, which
+users of its namespace (``@dev_*:server``) and :class:`FleetGateway`, which
 registers them, lets them into a room and opens a Publisher for each, all on
 **one** client: the appservice's sender, with one store, one outbox and one
 sync loop.
@@ -48,7 +48,7 @@ from ..streams import Publisher
 if TYPE_CHECKING:
     from ..client import Client
 
-__all__ = ["Registration", "DeviceEngine", "Gateway", "device_localpart"]
+__all__ = ["Registration", "DeviceEngine", "FleetGateway", "device_localpart"]
 
 log = logging.getLogger("mxsync.fleet.appservice")
 
@@ -182,7 +182,7 @@ class DeviceEngine:
         return await self._conn.request(api.as_appservice(req, self._user))
 
 
-class Gateway:
+class FleetGateway:
     """Devices of one room, each as its own user of the appservice, on one client.
 
     ``client`` is a Client logged in as the registration's sender (its
@@ -247,7 +247,7 @@ class Gateway:
         await each(let_in)
         return users
 
-    async def __aenter__(self) -> Gateway:
+    async def __aenter__(self) -> FleetGateway:
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,

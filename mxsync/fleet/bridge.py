@@ -37,12 +37,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 
+from ..engine.taskgroups import exit_stack
 from ..errors import ConfigError, MxsyncError
 from ..protocol.readings import validate_device_id, validate_sensor_id
 from ..streams.commands import Command
@@ -161,9 +163,10 @@ class MqttBridge:
             self._stack = stack.pop_all()
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> bool | None:
         # A clean exit says goodbye for every device; a crash leaves it to the wills.
-        if exc[0] is None:
+        if exc_type is None:
             with anyio.move_on_after(60):
                 for slot in list(self._slots.values()):
                     slot.reason = "shutdown"
@@ -171,8 +174,10 @@ class MqttBridge:
                 for slot in list(self._slots.values()):
                     await slot.closed.wait()
         stack, self._stack = self._stack, None
-        if stack is not None:
-            await stack.__aexit__(*exc)
+        if stack is None:
+            return None
+        # The body's own exception comes back unwrapped (not in an ExceptionGroup).
+        return await exit_stack(stack, exc_type, exc, tb)
 
     def statistics(self) -> BridgeStatistics:
         return BridgeStatistics(

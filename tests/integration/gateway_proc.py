@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 
 from mxsync import Client, Reading
-from mxsync.fleet.appservice import Gateway, Registration
+from mxsync.fleet.appservice import FleetGateway, Registration
 from mxsync.protocol import api
 
 T0 = 1_760_000_000_000
@@ -29,7 +29,7 @@ async def main(url: str, reg_path: str, room: str, store: str, n: int, r: int,
     reg = Registration.load(Path(reg_path))
     async with Client(url, reg.sender, access_token=reg.as_token, store_path=store,
                       encryption=False) as client:
-        gw = Gateway(client, reg, room)
+        gw = FleetGateway(client, reg, room)
         devices = [f"d{i:04d}" for i in range(n)]
         start = time.monotonic()
         if phase == "first":
