@@ -16,9 +16,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -27,7 +30,7 @@ from ..client import Client
 from ..errors import ConfigError, MxsyncError
 
 __all__ = ["add_login_args", "cancel_on_signal", "client_from_args", "client_store",
-           "run_command"]
+           "parse_time", "resolve_room", "run_command"]
 
 
 def add_login_args(parser: argparse.ArgumentParser) -> None:
@@ -132,3 +135,40 @@ class _HeldErrors(logging.Filter):
         for record in records:
             for handler in handlers:
                 handler.handle(record)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000,
+             "w": 604_800_000}
+
+
+def parse_time(text: str, now_ms: int | None = None) -> int:
+    """A time in ms since the epoch from ``1h``/``30m``/``2d`` (that long ago),
+    ``now``, an int of ms, or an ISO 8601 time (UTC unless it says otherwise)."""
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    text = text.strip()
+    if text == "now":
+        return now
+    m = _DURATION.fullmatch(text)
+    if m:
+        return now - int(float(m.group(1)) * _UNITS_MS[m.group(2)])
+    if text.isdigit():
+        return int(text)
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(
+            f"not a time: {text!r} (use 1h, 30m, now, ms since the epoch or ISO 8601)"
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+async def resolve_room(client: Client, room: str) -> str:
+    """A room id as given, or the room an alias names (joined)."""
+    if room.startswith("#"):
+        return await client.join(room)
+    if not room.startswith("!"):
+        raise ConfigError(f"not a room id or alias: {room!r}")
+    return room

@@ -34,7 +34,7 @@ import anyio
 
 from ..errors import ConfigError
 from ..protocol.readings import Reading, Value
-from .common import add_login_args, client_from_args
+from .common import add_login_args, client_from_args, parse_time, resolve_room
 
 __all__ = ["add_export_parser", "csv_header", "csv_line", "influx_line"]
 
@@ -118,7 +118,6 @@ def add_export_parser(actions: Any, run: Any) -> None:
 
 
 async def export(args: argparse.Namespace) -> None:
-    from .sensor import _room, parse_time
 
     if args.idle <= 0:
         raise ConfigError("--idle must be > 0")
@@ -129,7 +128,7 @@ async def export(args: argparse.Namespace) -> None:
         if out.tell() == 0 and args.format == "csv":
             out.write(",".join(csv_header()) + "\n")
         async with client_from_args(args) as client:
-            room = await _room(client, args.room)
+            room = await resolve_room(client, args.room)
             async with client.subscribe(room, args.sensors, durable=args.name,
                                         start="earliest") as sub:
                 pending = 0

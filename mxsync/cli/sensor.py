@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -25,20 +24,23 @@ from typing import Any, TextIO
 
 import anyio
 
-from ..client import Client
 from ..errors import ConfigError, MxsyncError
 from ..protocol.readings import Reading, Value
 from ..streams import DeviceStatus
-from .common import add_login_args, client_from_args, client_store, run_command
+from .common import (
+    add_login_args,
+    client_from_args,
+    client_store,
+    parse_time,
+    resolve_room,
+    run_command,
+)
 from .export import add_export_parser
 
 __all__ = ["add_parser", "parse_value", "parse_time", "format_time"]
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 #: How long ``publish`` waits for its last events under the homeserver's rate limit.
 _SEND_TIMEOUT = 120.0
-_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000,
-             "w": 604_800_000}
 
 
 def parse_value(text: str, kind: str = "auto") -> Value:
@@ -62,29 +64,6 @@ def parse_value(text: str, kind: str = "auto") -> Value:
         if kind == "float":
             raise ConfigError(f"not a float: {text!r}") from None
     return text
-
-
-def parse_time(text: str, now_ms: int | None = None) -> int:
-    """A time in ms since the epoch from ``1h``/``30m``/``2d`` (that long ago),
-    ``now``, an int of ms, or an ISO 8601 time (UTC unless it says otherwise)."""
-    now = int(time.time() * 1000) if now_ms is None else now_ms
-    text = text.strip()
-    if text == "now":
-        return now
-    m = _DURATION.fullmatch(text)
-    if m:
-        return now - int(float(m.group(1)) * _UNITS_MS[m.group(2)])
-    if text.isdigit():
-        return int(text)
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(
-            f"not a time: {text!r} (use 1h, 30m, now, ms since the epoch or ISO 8601)"
-        ) from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1000)
 
 
 def format_time(t_ms: int) -> str:
@@ -146,14 +125,6 @@ def _run(main: Any, args: argparse.Namespace) -> int:
     return run_command(f"mxsync sensor {args.sensor_command}", lambda: main(args))
 
 
-async def _room(client: Client, room: str) -> str:
-    if room.startswith("#"):
-        return await client.join(room)
-    if not room.startswith("!"):
-        raise ConfigError(f"not a room id or alias: {room!r}")
-    return room
-
-
 def cmd_publish(args: argparse.Namespace) -> int:
     return _run(_publish, args)
 
@@ -162,7 +133,7 @@ async def _publish(args: argparse.Namespace) -> None:
     value = parse_value(args.value, args.kind)
     t = None if args.at is None else parse_time(args.at)
     async with client_from_args(args) as client:
-        room = await _room(client, args.room)
+        room = await resolve_room(client, args.room)
         async with client.publisher(room, device=args.device, presence=args.presence,
                                     max_age=0.0) as pub:
             pub.declare(args.sensor, precision=args.precision, unit=args.unit)
@@ -193,7 +164,7 @@ async def _tail(args: argparse.Namespace, out: TextIO | None = None) -> None:
     if writer is not None:
         writer.writerow(["t_ms", "time", "sensor", "value", "unit", "device"])
     async with client_from_args(args) as client:
-        room = await _room(client, args.room)
+        room = await resolve_room(client, args.room)
         async with client.subscribe(room, args.sensors) as sub:
 
             async def devices() -> None:
@@ -243,7 +214,7 @@ async def _history(args: argparse.Namespace, out: TextIO | None = None) -> None:
     if end <= start:
         raise ConfigError("--until must be after --since")
     async with client_from_args(args) as client:
-        room = await _room(client, args.room)
+        room = await resolve_room(client, args.room)
         async with client.subscribe(room, live=False) as sub:
             readings = await sub.history(args.sensor, start, end, lag=args.lag)
     if args.csv:
