@@ -35,18 +35,11 @@ Invariants:
   and loaded again at start (:meth:`load_held`), so a restart before the key
   arrives loses none; bad ciphertext, replays and forgeries are skipped.
   Both are counted (:class:`CryptoStatistics`); nothing here raises into a loop.
-- Late joiners (MSC3061's idea, done with Matrix's own key requests): a
-  client missing a session's key asks the session's sender for it
-  (``m.room_key_request`` to the sender's devices, once per session); the
-  sender's device answers with ``m.forwarded_room_key`` over Olm, exported from
-  the first index it holds, only for a session it created itself, only to a
-  device of a user joined to the room now, and only when the room's
-  ``m.room.history_visibility`` is ``shared`` or ``world_readable`` (what
-  Matrix already lets that member read). A receiver accepts a forwarded key
-  only for a session it asked for and only from the session's own device (an
-  empty forwarding chain): the same trust as the original ``m.room_key``.
-  A history page with such events waits up to ``key_wait`` seconds, once per
-  session, for the answer before skipping them.
+- Late joiners: a client missing a session's key asks the session's sender
+  for it and a sender answers members that may read the room's history;
+  the rules are :mod:`~mxsync.engine.keyshare`'s (:class:`KeyShare`, held by
+  this module as ``keys``). A history page with such events waits up to
+  ``key_wait`` seconds, once per session, for the answer before skipping them.
 - A homeserver without E2EE does not stop a client: the key upload is retried,
   30 s apart, and rooms without ``m.room.encryption`` stay cleartext.
 """
@@ -55,7 +48,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import functools
 import json
 import logging
 import os
@@ -65,12 +57,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import anyio
 import msgspec
 from nio import AsyncClient, AsyncClientConfig, ErrorResponse
 from nio.crypto import OlmDevice
-from nio.crypto.key_request import OutgoingKeyRequest
 from nio.events import MegolmEvent
 from nio.exceptions import EncryptionError
 from nio.responses import SyncResponse
@@ -81,13 +71,13 @@ from ..errors import HomeserverUnavailable, TransientError
 from ..protocol import api
 from ..protocol.types import ENCRYPTED, ENCRYPTION, MEMBER, NAMESPACE
 from .events import MessagesPage, RoomEvent, parse_event
+from .keyshare import MEGOLM, KeyShare, nio_call
 
 __all__ = ["HELD_NS", "Cleartext", "Crypto", "CryptoStatistics", "MEGOLM", "nio_config"]
 
 log = logging.getLogger("mxsync.crypto")
 _json = msgspec.json.Encoder()
 
-MEGOLM = "m.megolm.v1.aes-sha2"
 #: The store's kv namespace of held events: key "<room id> <event id>", value
 #: the encrypted event's JSON.
 HELD_NS = "crypto.held"
@@ -95,14 +85,6 @@ HELD_NS = "crypto.held"
 _MAX_HELD = 1_000
 #: Seconds between key uploads after one failed.
 _UPLOAD_BACKOFF = 30.0
-KEY_REQUEST = "m.room_key_request"
-HISTORY_VISIBILITY = "m.room.history_visibility"
-#: History visibilities under which a member may read what was sent before it joined.
-_SHARED_HISTORY = ("shared", "world_readable")
-#: Incoming key requests kept per sync answer (the rest are dropped, logged).
-_MAX_KEY_REQUESTS = 200
-#: Seconds before the same device is answered again for the same session.
-_ANSWER_AGAIN = 30.0
 
 
 def nio_config() -> AsyncClientConfig:
@@ -200,21 +182,8 @@ class Crypto:
         self._upload_after = 0.0
         self.encrypted = self.decrypted = self.recovered = 0
         self.undecryptable = self.sessions_shared = 0
-        self.key_wait = key_wait
-        #: session id -> an event of it, to ask its sender for the key.
-        self._wanted: dict[str, MegolmEvent] = {}
-        #: session ids asked for (this run), and when.
-        self._asked: dict[str, float] = {}
-        #: session ids a history page already waited for (waits once).
-        self._waited: set[str] = set()
-        #: key requests received in the last sync answer, answered after it.
-        self._requests_in: list[dict[str, Any]] = []
-        #: (user, device, session) -> when answered.
-        self._answered: dict[tuple[str, str, str], float] = {}
-        self._visibility: dict[str, tuple[str, float]] = {}
-        self.keys_requested = self.keys_forwarded = self.key_requests_refused = 0
-        #: Set (and replaced) after each sync answer that carried to-device messages.
-        self._to_device_seen = anyio.Event()
+        self.keys = KeyShare(nio, self._encrypted, self._members_checked,
+                             key_wait=key_wait, member_refresh=member_refresh)
 
     # -- the account -----------------------------------------------------------
 
@@ -238,7 +207,7 @@ class Crypto:
         olm = nio.olm
         own_rule = olm._should_accept_forward
         olm._should_accept_forward = (  # type: ignore[method-assign]
-            lambda sender, sender_key, event: self._accept_forward(sender, sender_key, event)
+            lambda sender, sender_key, event: self.keys.accept_forward(sender, sender_key, event)
             or own_rule(sender, sender_key, event))
 
     async def upload_keys(self) -> None:
@@ -247,7 +216,7 @@ class Crypto:
         if not self._nio.should_upload_keys or time.monotonic() < self._upload_after:
             return
         try:
-            await self._call("keys upload", self._nio.keys_upload)
+            await nio_call("keys upload", self._nio.keys_upload)
         except TransientError:
             self._upload_after = time.monotonic() + _UPLOAD_BACKOFF
             raise
@@ -272,8 +241,7 @@ class Crypto:
         except Exception:  # nio's parsing and Olm: a bad to-device message must not stop the loop
             log.exception("crypto: nio could not take this sync answer")
         if _list(_dict(resp.get("to_device")).get("events")):
-            seen, self._to_device_seen = self._to_device_seen, anyio.Event()
-            seen.set()  # wakes history pages waiting for forwarded keys
+            self.keys.to_device_arrived()  # wakes history pages waiting for forwarded keys
         try:
             await self.upload_keys()
         except TransientError as exc:
@@ -296,12 +264,8 @@ class Crypto:
                 rooms[room_id] = {"state": {"events": enc},
                                   "timeline": {"events": [], "limited": False}}
         for raw in _list(_dict(resp.get("to_device")).get("events")):
-            if (isinstance(raw, dict) and raw.get("type") == KEY_REQUEST
-                    and _dict(raw.get("content")).get("action") == "request"):
-                if len(self._requests_in) < _MAX_KEY_REQUESTS:
-                    self._requests_in.append(raw)
-                else:
-                    log.warning("crypto: too many key requests in one sync; dropped one")
+            if isinstance(raw, dict):
+                self.keys.take_request(raw)
         lists = _dict(resp.get("device_lists"))
         if lists.get("changed") or lists.get("left"):
             self._members_at.clear()  # someone joined, left or changed devices
@@ -369,7 +333,7 @@ class Crypto:
         if olm is None:
             return self._skip(megolm, "this client has no Olm machine")
         if olm.inbound_group_store.get(room_id, megolm.sender_key, megolm.session_id) is None:
-            self._want(megolm)
+            self.keys.want(megolm)
             if not hold:
                 return self._skip(megolm, "no key for its session")
             held = self._held.setdefault(room_id, OrderedDict())
@@ -422,13 +386,18 @@ class Crypto:
             megolm = None if ev is None else _megolm(room_id, ev)
             if megolm is not None and megolm.event_id == event_id:
                 self._held.setdefault(room_id, OrderedDict())[event_id] = megolm
-                self._want(megolm)
+                self.keys.want(megolm)
 
-    # -- late joiners: asking for keys and answering ---------------------------
+    # -- late joiners (engine/keyshare.py) -------------------------------------
 
-    def _want(self, megolm: MegolmEvent) -> None:
-        if megolm.session_id not in self._asked and megolm.sender != self._nio.user_id:
-            self._wanted.setdefault(megolm.session_id, megolm)
+    @property
+    def key_wait(self) -> float:
+        """Seconds a history page waits, once per session, for a missing key."""
+        return self.keys.key_wait
+
+    @key_wait.setter
+    def key_wait(self, value: float) -> None:
+        self.keys.key_wait = value
 
     def recoverable_rooms(self) -> list[str]:
         """Rooms holding events whose key has arrived since (the sync loop
@@ -446,169 +415,17 @@ class Crypto:
         Failures are logged and retried later (a request is asked again on the
         next event that needs it); nothing here raises into the loop."""
         try:
-            await self._ask_for_keys()
+            await self.keys.ask()
         except TransientError as exc:
             log.warning("crypto: key request not sent, retried later: %s", exc)
-        requests, self._requests_in = self._requests_in, []
-        for raw in requests:
-            try:
-                await self._answer(raw)
-            except TransientError as exc:
-                log.warning("crypto: key request from %s not answered: %s", raw.get("sender"), exc)
-            except Exception:  # a hostile request must not stop the loop
-                log.exception("crypto: key request from %s not answered", raw.get("sender"))
-        olm = self._nio.olm
-        if olm is not None:  # nio queues them too and only serves our own devices
-            olm.received_key_requests.clear()
-
-    async def _ask_for_keys(self) -> None:
-        olm = self._nio.olm
-        if olm is None:
-            return
-        while self._wanted:
-            # Taken before the await: the sync loop and a history page may both ask.
-            session_id, megolm = self._wanted.popitem()
-            self._asked[session_id] = time.monotonic()
-            assert self._nio.user_id and self._nio.device_id
-            # request_id = session id: nio looks forwarded keys up by it.
-            msg = megolm.as_key_request(megolm.sender, self._nio.device_id)
-            attempt = f"mxkr.{session_id[:24]}.{self._nio.device_id}"
-            request = OutgoingKeyRequest.from_message(msg)
-            olm.outgoing_key_requests[request.request_id] = request
-            try:
-                if megolm.sender not in olm.device_store.users:
-                    # The answer is accepted only from a device we know.
-                    olm.users_for_key_query.add(megolm.sender)
-                    await self._call("keys query", self._nio.keys_query)
-                await self._call("key request", functools.partial(
-                    self._nio.to_device, msg, attempt))
-            except TransientError:
-                del self._asked[session_id]
-                self._wanted[session_id] = megolm  # asked again after the next sync
-                raise
-            olm.store.add_outgoing_key_request(request)
-            self.keys_requested += 1
-            log.info("crypto: asked %s for the key of session %s in %s", megolm.sender,
-                     session_id, megolm.room_id)
-
-    async def _answer(self, raw: dict[str, Any]) -> None:
-        """Forward one of our own sessions to a member's device that asked."""
-        olm = self._nio.olm
-        assert olm is not None
-        content = _dict(raw.get("content"))
-        body = _dict(content.get("body"))
-        requester, device_id = raw.get("sender"), content.get("requesting_device_id")
-        room_id, session_id = body.get("room_id"), body.get("session_id")
-        if not all(isinstance(v, str) for v in (requester, device_id, room_id, session_id)):
-            return self._refuse(raw, "malformed")
-        assert isinstance(requester, str) and isinstance(device_id, str)
-        assert isinstance(room_id, str) and isinstance(session_id, str)
-        if requester == self._nio.user_id:
-            return None  # our own devices: nio's rules (verified devices only)
-        own_key = self.identity_keys["curve25519"]
-        if body.get("algorithm") != MEGOLM or body.get("sender_key") != own_key:
-            return None  # not a session of this device: its creator answers
-        session = olm.inbound_group_store.get(room_id, own_key, session_id)
-        if session is None or room_id not in self._encrypted:
-            return self._refuse(raw, "no such session here")
-        key = (requester, device_id, session_id)
-        if time.monotonic() - self._answered.get(key, -_ANSWER_AGAIN) < _ANSWER_AGAIN:
-            return None
-        if await self._history_visibility(room_id) not in _SHARED_HISTORY:
-            return self._refuse(raw, "the room's history is not shared with new members")
-        room = self._nio.rooms.get(room_id)
-        if room is None or requester not in room.users:
-            await self._call("joined members", lambda: self._nio.joined_members(room_id))
-            self._members_at[room_id] = time.monotonic()
-            room = self._nio.rooms.get(room_id)
-            if room is None or requester not in room.users:
-                return self._refuse(raw, "not joined to the room")
-        device = olm.device_store[requester].get(device_id)
-        if device is None:
-            olm.users_for_key_query.add(requester)
-            await self._call("keys query", self._nio.keys_query)
-            device = olm.device_store[requester].get(device_id)
-            if device is None:
-                return self._refuse(raw, "unknown device")
-        olm_session = olm.session_store.get(device.curve25519)
-        if olm_session is None:
-            await self._call("keys claim", lambda: self._nio.keys_claim({requester: [device_id]}))
-            olm_session = olm.session_store.get(device.curve25519)
-            if olm_session is None:
-                return self._refuse(raw, "no Olm session with the device")
-        msg = olm._encrypt_forwarding_key(room_id, session, olm_session, device)
-        txn = f"mxkf.{session_id[:24]}.{device.curve25519[:12]}"
-        await self._call("forward key", lambda: self._nio.to_device(msg, txn))
-        self._answered[key] = time.monotonic()
-        self.keys_forwarded += 1
-        log.info("crypto: forwarded session %s of %s to %s/%s", session_id, room_id, requester,
-                 device_id)
-        return None
-
-    def _refuse(self, raw: dict[str, Any], why: str) -> None:
-        self.key_requests_refused += 1
-        log.info("crypto: key request from %s refused: %s", raw.get("sender"), why)
-
-    async def _history_visibility(self, room_id: str) -> str:
-        cached = self._visibility.get(room_id)
-        if cached is not None and time.monotonic() - cached[1] < self.member_refresh:
-            return cached[0]
-        resp = await self._nio.room_get_state_event(room_id, HISTORY_VISIBILITY)
-        content = getattr(resp, "content", None)
-        # No such state event: Matrix's default is "shared".
-        value = content.get("history_visibility") if isinstance(content, dict) else None
-        if value is None and isinstance(resp, ErrorResponse):
-            if getattr(resp, "status_code", None) != "M_NOT_FOUND":
-                raise TransientError(f"history visibility: {resp.message}")
-            value = "shared"
-        value = value if isinstance(value, str) else "joined"
-        self._visibility[room_id] = (value, time.monotonic())
-        return value
-
-    def _accept_forward(self, sender: str, sender_key: str, event: Any) -> bool:
-        """A forwarded key we asked for, from the device that created the session."""
-        olm = self._nio.olm
-        assert olm is not None
-        content = _dict(getattr(event, "source", {}).get("content"))
-        request = olm.outgoing_key_requests.get(getattr(event, "session_id", ""))
-        if request is None or request.room_id != event.room_id or event.algorithm != MEGOLM:
-            return False
-        if content.get("sender_key") != sender_key or content.get(
-                "forwarding_curve25519_key_chain"):
-            return False
-        device = olm.device_store.device_from_sender_key(sender, sender_key)
-        return device is not None and device.user_id == sender
+        await self.keys.answer_requests()
 
     async def decrypt_page_waiting(self, room_id: str, page: MessagesPage, *,
                                    types: Sequence[str] | None = None) -> MessagesPage:
         """A history page decrypted; when it has events whose keys are
         missing, their senders are asked and this waits up to ``key_wait``
         seconds (once per session) for the keys to arrive first."""
-        olm = self._nio.olm
-        if olm is None or self.key_wait <= 0:
-            return self.decrypt_page(room_id, page, hold=False, types=types)
-        missing = {}
-        for ev in page.events:
-            if ev.type != ENCRYPTED:
-                continue
-            megolm = _megolm_quiet(room_id, ev)
-            if (megolm is not None and megolm.session_id not in self._waited
-                    and megolm.sender != self._nio.user_id
-                    and olm.inbound_group_store.get(room_id, megolm.sender_key,
-                                                    megolm.session_id) is None):
-                missing[megolm.session_id] = megolm
-        if missing:
-            for megolm in missing.values():
-                self._want(megolm)
-                self._waited.add(megolm.session_id)
-            try:
-                await self._ask_for_keys()
-            except TransientError as exc:
-                log.warning("crypto: key request not sent: %s", exc)
-            with anyio.move_on_after(self.key_wait):
-                while any(olm.inbound_group_store.get(room_id, m.sender_key, m.session_id)
-                          is None for m in missing.values()):
-                    await self._to_device_seen.wait()
+        await self.keys.wait_for_keys(room_id, page.events)
         return self.decrypt_page(room_id, page, hold=False, types=types)
 
     def _skip(self, megolm: MegolmEvent, why: str) -> RoomEvent | None:
@@ -654,6 +471,9 @@ class Crypto:
         self.encrypted += 1
         return api.send_event(room_id, etype, txn_id, _json.encode(enc))
 
+    def _members_checked(self, room_id: str) -> None:
+        self._members_at[room_id] = time.monotonic()
+
     async def _prepare(self, room_id: str) -> None:
         """Members known, their keys queried, the outbound session shared."""
         nio = self._nio
@@ -664,37 +484,26 @@ class Crypto:
             seen = self._members_at.get(room_id)
             if seen is None or time.monotonic() - seen > self.member_refresh:
                 before = set(room.users) if room.members_synced else None
-                await self._call("joined members", lambda: nio.joined_members(room_id))
-                self._members_at[room_id] = time.monotonic()
+                await nio_call("joined members", lambda: nio.joined_members(room_id))
+                self._members_checked(room_id)
                 if before is not None and set(room.users) != before:
                     # A newcomer must not read what was sent before it joined, nor
                     # one who left what is sent after: a new session.
                     nio.invalidate_outbound_session(room_id)
             if nio.should_query_keys:
-                await self._call("keys query", nio.keys_query)
+                await nio_call("keys query", nio.keys_query)
             if nio.olm.should_share_group_session(room_id):
-                await self._call("share group session", lambda: nio.share_group_session(
+                await nio_call("share group session", lambda: nio.share_group_session(
                     room_id, ignore_unverified_devices=True))
                 self.sessions_shared += 1
-
-    @staticmethod
-    async def _call(what: str, fn: Callable[[], Awaitable[Any]]) -> Any:
-        """One nio request; its failures as TransientError (the callers retry)."""
-        try:
-            resp = await fn()
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise TransientError(f"{what}: {exc!r}") from None
-        if isinstance(resp, ErrorResponse):
-            raise TransientError(f"{what}: {resp.status_code} {resp.message}")
-        return resp
 
     def statistics(self) -> CryptoStatistics:
         return CryptoStatistics(
             encrypted=self.encrypted, decrypted=self.decrypted,
             held=sum(len(h) for h in self._held.values()), recovered=self.recovered,
             undecryptable=self.undecryptable, sessions_shared=self.sessions_shared,
-            keys_requested=self.keys_requested, keys_forwarded=self.keys_forwarded,
-            key_requests_refused=self.key_requests_refused,
+            keys_requested=self.keys.keys_requested, keys_forwarded=self.keys.keys_forwarded,
+            key_requests_refused=self.keys.key_requests_refused,
         )
 
 
@@ -711,16 +520,6 @@ def _megolm(room_id: str, ev: RoomEvent) -> MegolmEvent | None:
         return None
     megolm.room_id = room_id
     return megolm
-
-
-def _megolm_quiet(room_id: str, ev: RoomEvent) -> MegolmEvent | None:
-    """The megolm view of an encrypted event, or None (no log: decrypt() logs)."""
-    if ev.content.get("algorithm") != MEGOLM:
-        return None
-    megolm = MegolmEvent.from_dict({
-        "type": ev.type, "content": ev.content, "event_id": ev.event_id, "sender": ev.sender,
-        "origin_server_ts": ev.origin_server_ts, "room_id": room_id})
-    return megolm if isinstance(megolm, MegolmEvent) else None
 
 
 def _matches(event_type: str, types: Sequence[str]) -> bool:
