@@ -236,21 +236,28 @@ async def typing_latency(w: Client, r: Client, seconds: float, warmup: float = 2
     """A person typing ``rate`` characters/s: each one's latency (ms) after ``warmup``."""
     room = await _room(w, [r])
     async with w.open_doc(room, "typing") as dw, r.open_doc(room, "typing") as dr:
-        with anyio.fail_after(60):
-            await dw.wait_synced()
-            await dr.wait_synced()
-        t = dw.doc.get("t", type=pycrdt.Text)
-        arrivals = Arrivals(dr.doc.get("t", type=pycrdt.Text))
-        typed: list[float] = []
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(arrivals.run)
-            start = time.perf_counter()
-            while (now := time.perf_counter()) - start < seconds:
-                await anyio.sleep(max(0.0, start + len(typed) / rate - now))
-                typed.append(time.perf_counter())
-                t += "x"
-            await until(lambda: len(arrivals.at) == len(typed), 120)
-            tg.cancel_scope.cancel()
+        return await typing_samples(dw, dr, seconds, warmup=warmup, rate=rate)
+
+
+async def typing_samples(dw: Any, dr: Any, seconds: float, *, warmup: float = 2.0,
+                         rate: float = 10.0) -> list[float]:
+    """Type ``rate`` characters/s into ``dw``'s text "t" for ``seconds`` and
+    return each character's latency (ms) until ``dr`` holds it, after ``warmup``."""
+    with anyio.fail_after(60):
+        await dw.wait_synced()
+        await dr.wait_synced()
+    t = dw.doc.get("t", type=pycrdt.Text)
+    arrivals = Arrivals(dr.doc.get("t", type=pycrdt.Text))
+    typed: list[float] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(arrivals.run)
+        start = time.perf_counter()
+        while (now := time.perf_counter()) - start < seconds:
+            await anyio.sleep(max(0.0, start + len(typed) / rate - now))
+            typed.append(time.perf_counter())
+            t += "x"
+        await until(lambda: len(arrivals.at) == len(typed), 120)
+        tg.cancel_scope.cancel()
     return [(arrivals.at[i] - at) * 1000 for i, at in enumerate(typed) if at - start >= warmup]
 
 
@@ -392,18 +399,24 @@ async def run(hs: DevServer, *, quick: bool) -> dict[str, float]:
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_docs")
+def standalone(prog: str, run_fn: Callable[..., Any], argv: list[str] | None = None) -> int:
+    """``python -m bench.<prog> [--quick]``: ``run_fn(hs, quick=)`` on a fresh
+    devserver with Synapse's default limits; its results printed as JSON."""
+    parser = argparse.ArgumentParser(prog=f"python -m bench.{prog}")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
 
     async def go() -> dict[str, float]:
-        with tempfile.TemporaryDirectory(prefix="mxsync-bench-docs-") as state:
+        with tempfile.TemporaryDirectory(prefix=f"mxsync-{prog}-") as state:
             async with DevServer(state, rate_limits="default") as hs:
-                return await run(hs, quick=args.quick)
+                return await run_fn(hs, quick=args.quick)  # type: ignore[no-any-return]
 
     print(json.dumps(anyio.run(go, backend="asyncio"), indent=2, sort_keys=True))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return standalone("bench_docs", run, argv)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,8 @@ Figures (``N`` = 2 or 5 open clients):
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
-import tempfile
 import time
 from contextlib import AsyncExitStack
 
@@ -33,6 +30,8 @@ import pycrdt
 from mxsync import Client
 from mxsync.dev import DevServer
 
+from .bench_docs import Arrivals, percentile, standalone
+
 __all__ = ["run"]
 
 FILLER = "org.mxsync.bench.filler"
@@ -40,27 +39,6 @@ FILLER = "org.mxsync.bench.filler"
 
 def say(msg: str) -> None:
     print(f"[live] {msg}", file=sys.stderr, flush=True)
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-
-class Arrivals:
-    """Polls a Text's length (every 2 ms) and records when each index first appears."""
-
-    def __init__(self, text: pycrdt.Text) -> None:
-        self.text = text
-        self.at: list[float] = []
-
-    async def run(self) -> None:
-        while True:
-            n = len(self.text)
-            if n > len(self.at):
-                now = time.perf_counter()
-                self.at.extend([now] * (n - len(self.at)))
-            await anyio.sleep(0.002)
 
 
 async def _clients(hs: DevServer, stack: AsyncExitStack, n: int, tag: str) -> list[Client]:
@@ -137,17 +115,7 @@ async def run(hs: DevServer, *, quick: bool) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_live")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-
-    async def go() -> dict[str, float]:
-        with tempfile.TemporaryDirectory(prefix="mxsync-bench-live-") as state:
-            async with DevServer(state, rate_limits="default") as hs:
-                return await run(hs, quick=args.quick)
-
-    print(json.dumps(anyio.run(go, backend="asyncio"), indent=2, sort_keys=True))
-    return 0
+    return standalone("bench_live", run, argv)
 
 
 if __name__ == "__main__":

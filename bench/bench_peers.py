@@ -52,7 +52,7 @@ from mxsync.dev.server import Credentials
 from mxsync.errors import NodeUnavailable
 from mxsync.protocol.api import q
 
-from .bench_docs import Arrivals, percentile, until
+from .bench_docs import percentile, typing_samples, until
 
 __all__ = ["rows", "run"]
 
@@ -172,22 +172,7 @@ async def mx_typing(p: Peers, seconds: float, *, relaxed: bool, warmup: float = 
                     rate: float = 10.0) -> dict[str, Any]:
     w, r, room = await _pair(p, relaxed_writer=relaxed)
     async with w.open_doc(room) as dw, r.open_doc(room) as dr:
-        with anyio.fail_after(60):
-            await dw.wait_synced()
-            await dr.wait_synced()
-        t = dw.doc.get("t", type=pycrdt.Text)
-        arrivals = Arrivals(dr.doc.get("t", type=pycrdt.Text))
-        typed: list[float] = []
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(arrivals.run)
-            start = time.perf_counter()
-            while (now := time.perf_counter()) - start < seconds:
-                await anyio.sleep(max(0.0, start + len(typed) / rate - now))
-                typed.append(time.perf_counter())
-                t += "x"
-            await until(lambda: len(arrivals.at) == len(typed), 120)
-            tg.cancel_scope.cancel()
-    samples = [(arrivals.at[i] - at) * 1000 for i, at in enumerate(typed) if at - start >= warmup]
+        samples = await typing_samples(dw, dr, seconds, warmup=warmup, rate=rate)
     return {"p50_ms": statistics.median(samples), "p99_ms": percentile(samples, 99)}
 
 
