@@ -463,6 +463,12 @@ class Connection:
         async with self.sync.subscribe(room_id, types, buffer=buffer) as recv:
             yield recv
 
+    async def push_events(self, events: Iterable[RoomEvent]) -> int:
+        """Deliver ``events`` received another way than /sync (an application
+        service's pushed transactions) to the consumers, as the sync loop
+        would (:meth:`SyncLoop.push`); how many were new."""
+        return await self.sync.push(events)
+
     @asynccontextmanager
     async def to_device_events(
         self, types: Iterable[str], *, buffer: int = 256

@@ -25,6 +25,7 @@ import msgspec
 __all__ = [
     "as_appservice",
     "register_appservice_user",
+    "appservice_ping",
     "Request",
     "Direction",
     "q",
@@ -169,6 +170,15 @@ def register_appservice_user(localpart: str) -> Request:
     return Request(method="POST", path=f"{_V3}/register",
                    body={"type": "m.login.application_service", "username": localpart},
                    what="register_appservice_user")
+
+
+def appservice_ping(appservice_id: str, txn_id: str | None = None) -> Request:
+    """Ask the homeserver to call the application service's ``/_matrix/app/v1/ping``
+    (with the as_token); Synapse then retries at once the transactions it
+    holds for a service it found down, instead of waiting out its backoff."""
+    body = {} if txn_id is None else {"transaction_id": txn_id}
+    return Request(method="POST", path=f"/_matrix/client/v1/appservice/{q(appservice_id)}/ping",
+                   body=body, what="appservice_ping")
 
 
 def invite(room_id: str, user_id: str) -> Request:
