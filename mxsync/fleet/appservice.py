@@ -254,7 +254,9 @@ class FleetGateway:
                     raise
 
         await each(register)
-        pl = dict(await self._client.get_state(self._room, POWER_LEVELS) or {})
+        # Fresh, not the state cache: another add_devices (an MQTT device's birth
+        # in the bridge) may have changed the levels a moment ago.
+        pl = dict(await self._client.request(api.get_state(self._room, POWER_LEVELS)))
         levels = dict(pl.get("users", {}))
         if any(levels.get(u) != level for u in users):
             levels.update({u: level for u in users})

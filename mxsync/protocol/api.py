@@ -45,6 +45,7 @@ __all__ = [
     "send_to_device",
     "joined_members",
     "put_state",
+    "get_state",
     "room_state",
     "room_messages",
     "room_context",
@@ -210,6 +211,12 @@ def put_state(room_id: str, event_type: str, state_key: str, content: Any) -> Re
     """PUT /state: no txn id, but the same content again yields the same state."""
     return Request(method="PUT", path=f"{_room(room_id)}/state/{q(event_type)}/{q(state_key)}",
                    body=content, what="state")
+
+
+def get_state(room_id: str, event_type: str, state_key: str = "") -> Request:
+    """GET one state event's content, fresh from the homeserver (404 if none)."""
+    return Request(method="GET", path=f"{_room(room_id)}/state/{q(event_type)}/{q(state_key)}",
+                   what="state event")
 
 
 def room_state(room_id: str) -> Request:

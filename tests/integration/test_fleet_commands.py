@@ -10,6 +10,10 @@ room, gateway store and devices.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -23,7 +27,9 @@ import pytest
 
 from mxsync import Client
 from mxsync.dev import DevServer
-from mxsync.dev.process import free_port
+from mxsync.dev.mosquitto import Mosquitto
+from mxsync.dev.process import free_port, spawn
+from mxsync.fleet import MqttBridge
 from mxsync.fleet.appservice import FleetGateway, Registration
 from mxsync.protocol import api
 from mxsync.protocol.commands import command_content
@@ -215,3 +221,43 @@ async def test_replayed_and_forged_transactions_run_nothing_twice_or_unauthorise
                     assert stats.repeats == (1 if phase == "first" else 2)
                     tg.cancel_scope.cancel()
         assert runs == ["replay-1"]
+
+
+async def test_mqtt_devices_behind_the_gateway_are_its_users_and_take_commands(
+        world: World, tmp_path: Path):
+    """The MQTT bridge on the gateway: a JSON device becomes its own appservice user
+    when first seen, and a dashboard's command reaches it over MQTT and comes back."""
+    devices = Path(__file__).with_name("mqtt_devices.py")
+    out = tmp_path / "j1.out"
+    proc: subprocess.Popen[bytes] | None = None
+    async with dashboard(world, "fleetmqtt") as (dash, room), \
+            gateway(world, room, tmp_path / "gw.db") as gw, \
+            Mosquitto(tmp_path / "mosquitto") as broker, \
+            dash.subscribe(room) as sub, \
+            MqttBridge(gw, room, port=broker.port, offline_after=5,
+                       publisher={"max_age": 0.2}) as bridge:
+        try:
+            with open(out, "wb") as f:
+                proc = spawn([sys.executable, str(devices), "json", str(broker.port), "j1", "5"],
+                             f, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            temps: list[Any] = []
+            with anyio.fail_after(60):
+                async for r in sub:
+                    if r.device == "j1" and r.sensor == "temp":
+                        temps.append(r.value)
+                    if len(temps) == 5:
+                        break
+                while not ("j1" in sub.devices and sub.devices["j1"].online):  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+                assert await sub.command("j1", "ping", {"x": 7}, timeout=30) == {"pong": 7}
+            assert temps == [200, 201, 202, 203, 204]
+            page = await dash.messages(room, None, direction="b", limit=20,
+                                       types=["org.mxsync.readings",
+                                              "org.mxsync.command.result"])
+            assert page.events
+            assert {ev.sender for ev in page.events} == {world.reg.user_id("j1")}
+            assert bridge.statistics().commands == 1
+        finally:
+            if proc is not None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
