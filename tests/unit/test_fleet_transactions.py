@@ -241,3 +241,18 @@ async def test_pushed_events_reach_consumers_as_a_sync_batch_would(store: Store)
             recv.receive_nowait()
     # The state cache follows pushed state (get_state of an appservice stays current).
     assert loop.state["!r:hs"][("m.room.power_levels", "")].event_id == "$p3"
+
+
+def test_the_registration_command_writes_the_endpoint_url(tmp_path: Path, capsys):
+    from mxsync.cli import main
+
+    out = tmp_path / "fleet.yaml"
+    assert main(["fleet", "registration", "--server-name", "hs.example", "--out",
+                 str(out), "--url", "http://10.0.0.5:8009"]) == 0
+    assert Registration.load(out).url == "http://10.0.0.5:8009"
+    assert main(["fleet", "registration", "--server-name", "hs.example", "--out",
+                 str(out), "--no-url"]) == 0
+    assert Registration.load(out).url is None
+    assert main(["fleet", "registration", "--server-name", "hs.example", "--out",
+                 str(out), "--url", "http://no-port"]) == 2
+    assert "names no port" in capsys.readouterr().err
