@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import aiohttp
 import anyio
 import pytest
 
-from mxsync import Client
+from mxsync import Client, CommandExpired
 from mxsync.dev import DevServer
 from mxsync.dev.mosquitto import Mosquitto
 from mxsync.dev.process import free_port, spawn
@@ -142,8 +142,10 @@ async def test_a_command_to_a_gateway_device_comes_back_with_its_result(world: W
 @pytest.mark.parametrize("look_back", [0.0, 3600.0], ids=["retry-only", "retry-and-look-back"])
 async def test_a_command_sent_while_the_gateway_is_down_runs_once_on_its_return(
         world: World, look_back: float):
-    """With no look-back only Synapse's retry of the failed transaction (at once:
-    the returning gateway pings) can bring the command; with both it runs once."""
+    """Retry only: no look-back, and the device listens before the endpoint opens,
+    so only Synapse's retry of the failed transaction (at once: the returning
+    gateway pings) brings the command. Retry and look-back (the usual order:
+    endpoint first): whichever brings it first, it runs once."""
     store = world.tmp / f"gw-{uuid.uuid4().hex}.db"
     async with dashboard(world, "fleetdown") as (dash, room):
         async with gateway(world, room, store) as gw:
@@ -163,18 +165,84 @@ async def test_a_command_sent_while_the_gateway_is_down_runs_once_on_its_return(
             await anyio.sleep(3)
             assert not answer
             runs: list[str] = []
-            async with gateway(world, room, store) as gw, \
-                    gw.publisher("pump", max_age=0.2, command_look_back=look_back) as pub, \
-                    anyio.create_task_group() as device:
+            async with AsyncExitStack() as stack:
+                bot = await stack.enter_async_context(Client(
+                    world.hs.url, world.reg.sender, access_token=world.reg.as_token,
+                    store_path=store, encryption=False))
+                gw = FleetGateway(bot, world.reg, room)
+                pub = gw.publisher("pump", max_age=0.2, commands=True,
+                                   command_look_back=look_back)
+                for cm in ([pub, gw] if look_back == 0 else [gw, pub]):
+                    await stack.enter_async_context(cm)
+                assert gw.endpoint is not None
+                device = await stack.enter_async_context(anyio.create_task_group())
                 device.start_soon(serve, pub, runs)
                 with anyio.fail_after(60):
                     while not answer:  # noqa: ASYNC110 - the command task's outcome
                         await anyio.sleep(0.05)
                 assert answer == [{"sum": 42, "by": dash.user_id}]
-                # Synapse's retry and the inbox's look-back both bring it: run once.
-                await anyio.sleep(2)
+                await anyio.sleep(2)  # a late repeat would run now
                 device.cancel_scope.cancel()
         assert runs == [cid]
+
+
+async def wait_output(out: Path, text: str, seconds: float = 60) -> str:
+    with anyio.fail_after(seconds):
+        while text not in (content := out.read_text()):  # noqa: ASYNC110 - a file, polled
+            await anyio.sleep(0.05)
+    return content
+
+
+async def test_a_gateway_killed_mid_command_answers_interrupted_and_runs_the_next_once(
+        world: World, tmp_path: Path):
+    """kill -9 of the gateway process while a command runs, then a command sent while
+    it is dead: on its return the first is answered "interrupted" (never run again)
+    and the second, pushed again by Synapse, runs once."""
+    proc_py = Path(__file__).with_name("fleet_device_proc.py")
+    reg_file = world.tmp / "fleet.yaml"
+    out = tmp_path / "device.out"
+    store = tmp_path / "gw.db"
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(phase: str) -> None:
+        with open(out, "ab") as f:
+            procs.append(spawn([sys.executable, str(proc_py), world.hs.url, str(reg_file),
+                                room, str(store), phase], f,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"}))
+
+    async with dashboard(world, "fleetkill") as (dash, room), \
+            dash.subscribe(room, live=False) as sub:
+        try:
+            start("first")
+            await wait_output(out, "READY")
+            outcome: dict[str, Any] = {}
+            async with anyio.create_task_group() as tg:
+                async def command(cid: str, name: str) -> None:
+                    try:
+                        outcome[cid] = await sub.command("heater", name, {"a": 1, "b": 2},
+                                                         timeout=90, command_id=cid)
+                    except CommandExpired as exc:
+                        outcome[cid] = exc.status
+
+                tg.start_soon(command, "slow-1", "slow")
+                await wait_output(out, "RUNNING slow-1")
+                os.killpg(procs[0].pid, signal.SIGKILL)
+                procs[0].wait(10)
+                tg.start_soon(command, "add-1", "add")
+                await anyio.sleep(3)  # sent, pushed to no one: Synapse keeps it
+                start("resume")
+                with anyio.fail_after(60):
+                    while len(outcome) < 2:  # noqa: ASYNC110 - the command tasks' outcome
+                        await anyio.sleep(0.05)
+            assert outcome == {"slow-1": "interrupted", "add-1": {"sum": 3}}
+            await anyio.sleep(2)  # a late repeat would show now
+            text = out.read_text()
+            assert text.count("RAN add-1") == 1 and text.count("RUNNING slow-1") == 1
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait(10)
 
 
 async def test_replayed_and_forged_transactions_run_nothing_twice_or_unauthorised(
