@@ -18,6 +18,12 @@ count, each batch sent once under a fixed transaction id, ``seq`` order per
 device lane, birth and an MSC4140 last will per device (the will is the
 device user's, so the gateway's death turns its devices offline).
 
+Receiving: Synapse serves no /sync to appservice users. Entered (``async
+with``), the gateway starts :class:`~mxsync.fleet.transactions.TransactionEndpoint`
+at the registration's ``url``: the homeserver pushes the rooms' events there,
+and they reach the connection's consumers (``Connection.push_events``), the
+devices' command inboxes among them.
+
 Invariants:
 - Registration is idempotent: a device user that exists (``M_USER_IN_USE``)
   is taken as it is; joining a room it is in is a no-op.
