@@ -111,7 +111,8 @@ def cmd_bridge(args: argparse.Namespace) -> int:
         reg = Registration.load(Path(args.registration))
         args.user = reg.sender  # the store's default name
         async with Client(args.homeserver, reg.sender, access_token=reg.as_token,
-                          store_path=client_store(args), encryption=False) as bot:
+                          store_path=client_store(args), encryption=False,
+                          sync=False) as bot:
             await bot.request(api.join(args.room))
             async with FleetGateway(bot, reg, args.room, listen_host=args.listen_host,
                                     listen_port=args.listen_port) as gw:

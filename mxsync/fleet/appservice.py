@@ -202,7 +202,8 @@ class FleetGateway:
     """Devices of one room, each as its own user of the appservice, on one client.
 
     ``client`` is a Client logged in as the registration's sender (its
-    ``access_token`` is the as_token). ``await gateway.add_devices(ids)``
+    ``access_token`` is the as_token; ``sync=False``: Synapse refuses /sync to
+    appservices, their events are pushed). ``await gateway.add_devices(ids)``
     registers the users, lets them into the room (invite, level 50, join) in a
     few requests; ``gateway.publisher(device, **kw)`` is that device's Publisher.
 

@@ -24,7 +24,7 @@ from mxsync.protocol import api
 async def main(url: str, reg_path: str, room: str, store: str, phase: str) -> None:
     reg = Registration.load(Path(reg_path))
     async with Client(url, reg.sender, access_token=reg.as_token, store_path=store,
-                      encryption=False) as client:
+                      encryption=False, sync=False) as client:
         if phase == "first":
             await client.request(api.join(room))
         async with FleetGateway(client, reg, room) as gw:

@@ -75,7 +75,7 @@ async def dashboard(world: World, name: str) -> AsyncIterator[tuple[Client, str]
 async def gateway(world: World, room: str, store: Path) -> AsyncIterator[FleetGateway]:
     reg = world.reg
     async with Client(world.hs.url, reg.sender, access_token=reg.as_token,
-                      store_path=store, encryption=False) as bot:
+                      store_path=store, encryption=False, sync=False) as bot:
         await bot.request(api.join(room))
         async with FleetGateway(bot, reg, room) as gw:
             yield gw
@@ -168,7 +168,7 @@ async def test_a_command_sent_while_the_gateway_is_down_runs_once_on_its_return(
             async with AsyncExitStack() as stack:
                 bot = await stack.enter_async_context(Client(
                     world.hs.url, world.reg.sender, access_token=world.reg.as_token,
-                    store_path=store, encryption=False))
+                    store_path=store, encryption=False, sync=False))
                 gw = FleetGateway(bot, world.reg, room)
                 pub = gw.publisher("pump", max_age=0.2, commands=True,
                                    command_look_back=look_back)
