@@ -221,8 +221,6 @@ class TransactionEndpoint:
         self._transactions = self._repeats = self._delivered = self._skipped = 0
         self._malformed = self._refused = self._found = self._unknown = 0
         self._warned: set[str] = set()
-        #: Set after every handled transaction (tests and tools wait on it).
-        self._handled = anyio.Event()
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -287,14 +285,6 @@ class TransactionEndpoint:
             delivered=self._delivered, skipped=self._skipped, malformed=self._malformed,
             refused=self._refused, users_found=self._found, users_unknown=self._unknown,
         )
-
-    async def wait_handled(self) -> None:
-        """Return after the next transaction has been handled (or repeated)."""
-        await self._handled.wait()
-
-    def _done(self) -> None:
-        self._handled.set()
-        self._handled = anyio.Event()
 
     # -- authentication -------------------------------------------------------------
 
@@ -383,7 +373,6 @@ class TransactionEndpoint:
                 self._repeats += 1
                 log.debug("appservice %s: transaction %s again; already handled", service,
                           txn_id)
-                self._done()
                 return web.json_response({})
             if known is not None:
                 log.warning("appservice %s: transaction id %s again with other events (was"
@@ -400,7 +389,6 @@ class TransactionEndpoint:
             self._transactions += 1
             self._delivered += delivered
             self._skipped += len(raws) - delivered
-            self._done()
             return web.json_response({})
         except (MatrixError, RuntimeError) as exc:  # the store closed under us: stopping
             log.warning("appservice %s: transaction %s not taken: %s", self._service, txn_id,
