@@ -35,7 +35,7 @@ MODULES = {"docs": "bench.bench_docs", "streams": "bench.bench_streams", "rss": 
            "federation": "bench.bench_federation", "e2ee": "bench.bench_e2ee",
            "peers": "bench.bench_peers", "gateway": "bench.bench_gateway",
            "history": "bench.bench_history", "live": "bench.bench_live",
-           "fleet": "bench.bench_fleet"}
+           "fleet": "bench.bench_fleet", "fleet_commands": "bench.bench_fleet_commands"}
 
 #: Keys every full run writes, each a number (issue #6).
 REQUIRED = (

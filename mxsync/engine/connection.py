@@ -88,6 +88,7 @@ class Connection:
         request_timeout: float = 60.0,
         call_attempts: int = 5,
         encryption: bool = True,
+        sync: bool = True,
     ) -> None:
         if not isinstance(homeserver, str) or not homeserver.startswith(("http://", "https://")):
             raise ConfigError(f"homeserver must be an http(s) URL, got {homeserver!r}")
@@ -121,6 +122,9 @@ class Connection:
                              timeout_ms=sync_timeout_ms, crypto=self.crypto,
                              to_device=self.to_device)
         self._call_attempts = call_attempts
+        #: False: no /sync loop; events come only through ``push_events`` (an
+        #: application service: Synapse answers its /sync with a 500).
+        self._syncing = bool(sync)
         self._stack: AsyncExitStack | None = None
         self._state_loaded: set[str] = set()
         self._tg: TaskGroup | None = None
@@ -150,7 +154,8 @@ class Connection:
             stack.callback(tg.cancel_scope.cancel)
             self._tg = tg
             await tg.start(self.outbox.run)
-            await tg.start(self.sync.run)
+            if self._syncing:
+                await tg.start(self.sync.run)
             self._stack = stack.pop_all()
         return self
 
@@ -184,8 +189,9 @@ class Connection:
         return self.sync.status
 
     async def wait_synced(self) -> None:
-        """Return once the first /sync has been processed."""
-        await self.sync.wait_synced()
+        """Return once the first /sync has been processed (at once without a sync loop)."""
+        if self._syncing:
+            await self.sync.wait_synced()
 
     # -- session -------------------------------------------------------------
 
@@ -462,6 +468,12 @@ class Connection:
         """Live events of ``room_id`` whose type starts with one of ``types``."""
         async with self.sync.subscribe(room_id, types, buffer=buffer) as recv:
             yield recv
+
+    async def push_events(self, events: Iterable[RoomEvent]) -> int:
+        """Deliver ``events`` received another way than /sync (an application
+        service's pushed transactions) to the consumers, as the sync loop
+        would (:meth:`SyncLoop.push`); how many were new."""
+        return await self.sync.push(events)
 
     @asynccontextmanager
     async def to_device_events(

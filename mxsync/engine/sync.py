@@ -101,6 +101,14 @@ SYNC_TYPES: tuple[str, ...] = (f"{NAMESPACE}.*", POWER_LEVELS, CREATE, ENCRYPTIO
 _NS = "sync"
 _NS_LAST = "sync.last"
 
+def _synced_type(event_type: str) -> bool:
+    """Would the sync filter (``SYNC_TYPES``, cleartext) let ``event_type`` through?"""
+    if event_type == ENCRYPTED:  # pushed events are not decrypted
+        return False
+    return any(event_type == t or (t.endswith("*") and event_type.startswith(t[:-1]))
+               for t in SYNC_TYPES)
+
+
 @dataclass(eq=False)
 class _Consumer:
     room_id: str | None
@@ -224,6 +232,24 @@ class SyncLoop:
 
     async def wait_synced(self) -> None:
         await self._synced.wait()
+
+    async def push(self, events: Iterable[RoomEvent]) -> int:
+        """Deliver events that reached the client another way than /sync.
+
+        An application service gets no /sync (Synapse refuses it): the
+        homeserver pushes the events of its rooms in transactions instead
+        (``mxsync.fleet.transactions``), which hand them here. Same dispatch as
+        a sync batch: the types the sync filter would let through, the state
+        cache kept current, no event delivered twice (the ids remembered per
+        room). No position moves: a transaction the client has not
+        acknowledged is pushed again, so there is no gap to repair. Returns
+        how many were delivered.
+        """
+        batch = _Batch(live=True)
+        for ev in events:
+            if _synced_type(ev.type):
+                await self._deliver(ev, batch, timeline=False, record=False)
+        return batch.delivered
 
     def statistics(self) -> SyncStatistics:
         return SyncStatistics(state=self.status.state, syncs=self.status.syncs,

@@ -18,6 +18,12 @@ count, each batch sent once under a fixed transaction id, ``seq`` order per
 device lane, birth and an MSC4140 last will per device (the will is the
 device user's, so the gateway's death turns its devices offline).
 
+Receiving: Synapse serves no /sync to appservice users. Entered (``async
+with``), the gateway starts :class:`~mxsync.fleet.transactions.TransactionEndpoint`
+at the registration's ``url``: the homeserver pushes the rooms' events there,
+and they reach the connection's consumers (``Connection.push_events``), the
+devices' command inboxes among them.
+
 Invariants:
 - Registration is idempotent: a device user that exists (``M_USER_IN_USE``)
   is taken as it is; joining a room it is in is a no-op.
@@ -44,6 +50,7 @@ from ..errors import ConfigError, MatrixError
 from ..protocol import api
 from ..protocol.types import POWER_LEVELS, READINGS
 from ..streams import Publisher
+from .transactions import TransactionEndpoint, listen_address
 
 if TYPE_CHECKING:
     from ..client import Client
@@ -73,18 +80,26 @@ class Registration(msgspec.Struct, frozen=True, kw_only=True):
     #: Localparts of the device users start with this.
     user_prefix: str = "dev_"
     server_name: str
-    #: The homeserver pushes nothing to a URL: the gateway syncs like a client.
+    #: Where the homeserver pushes transactions (the gateway's
+    #: ``fleet.transactions`` endpoint); None: nothing is pushed, and the devices
+    #: take no live commands (Synapse serves no /sync to appservice users).
     url: str | None = None
     rate_limited: bool = False
 
     @classmethod
     def generate(cls, server_name: str, *, id: str = "mxsync-fleet",
-                 sender_localpart: str = "fleet", user_prefix: str = "dev_") -> Registration:
+                 sender_localpart: str = "fleet", user_prefix: str = "dev_",
+                 url: str | None = None) -> Registration:
+        """New tokens; ``url``: the gateway's transaction endpoint as the
+        homeserver reaches it (``http://127.0.0.1:29740``), None for none."""
         if not re.fullmatch(r"[a-z0-9._=/-]+", sender_localpart + user_prefix):
             raise ConfigError("sender_localpart and user_prefix must be lowercase localparts")
+        if url is not None:
+            listen_address(url)  # raises ConfigError for a url one cannot listen at
+            url = url.rstrip("/")
         return cls(id=id, as_token=secrets.token_urlsafe(32), hs_token=secrets.token_urlsafe(32),
                    sender_localpart=sender_localpart, user_prefix=user_prefix,
-                   server_name=server_name)
+                   server_name=server_name, url=url)
 
     @property
     def sender(self) -> str:
@@ -129,7 +144,8 @@ class Registration(msgspec.Struct, frozen=True, kw_only=True):
             return cls(id=data["id"], as_token=data["as_token"], hs_token=data["hs_token"],
                        sender_localpart=data["sender_localpart"],
                        user_prefix=extra["user_prefix"], server_name=extra["server_name"],
-                       rate_limited=bool(data.get("rate_limited", True)))
+                       rate_limited=bool(data.get("rate_limited", True)),
+                       url=data.get("url") if isinstance(data.get("url"), str) else None)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{path} is not a registration written by mxsync: {exc}") from None
 
@@ -186,24 +202,40 @@ class FleetGateway:
     """Devices of one room, each as its own user of the appservice, on one client.
 
     ``client`` is a Client logged in as the registration's sender (its
-    ``access_token`` is the as_token). ``await gateway.add_devices(ids)``
+    ``access_token`` is the as_token; ``sync=False``: Synapse refuses /sync to
+    appservices, their events are pushed). ``await gateway.add_devices(ids)``
     registers the users, lets them into the room (invite, level 50, join) in a
     few requests; ``gateway.publisher(device, **kw)`` is that device's Publisher.
+
+    ``async with gateway`` also takes the homeserver's pushed transactions
+    (:mod:`mxsync.fleet.transactions`) when the registration has a ``url``:
+    listening on ``listen_host`` (127.0.0.1) and ``listen_port`` (the url's),
+    events go to the client's consumers, so the devices take commands.
     """
 
-    def __init__(self, client: Client, registration: Registration, room_id: str) -> None:
+    def __init__(self, client: Client, registration: Registration, room_id: str, *,
+                 listen_host: str | None = None, listen_port: int | None = None) -> None:
         self._client = client
         self._reg = registration
         self._room = room_id
+        self._listen = (listen_host, listen_port)
+        self._users: set[str] = set()
+        #: The transaction endpoint, while ``async with`` runs and the registration has a url.
+        self.endpoint: TransactionEndpoint | None = None
+
+    @property
+    def room_id(self) -> str:
+        return self._room
 
     def engine(self, device: str) -> DeviceEngine:
         return DeviceEngine(self._client, self._reg.user_id(device))
 
     def publisher(self, device: str, **kw: Any) -> Publisher:
-        """The device's Publisher. Commands are off by default (``commands=False``):
-        Synapse serves no /sync to appservice users, and the gateway does not
-        take the homeserver's pushed transactions yet, so it would not see them live."""
-        kw.setdefault("commands", False)
+        """The device's Publisher. It takes commands (``commands=True``) while the
+        gateway takes the homeserver's transactions (``async with gateway`` and a
+        registration with a ``url``); otherwise not by default, as no event would
+        reach it live (Synapse serves no /sync to appservice users)."""
+        kw.setdefault("commands", self.endpoint is not None)
         return Publisher(self.engine(device), self._room, device, **kw)  # type: ignore[arg-type]
 
     async def add_devices(self, devices: Iterable[str], *, level: int = 50) -> list[str]:
@@ -229,7 +261,9 @@ class FleetGateway:
                     raise
 
         await each(register)
-        pl = dict(await self._client.get_state(self._room, POWER_LEVELS) or {})
+        # Fresh, not the state cache: another add_devices (an MQTT device's birth
+        # in the bridge) may have changed the levels a moment ago.
+        pl = dict(await self._client.request(api.get_state(self._room, POWER_LEVELS)))
         levels = dict(pl.get("users", {}))
         if any(levels.get(u) != level for u in users):
             levels.update({u: level for u in users})
@@ -245,11 +279,35 @@ class FleetGateway:
             await self._client.request(api.as_appservice(api.join(self._room), user))
 
         await each(let_in)
+        self._users.update(users)
         return users
 
+    async def _is_user(self, user_id: str) -> bool:
+        """The homeserver's user query: a device user this gateway added (registered
+        again if the homeserver lost it); any other user is unknown."""
+        if user_id not in self._users:
+            return False
+        try:
+            await self._client.request(api.register_appservice_user(user_id[1:].split(":")[0]))
+        except MatrixError as exc:
+            if exc.errcode != "M_USER_IN_USE":
+                raise
+        return True
+
     async def __aenter__(self) -> FleetGateway:
+        if self._reg.url is None:
+            return self
+        host, port = listen_address(self._reg.url, *self._listen)
+        endpoint = TransactionEndpoint(self._client, self._reg.id, self._reg.hs_token,
+                                       host=host, port=port, users=self._is_user)
+        await endpoint.__aenter__()
+        self.endpoint = endpoint
+        # Synapse retries at once what it kept while the gateway was away.
+        await endpoint.ping()
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
-        return None
+        endpoint, self.endpoint = self.endpoint, None
+        if endpoint is not None:
+            await endpoint.__aexit__(exc_type, exc, tb)

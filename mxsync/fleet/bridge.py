@@ -4,8 +4,11 @@ Owns one MQTT connection (aiomqtt, on paho-mqtt 2) and, for every device seen
 on it, a *slot*: an mxsync :class:`~mxsync.streams.Publisher` for its readings
 (``presence=False``) and a :class:`~mxsync.streams.presence.Presence` of the
 bridge's own for its birth and death, both on the bridge's Matrix client, so
-one login carries many devices. The Sparkplug rules live in
-:mod:`mxsync.fleet.sparkplug` (sans-I/O); this module does the I/O.
+one login carries many devices. Behind a
+:class:`~mxsync.fleet.appservice.FleetGateway` instead of a Client, each MQTT
+device is its own user of the appservice (added when first seen), and its
+commands come through the gateway's transaction endpoint. The Sparkplug rules
+live in :mod:`mxsync.fleet.sparkplug` (sans-I/O); this module does the I/O.
 
 Topics (docs/PROTOCOL.md section 7):
 
@@ -44,12 +47,14 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 
+from ..engine.surface import Engine
 from ..engine.taskgroups import exit_stack
 from ..errors import ConfigError, MxsyncError
 from ..protocol.readings import validate_device_id, validate_sensor_id
 from ..streams.commands import Command
 from ..streams.presence import Presence
 from . import sparkplug as sp
+from .appservice import FleetGateway
 
 if TYPE_CHECKING:
     import aiomqtt
@@ -103,6 +108,10 @@ class _Slot:
 class MqttBridge:
     """Relays MQTT devices into one room through one Matrix client.
 
+    ``client`` is a Client (every device speaks through its login) or an
+    entered :class:`FleetGateway` of ``room_id`` (each device its own appservice
+    user, registered and let in when first seen; commands reach the devices
+    while the gateway takes the homeserver's transactions).
     ``async with MqttBridge(client, room_id, port=1883) as bridge`` connects,
     subscribes and relays until the block ends. Keyword arguments:
     ``host``/``port`` of the broker, ``prefix`` ("mxsync") of the JSON topics,
@@ -113,7 +122,7 @@ class MqttBridge:
 
     def __init__(
         self,
-        client: Client,
+        client: Client | FleetGateway,
         room_id: str,
         *,
         host: str = "127.0.0.1",
@@ -131,6 +140,8 @@ class MqttBridge:
         if not isinstance(prefix, str) or not prefix or "/" in prefix or "+" in prefix \
                 or "#" in prefix:
             raise ConfigError(f"prefix must be one MQTT topic level, got {prefix!r}")
+        if isinstance(client, FleetGateway) and client.room_id != room_id:
+            raise ConfigError(f"the gateway serves {client.room_id}, not {room_id}")
         self._client = client
         self._room = room_id
         self._host, self._port = host, port
@@ -347,11 +358,19 @@ class MqttBridge:
         slot = _Slot(device, kind)
         self._slots[device] = slot
         try:
-            async with self._client.publisher(self._room, device=device, presence=False,
-                                              **self._pub_kw) as pub:
+            gw = self._client
+            engine: Engine
+            if isinstance(gw, FleetGateway):
+                await gw.add_devices([device])  # idempotent: a known user stays as it is
+                publisher = gw.publisher(device, presence=False, **self._pub_kw)
+                engine = gw.engine(device)  # type: ignore[assignment]  # Engine by delegation
+            else:
+                publisher, engine = gw.publisher(self._room, device=device, presence=False,
+                                                 **self._pub_kw), gw
+            async with publisher as pub:
                 slot.pub = pub
                 presence = Presence(
-                    self._client, self._room, device, session=pub.session,
+                    engine, self._room, device, session=pub.session,
                     description=f"via MQTT ({'json' if kind == 'json' else 'Sparkplug B'})",
                     last_will=True, offline_after=self._offline_after, heartbeat=60.0,
                     last_activity=lambda: 0.0,

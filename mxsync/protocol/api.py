@@ -25,6 +25,7 @@ import msgspec
 __all__ = [
     "as_appservice",
     "register_appservice_user",
+    "appservice_ping",
     "Request",
     "Direction",
     "q",
@@ -44,6 +45,7 @@ __all__ = [
     "send_to_device",
     "joined_members",
     "put_state",
+    "get_state",
     "room_state",
     "room_messages",
     "room_context",
@@ -171,6 +173,15 @@ def register_appservice_user(localpart: str) -> Request:
                    what="register_appservice_user")
 
 
+def appservice_ping(appservice_id: str, txn_id: str | None = None) -> Request:
+    """Ask the homeserver to call the application service's ``/_matrix/app/v1/ping``
+    (with the as_token); Synapse then retries at once the transactions it
+    holds for a service it found down, instead of waiting out its backoff."""
+    body = {} if txn_id is None else {"transaction_id": txn_id}
+    return Request(method="POST", path=f"/_matrix/client/v1/appservice/{q(appservice_id)}/ping",
+                   body=body, what="appservice_ping")
+
+
 def invite(room_id: str, user_id: str) -> Request:
     return Request(method="POST", path=f"{_room(room_id)}/invite", body={"user_id": user_id},
                    what="invite")
@@ -200,6 +211,12 @@ def put_state(room_id: str, event_type: str, state_key: str, content: Any) -> Re
     """PUT /state: no txn id, but the same content again yields the same state."""
     return Request(method="PUT", path=f"{_room(room_id)}/state/{q(event_type)}/{q(state_key)}",
                    body=content, what="state")
+
+
+def get_state(room_id: str, event_type: str, state_key: str = "") -> Request:
+    """GET one state event's content, fresh from the homeserver (404 if none)."""
+    return Request(method="GET", path=f"{_room(room_id)}/state/{q(event_type)}/{q(state_key)}",
+                   what="state event")
 
 
 def room_state(room_id: str) -> Request:
