@@ -199,9 +199,10 @@ class Liveness:
 class RequestRecord(NamedTuple):
     """One request as :meth:`Http.recording` keeps it."""
 
-    #: HTTP method and path (query left out: it may hold a filter or a token).
+    #: HTTP method, path and query parameters (the access token is never among them).
     method: str
     path: str
+    query: dict[str, Any]
     #: ``time.perf_counter()`` when it was sent and when its answer (or failure) came.
     started: float
     ended: float
@@ -298,7 +299,7 @@ class Http:
                 self.liveness.unreachable()
             raise TransientError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
         finally:
-            self._record(method, path, started, status)
+            self._record(req, started, status)
         if report:
             if status >= 500:
                 self.liveness.unsure()
@@ -306,12 +307,14 @@ class Http:
                 self.liveness.answered()
         return self._parse(method, path, status, raw)
 
-    def _record(self, method: str, path: str, started: float, status: int | None) -> None:
+    def _record(self, req: Request, started: float, status: int | None) -> None:
         if not self._recorders and not log.isEnabledFor(logging.DEBUG):
             return
         ended = time.perf_counter()
-        log.debug("%s %s: %s in %.1f ms", method, path, status, (ended - started) * 1000)
-        record = RequestRecord(method, path, started, ended, status)
+        log.debug("%s %s: %s in %.1f ms", req.method, req.path, status,
+                  (ended - started) * 1000)
+        record = RequestRecord(req.method, req.path, dict(req.query or {}), started, ended,
+                               status)
         for records in self._recorders:
             records.append(record)
 
