@@ -115,6 +115,7 @@ def _carried(event_type: str) -> bool:
     return any(event_type.startswith(t[:-1]) if t.endswith("*") else event_type == t
                for t in SYNC_TYPES)
 
+
 @dataclass(eq=False)
 class _Consumer:
     room_id: str | None
