@@ -26,7 +26,9 @@ accounts, and the same workloads:
   its text was there are counted (mxsync: every request of the client that
   started and ended within the open, its sync loop's long poll aside;
   Matrix-CRDT: the /messages pages of ``initialize()``, the only requests it
-  makes before the text is there).
+  makes before the text is there). Both start warm: mxsync's clients sync
+  already, and the Node side makes one request (``whoami``) before its clock
+  starts, so that neither counts connecting or a first request.
 
 Keys: ``peer_<row>_mxsync`` and ``peer_<row>_mcrdt``; ``rows()`` gives the
 table (docs/benchmarks.md). Node missing: the section is skipped with a message.
@@ -306,12 +308,15 @@ async def mc_open(p: Peers, n: int, opens: int = SNAPSHOT_OPENS) -> dict[str, An
         OutgoingEvent(room, MCRDT_UPDATE, {"update": base64.b64encode(u).decode()},
                       lane=f"l{i % 32}")
         for i, u in enumerate(_history(n))])
-    replay = await p.node("open", room, None, f1c)
+    replay = await p.node("open", room, None, f1c, warm=True)
     snap = await p.node("snapshot", room, wc, None)
     afters = []
     for c in fresh:
         await anyio.sleep(0.5)
-        afters.append(await p.node("open", room, None, c))
+        afters.append(await p.node("open", room, None, c, warm=True))
+    if os.environ.get("MXSYNC_BENCH_COLD_NODE"):  # for the record: the same, cold
+        cold = [await p.node("open", room, None, c) for c in fresh]
+        say(f"matrix-crdt snapshot open, cold Node: {[round(a['ms'], 1) for a in cold]}")
     say(f"matrix-crdt open: replay {replay}, snapshot {snap}, after {afters}")
     if not snap["snapshots"]:
         nan = float("nan")
