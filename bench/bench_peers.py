@@ -20,10 +20,19 @@ accounts, and the same workloads:
 - ``open``: a fresh client opening a room with 2,000 update events of history,
   with no snapshot, then after the library's own snapshot (mxsync: the first
   opener posts one by its policy; Matrix-CRDT: a client that types posts one
-  when the 30th update since the last is its own), ms and events read.
+  when the 30th update since the last is its own), ms and events read; the
+  open after the snapshot is made by ``SNAPSHOT_OPENS`` fresh clients one
+  after the other (the median is the row), and the requests each made before
+  its text was there are counted (mxsync: every request of the client that
+  started and ended within the open, its sync loop's long poll aside;
+  Matrix-CRDT: the /messages pages of ``initialize()``, the only requests it
+  makes before the text is there). Both start warm: mxsync's clients sync
+  already, and the Node side makes one request (``whoami``) before its clock
+  starts, so that neither counts connecting or a first request.
 
 Keys: ``peer_<row>_mxsync`` and ``peer_<row>_mcrdt``; ``rows()`` gives the
 table (docs/benchmarks.md). Node missing: the section is skipped with a message.
+``python -m bench.bench_peers --open-only`` runs the two open workloads alone.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import string
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -61,6 +71,8 @@ MCRDT_UPDATE = "matrix-crdt.doc_update"
 #: How long a workload that a library cannot finish is given (it "stalls"; 20 s
 #: with ``--quick``).
 STALL_S = 60.0
+#: Fresh clients that open the document after the snapshot, one after the other.
+SNAPSHOT_OPENS = 3
 
 
 def say(msg: str) -> None:
@@ -207,32 +219,53 @@ async def _post_history(x: Client, room: str, events: list[OutgoingEvent]) -> No
             await h.wait()
 
 
-async def mx_open(p: Peers, n: int) -> dict[str, Any]:
+async def mx_open(p: Peers, n: int, opens: int = SNAPSHOT_OPENS) -> dict[str, Any]:
     from mxsync.protocol import docs as proto
     from mxsync.protocol.types import DOC, DOC_UPDATE
 
-    xc, f1c, f2c = await p.creds("mx"), await p.creds("mf"), await p.creds("mg")
+    xc, f1c = await p.creds("mx"), await p.creds("mf")
+    fresh_creds = [await p.creds(f"mg{i}") for i in range(opens)]
     x = await p.stack.enter_async_context(
         Client(p.hs.url, xc.user_id, password=xc.password, sends_per_room=32))
-    f1, f2 = await p.client(f1c), await p.client(f2c)
-    room = await x.create_room("peers", invite=[f1.user_id, f2.user_id])
-    await f1.join(room)
-    await f2.join(room)
+    f1 = await p.client(f1c)
+    fresh = [await p.client(c) for c in fresh_creds]
+    room = await x.create_room("peers", invite=[f1.user_id, *(f.user_id for f in fresh)])
+    for joiner in (f1, *fresh):
+        await joiner.join(room)
     await (await x.send(room, DOC, proto.encode_declaration(), state_key="default")).wait()
     await _post_history(x, room, [
         OutgoingEvent(room, DOC_UPDATE, proto.encode_update("default", u)[0], lane=f"l{i % 32}")
         for i, u in enumerate(_history(n))])
     out: dict[str, Any] = {}
-    for client, key in ((f1, "replay"), (f2, "snapshot")):
-        started = time.perf_counter()
-        async with client.open_doc(room) as sdoc:
-            with anyio.fail_after(600):
-                await sdoc.wait_synced()
-            out[f"{key}_ms"] = (time.perf_counter() - started) * 1000
-            out[f"{key}_events"] = sdoc.statistics().load_events
-            if key == "replay":  # this opener posts a snapshot (its policy)
-                await until(lambda sdoc=sdoc: sdoc.statistics().snapshots_sent >= 1
-                            and not sdoc.statistics().in_flight, 120)
+    started = time.perf_counter()
+    async with f1.open_doc(room) as sdoc:
+        with anyio.fail_after(600):
+            await sdoc.wait_synced()
+        out["replay_ms"] = (time.perf_counter() - started) * 1000
+        out["replay_events"] = sdoc.statistics().load_events
+        # This opener posts a snapshot (its policy).
+        await until(lambda: sdoc.statistics().snapshots_sent >= 1
+                    and not sdoc.statistics().in_flight, 120)
+    samples: list[tuple[float, int, int]] = []
+    for client in fresh:
+        await anyio.sleep(0.5)
+        with client.http.recording() as records:
+            started = time.perf_counter()
+            async with client.open_doc(room) as sdoc:
+                with anyio.fail_after(600):
+                    await sdoc.wait_synced()
+                done = time.perf_counter()
+                events = sdoc.statistics().load_events
+        requests = [r for r in records if r.started >= started and r.ended <= done
+                    and not r.path.endswith("/sync")]
+        samples.append(((done - started) * 1000, events, len(requests)))
+        say(f"mxsync snapshot open: {samples[-1][0]:.1f} ms, {events} events, requests "
+            + ", ".join(f"{r.method} {r.path.rsplit('/', 1)[-1]} "
+                        f"{(r.ended - r.started) * 1000:.0f} ms" for r in requests))
+    out["snapshot_ms"] = statistics.median(s[0] for s in samples)
+    out["snapshot_events"] = statistics.median(s[1] for s in samples)
+    out["snapshot_requests"] = statistics.median(s[2] for s in samples)
+    out["snapshot_samples_ms"] = [round(s[0], 1) for s in samples]
     return out
 
 
@@ -247,25 +280,39 @@ async def mc_pair(p: Peers, *, relaxed_writer: bool = True) -> tuple[str, Creden
     return await p.room(owner, [wc, rc]), wc, rc
 
 
-async def mc_open(p: Peers, n: int) -> dict[str, Any]:
+async def mc_open(p: Peers, n: int, opens: int = SNAPSHOT_OPENS) -> dict[str, Any]:
     import base64
 
     xc = await p.creds("mcx")
     x = await p.stack.enter_async_context(
         Client(p.hs.url, xc.user_id, password=xc.password, sends_per_room=32))
-    wc, f1c, f2c = await p.creds("mcs"), await p.creds("mcf"), await p.creds("mcg")
-    room = await p.room(x, [wc, f1c, f2c])
+    wc, f1c = await p.creds("mcs"), await p.creds("mcf")
+    fresh = [await p.creds(f"mcg{i}") for i in range(opens)]
+    room = await p.room(x, [wc, f1c, *fresh])
     await _post_history(x, room, [
         OutgoingEvent(room, MCRDT_UPDATE, {"update": base64.b64encode(u).decode()},
                       lane=f"l{i % 32}")
         for i, u in enumerate(_history(n))])
-    replay = await p.node("open", room, None, f1c)
+    replay = await p.node("open", room, None, f1c, warm=True)
     snap = await p.node("snapshot", room, wc, None)
-    after = await p.node("open", room, None, f2c)
-    say(f"matrix-crdt open: replay {replay}, snapshot {snap}, after {after}")
+    afters = []
+    for c in fresh:
+        await anyio.sleep(0.5)
+        afters.append(await p.node("open", room, None, c, warm=True))
+    if os.environ.get("MXSYNC_BENCH_COLD_NODE"):  # for the record: the same, cold
+        cold = [await p.node("open", room, None, c) for c in fresh]
+        say(f"matrix-crdt snapshot open, cold Node: {[round(a['ms'], 1) for a in cold]}")
+    say(f"matrix-crdt open: replay {replay}, snapshot {snap}, after {afters}")
+    if not snap["snapshots"]:
+        nan = float("nan")
+        return {"replay_ms": replay["ms"], "replay_events": replay["events_read"],
+                "snapshot_ms": nan, "snapshot_events": nan, "snapshot_requests": nan}
     return {"replay_ms": replay["ms"], "replay_events": replay["events_read"],
-            "snapshot_ms": after["ms"] if snap["snapshots"] else float("nan"),
-            "snapshot_events": after["events_read"] if snap["snapshots"] else float("nan")}
+            "snapshot_ms": statistics.median(a["ms"] for a in afters),
+            "snapshot_events": statistics.median(a["events_read"] for a in afters),
+            # initialize() makes no request but its /messages pages.
+            "snapshot_requests": statistics.median(a["pages"] for a in afters),
+            "snapshot_samples_ms": [round(a["ms"], 1) for a in afters]}
 
 
 # ----------------------------------------------------------------------------- the run
@@ -288,6 +335,8 @@ ROWS: list[tuple[str, str, str, bool]] = [
     ("open after the library's own snapshot", "open_snapshot_ms", "ms", False),
     ("open after the library's own snapshot: events read", "open_snapshot_events", "events",
      False),
+    ("open after the library's own snapshot: requests before the text", "open_snapshot_requests",
+     "requests", False),
 ]
 
 
@@ -367,11 +416,36 @@ async def run(hs: DevServer, *, quick: bool) -> dict[str, float]:
         say(f"paste: mxsync {mx}, matrix-crdt {mc}")
         put("paste_ms", mx["ms"], mc["ms"] if mc["completed"] else None)
 
-        mx = await mx_open(p, n_open)
-        mc = await mc_open(p, n_open)
-        say(f"open: mxsync {mx}, matrix-crdt {mc}")
-        for k in ("replay_ms", "replay_events", "snapshot_ms", "snapshot_events"):
-            put(f"open_{k}", mx[k], mc[k])
+        await _open_rows(p, n_open, put)
+    return res
+
+
+async def _open_rows(p: Peers, n: int, put: Callable[[str, float | None, float | None], None]
+                     ) -> None:
+    mx = await mx_open(p, n)
+    mc = await mc_open(p, n)
+    say(f"open: mxsync {mx}, matrix-crdt {mc}")
+    for k in ("replay_ms", "replay_events", "snapshot_ms", "snapshot_events",
+              "snapshot_requests"):
+        put(f"open_{k}", mx[k], mc[k])
+
+
+async def run_open(hs: DevServer) -> dict[str, float]:
+    """The two open workloads alone (``--open-only``)."""
+    try:
+        modules = ensure_package_set("matrix-crdt")
+        node_command()
+    except NodeUnavailable as exc:
+        say(f"SKIPPED: the peers section needs Node.js and npm ({exc})")
+        return {}
+    res: dict[str, float] = {}
+
+    def put(key: str, mx: float | None, mc: float | None) -> None:
+        res[f"peer_{key}_mxsync"] = float("nan") if mx is None else float(mx)
+        res[f"peer_{key}_mcrdt"] = float("nan") if mc is None else float(mc)
+
+    async with AsyncExitStack() as stack:
+        await _open_rows(Peers(hs, stack, modules), 2000, put)
     return res
 
 
@@ -385,11 +459,15 @@ def print_rows(results: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_peers")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--open-only", action="store_true",
+                        help="only the two open workloads (2,000 events, then a snapshot)")
     args = parser.parse_args(argv)
 
     async def go() -> dict[str, float]:
         with tempfile.TemporaryDirectory(prefix="mxsync-bench-peers-") as state:
             async with DevServer(state, rate_limits="default") as hs:
+                if args.open_only:
+                    return await run_open(hs)
                 return await run(hs, quick=args.quick)
 
     results = anyio.run(go, backend="asyncio")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import anyio
@@ -94,10 +95,12 @@ class AwarenessSync:
 
     # -- tasks ------------------------------------------------------------------------
 
-    async def run(self, tg: anyio.abc.TaskGroup) -> None:
-        """Announce, then send changes at the pace, for as long as the document is open."""
+    async def run(self, tg: anyio.abc.TaskGroup,
+                  before_hello: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Announce (once ``before_hello`` returned), then send changes at the pace,
+        for as long as the document is open."""
         await tg.start(self.awareness.start)
-        tg.start_soon(self._announce)
+        tg.start_soon(self._announce, before_hello)
         while True:
             await self._wake.wait()
             self._wake = anyio.Event()
@@ -111,7 +114,9 @@ class AwarenessSync:
                     log.warning("awareness states of %d clients too large to send", len(ids))
             await anyio.sleep(self.interval)
 
-    async def _announce(self) -> None:
+    async def _announce(self, before: Callable[[], Awaitable[None]] | None = None) -> None:
+        if before is not None:
+            await before()
         states = encode_states(self.awareness, sorted(self.own))
         await self.peers.announce(self.peers.awareness_message("hello", states))
 

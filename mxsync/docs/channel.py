@@ -86,6 +86,7 @@ class Channel:
         max_devices: int = 8,
         persist: Callable[[], Awaitable[None]] | None = None,
         ready: Callable[[], bool] = lambda: True,
+        loaded: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.room_id = room_id
         self.name = name
@@ -94,6 +95,8 @@ class Channel:
         self.live = LiveUpdates(replica, self.peers, send=live, persist=persist,
                                 ready=ready)
         self._client = client
+        #: Returns once the document is loaded: the ``hello`` waits for it.
+        self._loaded = loaded
         self.skipped = 0
 
     async def start(self, stack: AsyncExitStack, tg: anyio.abc.TaskGroup) -> None:
@@ -103,7 +106,10 @@ class Channel:
         stack.callback(self.awareness.close)
         await tg.start(self._reader)  # subscribed before the announcement goes out
         tg.start_soon(self.live.run)
-        tg.start_soon(self.awareness.run, tg)
+        # The hello (the members' list, then a to-device send) goes out after the
+        # load: peers' live updates are of no use before it, and the open's one
+        # page of history then does not share the homeserver with it.
+        tg.start_soon(self.awareness.run, tg, self._loaded)
 
     async def close(self) -> None:
         with anyio.move_on_after(_BYE_TIMEOUT, shield=True):

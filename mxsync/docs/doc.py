@@ -298,7 +298,8 @@ class SyncedDoc:
                     self.client, self._replica, self.awareness, self.room_id, self.name,
                     live=self._live, timeout=self._awareness_timeout,
                     rate=self._awareness_rate, max_devices=self._max_live_devices,
-                    persist=self._writer.persist, ready=self._synced.is_set)
+                    persist=self._writer.persist, ready=self._synced.is_set,
+                    loaded=self._synced.wait)
                 await self._channel.start(stack, tg)
                 stack.push_async_callback(self._channel.close)  # before the tasks stop
                 self._stack = stack.pop_all()
@@ -439,16 +440,24 @@ class SyncedDoc:
     async def _load(self, recv: MemoryObjectReceiveStream[RoomEvent]) -> None:
         create = await self.client.state_event(self.room_id, CREATE)
         self._replica.creators = room_creators(create)
-        # Declared before this open: someone may have written it already.
-        existed = await self.client.state_event(self.room_id, DOC, self.name) is not None
-        if not self._writer.declared:
-            await self._loader.declare(recv)
-            self._writer.short = await self._loader.short_form()
-            self._writer.declared = True
-            self._wake()
-        else:
-            self._writer.short = await self._loader.short_form()
-        await self._loader.history()
+        tg = self._writer.tg
+        if self._replica.position is None and tg is not None:
+            # The room's state is known now: a cold open's first page is read
+            # while the declaration is checked (PROTOCOL.md, "Opening").
+            self._loader.prefetch(tg)
+        try:
+            # Declared before this open: someone may have written it already.
+            existed = await self.client.state_event(self.room_id, DOC, self.name) is not None
+            if not self._writer.declared:
+                await self._loader.declare(recv)
+                self._writer.short = await self._loader.short_form()
+                self._writer.declared = True
+                self._wake()
+            else:
+                self._writer.short = await self._loader.short_form()
+            await self._loader.history()
+        finally:
+            self._loader.cancel_prefetch()
         await self._ask_if_unreadable(existed)
 
     async def _ask_if_unreadable(self, existed: bool) -> None:

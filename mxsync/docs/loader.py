@@ -7,7 +7,10 @@ backward scan of a cold open (:class:`BackwardScan`). The ways in:
 - the cache (:func:`restore`): full state, the doc log, this device's client ids;
 - catch-up: page forwards from the cached position, applying everything after it;
 - cold open: the newest complete, valid snapshot, then the updates after it
-  (docs/PROTOCOL.md, section "Documents").
+  (docs/PROTOCOL.md, section "Documents"). Its first page depends on nothing
+  the declaration checks find, so :meth:`Loader.prefetch` reads it while they
+  run: opening right after a snapshot then waits for one page, not for the
+  checks and then the page.
 
 Every event goes through the :class:`~mxsync.docs.replica.Replica`; history is
 read through the engine's one page iterator (``Engine.pages`` and
@@ -27,6 +30,7 @@ from typing import Any, Final
 import anyio
 import anyio.lowlevel
 import pycrdt
+from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..engine.authz import judge_state, levels_for, power_level_allows, room_creators
@@ -67,6 +71,34 @@ _BRANCH_QUIET: Final = 64
 _BRANCH_QUIET_KNOWN: Final = 8
 
 COUNTERS: Final = ("load_events", "load_pages", "load_http_ms")
+
+
+class _Prefetched:
+    """One backward page read ahead in a task of its own; its outcome (the page
+    or the exception) is kept for the load, which takes it at most once."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.scope = anyio.CancelScope()
+        self._done = anyio.Event()
+        self._page: MessagesPage | None = None
+        self._error: Exception | None = None
+
+    async def run(self, fetch: Callable[[], Awaitable[MessagesPage]]) -> None:
+        with self.scope:
+            try:
+                self._page = await fetch()
+            except Exception as exc:  # raised where the page is taken, not in the task group
+                self._error = exc
+            finally:
+                self._done.set()
+
+    async def take(self) -> MessagesPage | None:
+        """The page (None if the read was cancelled), or the read's exception."""
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._page
 
 
 class Restored:
@@ -120,6 +152,8 @@ class Loader:
         self.unreadable = 0
         #: Whether the declaration asks for short-form updates (None: not read yet).
         self._short: bool | None = None
+        #: A cold open's first page, read ahead (see :meth:`prefetch`).
+        self._prefetched: _Prefetched | None = None
 
     def _progress(self, done: int, total: int | None) -> None:
         if self._on_progress is None:
@@ -273,6 +307,34 @@ class Loader:
 
     # -- history ---------------------------------------------------------------------
 
+    def prefetch(self, tg: TaskGroup) -> None:
+        """Start reading a cold open's first page in ``tg`` now.
+
+        Call it once the room's state is known (so that the page is newer than
+        the power levels it is judged by) and before the declaration checks,
+        whose requests then overlap with it. The page is as good as one read
+        after them: every event newer than it comes through the live stream
+        the document subscribed before (the backlog, or the reader after the
+        load). :meth:`cancel_prefetch` once the load is over or failed.
+        """
+        self.cancel_prefetch()
+        ahead = self._prefetched = _Prefetched(_COLD_PAGES[0])
+        tg.start_soon(ahead.run, lambda: self._messages(None, ahead.limit, _HISTORY_TYPES))
+
+    def cancel_prefetch(self) -> None:
+        if self._prefetched is not None:
+            self._prefetched.scope.cancel()
+            self._prefetched = None
+
+    async def _first_page(self, limit: int) -> MessagesPage:
+        """A cold open's first page: the one read ahead if there is one."""
+        ahead, self._prefetched = self._prefetched, None
+        if ahead is not None and ahead.limit == limit:
+            page = await ahead.take()
+            if page is not None:
+                return page
+        return await self._messages(None, limit, _HISTORY_TYPES)
+
     async def history(self) -> None:
         """Catch up from the cached position, or else open cold."""
         position = self.replica.position
@@ -358,7 +420,10 @@ class Loader:
         sizes = list(_COLD_PAGES)
 
         def fetch(token: str | None) -> Awaitable[MessagesPage]:
-            return self._messages(token, sizes.pop(0) if sizes else _PAGE, _HISTORY_TYPES)
+            limit = sizes.pop(0) if sizes else _PAGE
+            if token is None:
+                return self._first_page(limit)
+            return self._messages(token, limit, _HISTORY_TYPES)
 
         servers = writer_servers(await self.client.get_state(self.room_id, PL),
                                  self.replica.creators)

@@ -162,13 +162,16 @@ async def judge_state(
     """The state events among ``events`` (from the room's current state) whose
     senders had the level for them where they stand in the timeline.
 
-    The room's levels rarely change: an event that every ``m.room.power_levels``
-    the room has had (one request lists them) allows, or none does, is judged
-    at once; only the others are looked up where they stand (two requests each).
+    A creator's event (room version 12 on: creators outrank every level, and
+    the create event never changes) is taken without a request. The room's
+    levels rarely change: an event that every ``m.room.power_levels`` the room
+    has had (one request lists them, two when the server gives a next token)
+    allows, or none does, is judged at once; only the others are looked up
+    where they stand (two requests each).
     """
     states = [ev for ev in events if ev.is_state]
-    if not states:
-        return []
+    if all(ev.sender in creators for ev in states):
+        return states
     levels: list[dict[str, Any] | None] = [await engine.get_state(room_id, POWER_LEVELS)]
     past: list[dict[str, Any] | None] | None = levels
     async for page in engine.pages(room_id, None, direction="b", limit=_PAST_LEVELS,

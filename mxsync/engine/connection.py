@@ -589,8 +589,9 @@ class Connection:
     async def state_event(
         self, room_id: str, event_type: str, state_key: str = ""
     ) -> RoomEvent | None:
-        """One current state event (from the sync cache, fetched once per room)."""
-        if room_id not in self._state_loaded:
+        """One current state event (from the sync cache, fetched once per room
+        unless a sync handed the room's full state for that type)."""
+        if room_id not in self._state_loaded and not self.sync.holds_state(room_id, event_type):
             await self.room_state(room_id)
         return self.sync.state.get(room_id, {}).get((event_type, state_key))
 

@@ -16,6 +16,10 @@ the outbox and bounded-retry calls, and :class:`Liveness`, the client's one
 "does the homeserver answer?" signal: every request reports its outcome to it,
 and a loop backing off from an outage waits on it, so that it retries as soon as
 the server is back instead of sleeping out a delay of up to 30 s.
+
+Every request is logged at DEBUG (method, path, status, milliseconds) and, while
+a :meth:`Http.recording` block is open, kept as a :class:`RequestRecord`: how a
+test or a benchmark counts the round trips an operation makes.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlencode
 
 import aiohttp
@@ -42,7 +47,7 @@ from ..errors import (
 from ..protocol import api
 from ..protocol.api import Request
 
-__all__ = ["Http", "TransientError", "Backoff", "Liveness", "retrying"]
+__all__ = ["Http", "TransientError", "Backoff", "Liveness", "RequestRecord", "retrying"]
 
 log = logging.getLogger("mxsync.http")
 T = TypeVar("T")
@@ -191,6 +196,20 @@ class Liveness:
                 self._probe_failed = True
 
 
+class RequestRecord(NamedTuple):
+    """One request as :meth:`Http.recording` keeps it."""
+
+    #: HTTP method, path and query parameters (the access token is never among them).
+    method: str
+    path: str
+    query: dict[str, Any]
+    #: ``time.perf_counter()`` when it was sent and when its answer (or failure) came.
+    started: float
+    ended: float
+    #: HTTP status, or None when no answer came (network error, timeout).
+    status: int | None
+
+
 class Http:
     """Thin request layer over a nio ``AsyncClient``'s session."""
 
@@ -203,6 +222,18 @@ class Http:
         self.requests = 0
         #: Shared by the sync loop and the outbox: they wait on it while backing off.
         self.liveness = Liveness(self.probe)
+        self._recorders: list[list[RequestRecord]] = []
+
+    @contextmanager
+    def recording(self) -> Iterator[list[RequestRecord]]:
+        """``with http.recording() as records``: every request made by this client
+        while the block is open (all its tasks), in the order they ended."""
+        records: list[RequestRecord] = []
+        self._recorders.append(records)
+        try:
+            yield records
+        finally:
+            self._recorders.remove(records)
 
     async def probe(self) -> bool:
         """Does the homeserver answer? One unauthenticated GET of the versions endpoint.
@@ -250,6 +281,8 @@ class Http:
         else:
             data = json.dumps(body, separators=(",", ":"))
         self.requests += 1
+        started = time.perf_counter()
+        status: int | None = None
         try:
             resp = await self.nio.send(
                 method,
@@ -265,12 +298,25 @@ class Http:
             if report:
                 self.liveness.unreachable()
             raise TransientError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+        finally:
+            self._record(req, started, status)
         if report:
             if status >= 500:
                 self.liveness.unsure()
             else:
                 self.liveness.answered()
         return self._parse(method, path, status, raw)
+
+    def _record(self, req: Request, started: float, status: int | None) -> None:
+        if not self._recorders and not log.isEnabledFor(logging.DEBUG):
+            return
+        ended = time.perf_counter()
+        log.debug("%s %s: %s in %.1f ms", req.method, req.path, status,
+                  (ended - started) * 1000)
+        record = RequestRecord(req.method, req.path, dict(req.query or {}), started, ended,
+                               status)
+        for records in self._recorders:
+            records.append(record)
 
     @staticmethod
     def _parse(method: str, path: str, status: int, raw: bytes) -> Any:

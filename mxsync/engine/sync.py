@@ -58,6 +58,13 @@ Invariants:
   that stopped answering and wakes the loop as soon as it answers again.
 - A malformed event is skipped and logged; a malformed response is a transient
   error. Neither stops the loop.
+- The state cache of a room is *complete* for the filter's state types
+  (:meth:`SyncLoop.holds_state`) only once a sync handed its full state:
+  the run's first sync without a since-token (every joined room), or, after
+  one, the first sync that lists a room it did not (a room joined since: the
+  server sends a newly joined room's full state). A run that starts from a
+  saved since-token gets only changes, so its rooms are never complete (the
+  engine reads their state from the server once); a room left is no longer.
 """
 
 from __future__ import annotations
@@ -101,12 +108,19 @@ SYNC_TYPES: tuple[str, ...] = (f"{NAMESPACE}.*", POWER_LEVELS, CREATE, ENCRYPTIO
 _NS = "sync"
 _NS_LAST = "sync.last"
 
+
+def _carried(event_type: str) -> bool:
+    """Does the sync filter's ``state`` let ``event_type`` through (``SYNC_TYPES``;
+    not the members an encrypting client adds: those are lazy-loaded, partial)?"""
+    return any(event_type.startswith(t[:-1]) if t.endswith("*") else event_type == t
+               for t in SYNC_TYPES)
+
+
 def _synced_type(event_type: str) -> bool:
     """Would the sync filter (``SYNC_TYPES``, cleartext) let ``event_type`` through?"""
     if event_type == ENCRYPTED:  # pushed events are not decrypted
         return False
-    return any(event_type == t or (t.endswith("*") and event_type.startswith(t[:-1]))
-               for t in SYNC_TYPES)
+    return _carried(event_type)
 
 
 @dataclass(eq=False)
@@ -180,6 +194,10 @@ class SyncLoop:
         self._rooms: dict[str, _RoomMemory] = {}
         #: room_id -> {(type, state_key): event} for the state this loop has seen.
         self.state: dict[str, dict[tuple[str, str], RoomEvent]] = {}
+        #: Rooms whose ``state`` holds every state event of the filter's types
+        #: (see the module's invariants), and the joined rooms when known.
+        self._complete: set[str] = set()
+        self._joined: set[str] | None = None
         self.status = Status()
         self._synced = anyio.Event()
         self._state_changed = anyio.Event()
@@ -258,6 +276,12 @@ class SyncLoop:
                               gap_events_delivered=self.gap_events_delivered,
                               gap_pages=self.gap_pages, gaps_truncated=self.gaps_truncated,
                               gap_rechecked=self.gap_rechecked)
+
+    def holds_state(self, room_id: str, event_type: str) -> bool:
+        """Does the state cache hold ``room_id``'s current ``event_type`` state
+        (or know there is none), with no request? Only for the types the sync
+        filter carries, of a room whose full state a sync handed over."""
+        return room_id in self._complete and _carried(event_type)
 
     def filter_json(self) -> str:
         types = [*SYNC_TYPES, *self.crypto.sync_types]
@@ -381,7 +405,12 @@ class SyncLoop:
         assert isinstance(rooms, dict)
         joined = rooms.get("join") if isinstance(rooms.get("join"), dict) else {}
         invited = rooms.get("invite") if isinstance(rooms.get("invite"), dict) else {}
-        assert isinstance(joined, dict) and isinstance(invited, dict)
+        left = rooms.get("leave") if isinstance(rooms.get("leave"), dict) else {}
+        assert isinstance(joined, dict) and isinstance(invited, dict) and isinstance(left, dict)
+        listed = {r for r, room in joined.items() if isinstance(room, dict)}
+        # Full state: every room of a first sync, a room new to a known joined set.
+        full = listed if since is None else (
+            set() if self._joined is None else listed - self._joined)
         for room_id in self.crypto.recoverable_rooms():
             # Keys arrived (to-device) for events held in a room with no news:
             # an empty entry makes _sync_room decrypt and deliver them.
@@ -447,6 +476,11 @@ class SyncLoop:
             self.crypto.held_written()
         self.status.since = next_batch
         self.status.syncs += 1
+        if since is None:
+            self._joined = set()
+        if self._joined is not None:
+            self._joined = (self._joined | listed) - set(left)
+        self._complete = (self._complete | full) - set(left)
         await self.crypto.after_sync()  # key requests out, key requests answered
         return bool(batch.delivered) or bool(invited) or rechecked or bool(to_device)
 
