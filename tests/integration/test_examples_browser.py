@@ -262,11 +262,14 @@ async def test_whiteboard_stroke_reaches_python_and_idle_pages_add_nothing_to_th
         (page_stroke,) = await strokes(b_page)
         assert py_stroke == page_stroke and py_stroke["author"] == alice.user_id
 
-        # Settle: both servers have every edit on the homeserver.
+        # Settle: both servers have every edit on the homeserver, and the observer
+        # holds what they hold (it had the stroke once its first updates arrived; the
+        # rest of the stroke's updates could still be on their way: a flake once).
         with anyio.fail_after(30):
             while True:
                 stats = [await _stats(u) for u in (a_url, b_url)]
                 if all(s["doc"]["pending_edits"] == 0 and not s["doc"]["in_flight"]
+                       and s["state_bytes"] == len(observer.doc.get_update())
                        for s in stats):
                     break
                 await anyio.sleep(0.1)
