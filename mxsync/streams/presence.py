@@ -10,6 +10,12 @@ Two modes, chosen once per run:
   delayed-event management limiter, not the message limiter. If the device
   dies, the homeserver itself marks it offline ``offline_after`` seconds
   after the last restart.
+- The period runs from the last restart the homeserver *answered*: a restart
+  that failed (network, 5xx, a rate limit, a slow server) is retried within
+  seconds, with bounded backoff, not one period later, so one failure never
+  costs the will. The first restart of a run falls at a random point of the
+  first period, so that devices started together (a gateway's fleet) do not
+  restart in lockstep.
 - ``"heartbeat"`` (no delayed events): the birth promises ``heartbeat_ms``
   and the device refreshes its state whenever no batch of it was stored for
   most of that interval; subscribers infer "offline" after two missed intervals.
@@ -28,6 +34,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Literal
@@ -36,6 +43,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from ..engine.http import Backoff
+from ..engine.outbox import SendHandle
 from ..engine.surface import Engine
 from ..errors import HomeserverUnavailable, MatrixError, RateLimitedError, TransientError
 from ..protocol import api
@@ -84,11 +92,16 @@ class Presence:
         self._lane = f"device/{device}"
         self._delay_id: str | None = None
         self._last_refresh = time.monotonic()
+        #: The will's restart period (s).
+        self._period = max(1.0, self._offline_after_ms / 3000)
         #: "will" or "heartbeat" once known.
         self.mode: PresenceMode | None = None
         #: Set once the birth is stored on the homeserver (and the will armed).
         self.ready = anyio.Event()
         self.restarts = 0
+        #: Restarts that failed and were retried.
+        self.restart_failures = 0
+        #: Wills that fired while the device lived (answered by a new birth).
         self.rebirths = 0
 
     @property
@@ -102,10 +115,17 @@ class Presence:
         task_status.started()
         await self._announce()
         self.ready.set()
+        period = self._period
+        wait = random.uniform(period / 2, period)
+        retry = Backoff(base=2.0, cap=max(2.0, period / 2))
         while True:
             if self.mode == "will":
-                await anyio.sleep(max(1.0, self._offline_after_ms / 3000))
-                await self._restart()
+                await anyio.sleep(wait)
+                if await self._restart():
+                    retry.reset()
+                    wait = period
+                else:
+                    wait = retry.next_delay()
             else:
                 await anyio.sleep(min(1.0, self._heartbeat / 4))
                 await self._maybe_refresh()
@@ -137,11 +157,34 @@ class Presence:
         if self.mode == "will":
             await self._until_done(self._arm)
         try:
-            await handle.wait()
+            await self._wait_birth(handle)
         except MatrixError as exc:
             log.error("the homeserver refused the birth of device %s in %s: %s",
                       self._device, self._room, exc)
         self._last_refresh = time.monotonic()
+
+    async def _wait_birth(self, handle: SendHandle) -> None:
+        """Wait until the birth is stored, restarting the armed will meanwhile: a
+        birth queued behind a busy outbox (a gateway's thousand births) must not
+        let the will, armed before it, fire."""
+        while True:
+            with anyio.move_on_after(self._period):
+                await handle.wait()
+                return
+            if self.mode == "will" and self._delay_id is not None:
+                try:
+                    await self._client.request(
+                        api.delayed_event_action(self._delay_id, "restart"))
+                    self.restarts += 1
+                except MatrixError as exc:
+                    if exc.errcode != "M_NOT_FOUND":
+                        log.debug("restarting the will of %s failed: %s", self._device, exc)
+                        continue
+                    self.rebirths += 1
+                    self._delay_id = None
+                    await self._until_done(self._arm)
+                except (TransientError, HomeserverUnavailable) as exc:
+                    log.debug("restarting the will of %s failed: %s", self._device, exc)
 
     def _state(self, *, online: bool, reason: str) -> dict[str, object]:
         will = self.mode == "will"
@@ -216,28 +259,35 @@ class Presence:
             if exc.errcode != "M_NOT_FOUND":
                 raise
 
-    async def _restart(self) -> None:
+    async def _restart(self) -> bool:
+        """Restart the will's timer; False if it should be tried again soon."""
         if self._delay_id is None:
             await self._announce()
-            return
+            return True
         try:
             await self._client.request(api.delayed_event_action(self._delay_id, "restart"))
             self.restarts += 1
+            return True
         except RateLimitedError as exc:
             await anyio.sleep((exc.retry_after_ms or 1000) / 1000)
-        except TransientError as exc:
+            return False
+        except (TransientError, HomeserverUnavailable) as exc:
             # Keep trying; if the homeserver stays unreachable past the delay, the
             # will fires, which is the truth: the device is unreachable.
+            self.restart_failures += 1
             log.debug("restarting the last will of %s failed: %s", self._device, exc)
+            return False
         except MatrixError as exc:
             if exc.errcode != "M_NOT_FOUND":
+                self.restart_failures += 1
                 log.warning("restarting the last will of %s failed: %s", self._device, exc)
-                return
+                return False
             log.warning("the last will of %s fired while it was alive; announcing it again",
                         self._device)
             self._delay_id = None
             self.rebirths += 1
             await self._announce()
+            return True
 
     async def rebirth(self) -> None:
         """Announce the device again (``reason: "rebirth"``), as asked by a rebirth command."""
