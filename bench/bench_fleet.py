@@ -11,10 +11,18 @@ Mosquitto alone, measured in the same run on the same broker.
 - ``x_bridge_mqtt``: the ratio of the two.
 - ``gateway_readings_per_s``: the appservice gateway (its own Synapse with the
   registration installed, Synapse's default rate limits, device users exempt by
-  ``rate_limited: false``): N devices, each its own user, one client; R readings
-  per device published at once; until a dashboard has all N * R
-  (``gateway_devices``, ``gateway_readings``; ``gateway_setup_s``: registering,
-  inviting and joining the N users and opening their publishers).
+  ``rate_limited: false``): N devices (1,000; ``--quick`` 100), each its own
+  user, one client, spread by the gateway over rooms of 50; R readings (1,000)
+  per device published at once; until a dashboard (one subscriber per room, one
+  client) has all N * R. ``gateway_events_per_s``: the readings events (batches)
+  that carried them. ``gateway_add_devices_s``: registering the users, creating
+  the rooms and joining; ``gateway_setup_s``: that plus opening the publishers
+  until every birth is stored and every will armed.
+- Baselines on the same Synapse, same run: ``plain_readings_per_s``, one
+  ordinary user's Publisher (held to 0.2 events/s after a burst of 10) with
+  20,000 readings at once (``x_gateway_plain``: the ratio); and
+  ``ceiling_events_per_s_rate_limited_users``, what the same N devices could
+  send as ordinary users, N x 0.2 events/s (``x_gateway_events_ceiling``).
 
 Run alone: ``python -m bench.bench_fleet [--quick]`` (starts its own Synapse).
 """
@@ -101,46 +109,102 @@ async def through_bridge(hs: DevServer, port: int, n: int, tmp: Path) -> float:
             return n / (time.perf_counter() - start)
 
 
-async def gateway_rate(devices: int, readings: int, tmp: Path) -> dict[str, float]:
+async def _count(subs: list[Any], total: int, deadline: float) -> None:
+    """Until the subscribers of ``subs`` have ``total`` readings between them."""
+    got = 0
+    send, receive = anyio.create_memory_object_stream[int](1024)
+
+    async def pump(sub: Any) -> None:
+        async for _ in sub:
+            await send.send(1)
+
+    async with anyio.create_task_group() as tg:
+        for sub in subs:
+            tg.start_soon(pump, sub)
+        with anyio.fail_after(deadline):
+            async for _ in receive:
+                got += 1
+                if got >= total:
+                    break
+        tg.cancel_scope.cancel()
+
+
+async def plain_publisher_rate(hs: DevServer, readings: int, tmp: Path) -> dict[str, float]:
+    """The baseline: one ordinary user's Publisher under the same default limits
+    (0.2 events/s after a burst of 10), ``readings`` readings at once, until a
+    dashboard of another user has them all."""
+    from mxsync import Reading
+
+    pub_c, dash_c = await hs.register("gplain"), await hs.register("gplaindash")
+    async with Client(hs.url, pub_c.user_id, password=pub_c.password,
+                      store_path=tmp / "gplain.db") as pc, \
+            Client(hs.url, dash_c.user_id, password=dash_c.password,
+                   store_path=tmp / "gplaindash.db") as dc:
+        room = await pc.create_room("plain publisher", invite=[dash_c.user_id])
+        await dc.join(room)
+        async with dc.subscribe(room, buffer=4096) as sub, \
+                pc.publisher(room, device="plain", max_age=0.5) as pub:
+            t0 = int(time.time() * 1000) - readings
+            start = time.perf_counter()
+            pub.publish_many(Reading("v", t0 + j, j) for j in range(readings))
+            await _count([sub], readings, 1800)
+            elapsed = time.perf_counter() - start
+            events = pub.statistics().batches_sent
+    return {"plain_readings_per_s": readings / elapsed, "plain_events": events,
+            "plain_events_per_s": events / elapsed}
+
+
+async def gateway_rate(devices: int, readings: int, tmp: Path, *,
+                       room_size: int = 50, plain: int = 20_000) -> dict[str, float]:
     from contextlib import AsyncExitStack
 
     from mxsync import Reading
-    from mxsync.protocol import api
 
     reg = Registration.generate("localhost")
     reg_file = reg.write(tmp / "fleet.yaml")
     async with DevServer(tmp / "gw-synapse", rate_limits="default",
                          app_services=[reg_file]) as hs:
+        baseline = await plain_publisher_rate(hs, plain, tmp)
         creds = await hs.register("gdash")
         async with Client(hs.url, creds.user_id, password=creds.password,
                           store_path=tmp / "gdash.db") as dash, \
                 Client(hs.url, reg.sender, access_token=reg.as_token,
                        store_path=tmp / "gw.db", encryption=False) as bot:
-            room = await dash.create_room("gateway bench", invite=[reg.sender])
-            await dash.set_power_level(room, reg.sender, 100)
-            await bot.request(api.join(room))
-            gw = FleetGateway(bot, reg, room)
+            gw = FleetGateway(bot, reg, room_size=room_size, operators=[creds.user_id])
             names = [f"g{i:04d}" for i in range(devices)]
             setup = time.perf_counter()
             await gw.add_devices(names)
+            added = time.perf_counter() - setup
             async with AsyncExitStack() as stack:
-                pubs = [await stack.enter_async_context(gw.publisher(d, offline_after=300))
+                for room in gw.rooms:
+                    await dash.join(room)
+                subs = [await stack.enter_async_context(dash.subscribe(room, buffer=1024))
+                        for room in gw.rooms]
+                pubs = [await stack.enter_async_context(gw.publisher(d, max_age=0.5))
                         for d in names]
+                for pub in pubs:  # births stored, wills armed
+                    await pub.wait_online()
                 setup = time.perf_counter() - setup
-                async with dash.subscribe(room, buffer=4096) as sub:
-                    t0 = int(time.time() * 1000) - readings
-                    start = time.perf_counter()
-                    for i, pub in enumerate(pubs):
-                        pub.publish_many(Reading("v", t0 + j, i + j) for j in range(readings))
-                    total, got = devices * readings, 0
-                    with anyio.fail_after(1800):
-                        async for _ in sub:
-                            got += 1
-                            if got >= total:
-                                break
-                    rate = total / (time.perf_counter() - start)
-    return {"gateway_readings_per_s": rate, "gateway_devices": devices,
-            "gateway_readings": devices * readings, "gateway_setup_s": setup}
+                t0 = int(time.time() * 1000) - readings
+                start = time.perf_counter()
+                for i, pub in enumerate(pubs):
+                    pub.publish_many(Reading("v", t0 + j, i + j) for j in range(readings))
+                await _count(subs, devices * readings, 1800)
+                elapsed = time.perf_counter() - start
+                stats = [p.statistics() for p in pubs]
+                events = sum(st.batches_sent for st in stats)
+                rebirths = sum(st.will_rebirths for st in stats)
+    ceiling = devices * 0.2  # the same devices as ordinary users: rc_message 0.2/s each
+    return {"gateway_readings_per_s": devices * readings / elapsed,
+            "gateway_devices": devices, "gateway_rooms": len(gw.rooms),
+            "gateway_readings": devices * readings, "gateway_events": events,
+            "gateway_events_per_s": events / elapsed,
+            "gateway_add_devices_s": added, "gateway_setup_s": setup,
+            "gateway_will_rebirths": rebirths,
+            "ceiling_events_per_s_rate_limited_users": ceiling,
+            "x_gateway_events_ceiling": events / elapsed / ceiling,
+            **baseline,
+            "x_gateway_plain": devices * readings / elapsed / baseline["plain_readings_per_s"]}
 
 
 async def run(hs: DevServer, *, quick: bool) -> dict[str, float]:
@@ -150,7 +214,7 @@ async def run(hs: DevServer, *, quick: bool) -> dict[str, float]:
         async with Mosquitto(tmp / "mosquitto") as broker:
             alone = await anyio.to_thread.run_sync(_mqtt_once, broker.port, n, 100)
             bridged = await through_bridge(hs, broker.port, n, tmp)
-        gateway = await gateway_rate(*((50, 2_000) if quick else (100, 10_000)), tmp)
+        gateway = await gateway_rate(*((100, 1_000) if quick else (1_000, 1_000)), tmp)
     return {"bridge_readings_per_s": bridged, "bridge_readings_per_s_mqtt": alone,
             "x_bridge_mqtt": bridged / alone, **gateway}
 
