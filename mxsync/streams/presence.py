@@ -26,6 +26,11 @@ Invariants:
   offline (twice), never online.
 - A will left by a previous run of the same device (``kill -9``) is cancelled
   before the new birth, so it cannot mark the new run offline.
+- A shutdown cancels every pending will of the device, not only the one this
+  run armed: a run closed before its presence had looked (a gateway that
+  opens and closes a thousand publishers) would otherwise leave a previous
+  run's will to fire later with ``reason: "last-will"`` (seen in the
+  1,000-device soak).
 - A will that fired while the device was alive (a network partition longer
   than ``offline_after``) is noticed on the next restart (M_NOT_FOUND) and
   answered with a new birth and a new will.
@@ -37,7 +42,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 from anyio.abc import TaskStatus
@@ -211,6 +216,12 @@ class Presence:
                 raise
             log.info("no delayed events on this homeserver (%s); using heartbeats", exc.errcode)
             return False
+        await self._cancel_foreign(answer)
+        return True
+
+    async def _cancel_foreign(self, answer: dict[str, Any]) -> None:
+        """Cancel this device's wills in ``answer`` (a delayed-events listing) other
+        than the one this run holds armed (every one after shutdown)."""
         pending = answer.get("delayed_events")
         for ev in pending if isinstance(pending, list) else []:
             if (
@@ -219,10 +230,10 @@ class Presence:
                 and ev.get("type") == DEVICE
                 and ev.get("state_key") == self._device
                 and isinstance(ev.get("delay_id"), str)
+                and ev["delay_id"] != self._delay_id
             ):
-                log.info("cancelling the last will of a previous run of %s", self._device)
+                log.info("cancelling a last will of %s", self._device)
                 await self._manage(ev["delay_id"], "cancel")
-        return True
 
     async def _arm(self) -> None:
         will = self._state(online=False, reason="last-will")
@@ -331,10 +342,18 @@ class Presence:
             await handle.wait()
         except MatrixError as exc:
             log.warning("the homeserver refused the shutdown state of %s: %s", self._device, exc)
-        if self._delay_id is not None:
-            delay_id, self._delay_id = self._delay_id, None
-            try:
-                await self._manage(delay_id, "cancel")
-            except (MatrixError, TransientError) as exc:
-                log.warning("could not cancel the last will of %s (%s); it will fire later",
-                            self._device, exc)
+        if self.mode == "heartbeat":
+            return
+        own, self._delay_id = self._delay_id, None
+        try:
+            answer = await self._client.request(api.delayed_events())
+        except (MatrixError, TransientError, HomeserverUnavailable) as exc:
+            answer = {"delayed_events": []} if own is None else {"delayed_events": [
+                {"room_id": self._room, "type": DEVICE, "state_key": self._device,
+                 "delay_id": own}]}
+            log.debug("listing the wills of %s failed (%s)", self._device, exc)
+        try:
+            await self._cancel_foreign(answer)
+        except (MatrixError, TransientError, HomeserverUnavailable) as exc:
+            log.warning("could not cancel the last will of %s (%s); it will fire later",
+                        self._device, exc)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from contextlib import AsyncExitStack
 from pathlib import Path
 
 import anyio
@@ -49,10 +48,8 @@ async def main(url: str, reg_path: str, room: str, store: str, n: int, r: int,
             await gw.add_devices(devices)
         print(f"devices added at {time.monotonic() - start:.1f}s", flush=True)
         print("ROOMS " + json.dumps(gw.rooms), flush=True)
-        async with AsyncExitStack() as stack:
-            pubs = [await stack.enter_async_context(gw.publisher(d, offline_after=120,
-                                                                 max_age=0.5))
-                    for d in devices]
+        async with gw.publishers(devices, offline_after=120, max_age=0.5) as by_device:
+            pubs = [by_device[d] for d in devices]
             print(f"publishers open at {time.monotonic() - start:.1f}s", flush=True)
             if phase == "first":
                 for i, pub in enumerate(pubs):
@@ -62,12 +59,16 @@ async def main(url: str, reg_path: str, room: str, store: str, n: int, r: int,
                 print(f"PERSISTED at {time.monotonic() - start:.1f}s", flush=True)
             for pub in pubs:
                 await pub.flush()
+            # Batches the killed run had handed to the outbox are the outbox's, not
+            # the publishers' (Publisher.flush does not wait for them).
+            await client.outbox.flush()
             stats = [p.statistics() for p in pubs]
             wills = {"restarts": sum(s.will_restarts for s in stats),
                      "restart_failures": sum(s.will_restart_failures for s in stats),
                      "rebirths": sum(s.will_rebirths for s in stats)}
             print(f"DONE at {time.monotonic() - start:.1f}s wills {json.dumps(wills)}",
                   flush=True)
+        print(f"CLOSED at {time.monotonic() - start:.1f}s", flush=True)
 
 
 if __name__ == "__main__":

@@ -68,10 +68,13 @@ def rooms_line(out: Path) -> list[str] | None:
 
 
 async def run_fleet(tmp_path: Path, devices: int, readings: int, deadline: float,
-                    room_size: int | None = None, database: str = "sqlite") -> str:
+                    room_size: int | None = None, database: str = "sqlite",
+                    wills_after: float | None = None) -> str:
     """Run the fleet, kill -9 its gateway once persisted, start it again; check every
     reading arrived once. ``room_size``: the gateway makes rooms of that many
-    devices (else one room, made by the dashboard). Returns the gateway's output."""
+    devices (else one room, made by the dashboard). ``wills_after``: wait that long
+    after the gateway's exit, then check that every device's state is still its
+    shutdown (no last will, of either run, fired). Returns the gateway's output."""
     reg = Registration.generate("localhost")
     reg_file = reg.write(tmp_path / "fleet-registration.yaml")
     async with DevServer(tmp_path / "synapse", rate_limits="default",
@@ -176,6 +179,16 @@ async def run_fleet(tmp_path: Path, devices: int, readings: int, deadline: float
                 for ev in page.events:
                     assert ev.sender == reg.user_id(ev.content["device"])
                     assert ev.origin_server_ts == ev.content["t0_ms"]
+            if wills_after is not None:
+                await anyio.sleep(wills_after)
+                reasons: dict[str | None, int] = {}
+                for sub_room in [room] if room_size is None else rooms:
+                    for ev in await dash.room_state(sub_room):
+                        if ev.type == "org.mxsync.device":
+                            reason = ev.content.get("reason")
+                            reasons[reason] = reasons.get(reason, 0) + 1
+                print(f"device states {wills_after:.0f}s after the gateway's exit: {reasons}")
+                assert reasons == {"shutdown": devices}
             return out.read_text()
 
 
@@ -203,6 +216,6 @@ async def test_soak_1000_devices_one_million_readings(tmp_path, database):
     See docs/soak.md for the runs and their timings."""
     started = time.monotonic()
     out = await run_fleet(tmp_path, devices=1000, readings=1000, deadline=3000, room_size=50,
-                          database=database)
+                          database=database, wills_after=160)
     print(out)
     print(f"soak ({database}) passed in {time.monotonic() - started:.1f}s")
