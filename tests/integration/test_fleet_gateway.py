@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -69,7 +71,7 @@ def rooms_line(out: Path) -> list[str] | None:
 
 async def run_fleet(tmp_path: Path, devices: int, readings: int, deadline: float,
                     room_size: int | None = None, database: str = "sqlite",
-                    wills_after: float | None = None) -> str:
+                    wills_after: float | None = None, hs_dir: Path | None = None) -> str:
     """Run the fleet, kill -9 its gateway once persisted, start it again; check every
     reading arrived once. ``room_size``: the gateway makes rooms of that many
     devices (else one room, made by the dashboard). ``wills_after``: wait that long
@@ -77,7 +79,7 @@ async def run_fleet(tmp_path: Path, devices: int, readings: int, deadline: float
     shutdown (no last will, of either run, fired). Returns the gateway's output."""
     reg = Registration.generate("localhost")
     reg_file = reg.write(tmp_path / "fleet-registration.yaml")
-    async with DevServer(tmp_path / "synapse", rate_limits="default",
+    async with DevServer(hs_dir or tmp_path / "synapse", rate_limits="default",
                          app_services=[reg_file], database=database) as hs:
         creds = await hs.register("dash")
         async with Client(hs.url, creds.user_id, password=creds.password,
@@ -215,7 +217,15 @@ async def test_soak_1000_devices_one_million_readings(tmp_path, database):
     spreads them over 20 rooms of 50; kill -9 once persisted, started again.
     See docs/soak.md for the runs and their timings."""
     started = time.monotonic()
-    out = await run_fleet(tmp_path, devices=1000, readings=1000, deadline=3000, room_size=50,
-                          database=database, wills_after=160)
+    # Not under pytest's tmp dir (mode 0700): PostgreSQL runs as the postgres user,
+    # who must reach its data directory.
+    base = Path(tempfile.mkdtemp(prefix="mxsync-fleet-soak-"))
+    os.chmod(base, 0o711)
+    try:
+        out = await run_fleet(tmp_path, devices=1000, readings=1000, deadline=3000,
+                              room_size=50, database=database, wills_after=160,
+                              hs_dir=base / "synapse")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
     print(out)
     print(f"soak ({database}) passed in {time.monotonic() - started:.1f}s")
