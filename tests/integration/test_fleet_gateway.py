@@ -214,8 +214,15 @@ async def test_a_gateway_spreads_60_devices_over_its_own_rooms_and_survives_kill
 @pytest.mark.parametrize("database", ["sqlite", "postgres"])
 async def test_soak_1000_devices_one_million_readings(tmp_path, database):
     """The issue's size: 1,000 devices x 1,000 readings through one gateway, which
-    spreads them over 20 rooms of 50; kill -9 once persisted, started again.
-    See docs/soak.md for the runs and their timings."""
+    spreads them over 20 rooms of 50; kill -9 once persisted, started again; 160 s
+    after the clean exit no will has fired. Run 2026-12-01 17:14 UTC on SQLite
+    (loaded 2-core machine, final code): users registered, rooms made and joined in
+    127.8 s, persisted at 142.8 s, killed; the restarted gateway found the devices
+    in 15.5 s and the dashboard had all 1,000,000 readings 74 s after the kill,
+    each once, no batch twice on the wire, 1,000 `shutdown` states at the end;
+    612.6 s in all. On PostgreSQL (16:47, before the shutdown fix) the readings
+    passed alike (last one 123 s after the kill) but 176 wills fired during the
+    mass close. Every run, and what each changed: docs/soak.md."""
     started = time.monotonic()
     # Not under pytest's tmp dir (mode 0700): PostgreSQL runs as the postgres user,
     # who must reach its data directory.
