@@ -5,7 +5,10 @@ The devserver installs the gateway's registration (``rate_limited: false``, the
 publishes for many devices, each its own Matrix user, from one client; it is
 killed with SIGKILL while its batches are being delivered and started again;
 a dashboard gets every reading exactly once, in order per device, and each
-event carries the time of its first reading (``?ts=``).
+event carries the time of its first reading (``?ts=``). Once with one room the
+dashboard made, once with the rooms the gateway makes (``room_size``): the
+restarted gateway finds every device where it was, and the wire holds each
+batch once.
 """
 
 from __future__ import annotations
