@@ -3,7 +3,9 @@
 Owns the application service's side: its registration (:class:`Registration`,
 the YAML file a homeserver lists in ``app_service_config_files``), the device
 users of its namespace (``@dev_*:server``) and :class:`FleetGateway`, which
-registers them, lets them into a room and opens a Publisher for each, all on
+registers them, lets them into the fleet's rooms (:mod:`mxsync.fleet.rooms`:
+rooms of at most ``room_size`` devices per group, made and found again by the
+gateway; or one room the caller gives) and opens a Publisher for each, all on
 **one** client: the appservice's sender, with one store, one outbox and one
 sync loop.
 
@@ -37,7 +39,10 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -50,6 +55,7 @@ from ..errors import ConfigError, MatrixError
 from ..protocol import api
 from ..protocol.types import POWER_LEVELS, READINGS
 from ..streams import Publisher
+from .rooms import DEFAULT_GROUP, FleetRooms, Shard, validate_group
 from .transactions import TransactionEndpoint, listen_address
 
 if TYPE_CHECKING:
@@ -105,6 +111,11 @@ class Registration(msgspec.Struct, frozen=True, kw_only=True):
     def sender(self) -> str:
         return f"@{self.sender_localpart}:{self.server_name}"
 
+    @property
+    def alias_prefix(self) -> str:
+        """Localparts of the fleet rooms' aliases start with this (``fleet_``)."""
+        return f"{self.sender_localpart}_"
+
     def user_id(self, device: str) -> str:
         return f"@{device_localpart(self.user_prefix, device)}:{self.server_name}"
 
@@ -121,7 +132,13 @@ class Registration(msgspec.Struct, frozen=True, kw_only=True):
                 "users": [{"exclusive": True,
                            "regex": f"@{re.escape(self.user_prefix)}.*:"
                                     f"{re.escape(self.server_name)}"}],
-                "aliases": [], "rooms": [],
+                # The rooms the gateway makes are found again by these aliases
+                # (mxsync.fleet.rooms); an appservice may only create aliases of
+                # its namespace.
+                "aliases": [{"exclusive": True,
+                             "regex": f"#{re.escape(self.alias_prefix)}.*:"
+                                      f"{re.escape(self.server_name)}"}],
+                "rooms": [],
             },
             # Read back by Registration.load; the homeserver ignores unknown keys.
             "de.mxsync": {"user_prefix": self.user_prefix, "server_name": self.server_name},
@@ -199,13 +216,24 @@ class DeviceEngine:
 
 
 class FleetGateway:
-    """Devices of one room, each as its own user of the appservice, on one client.
+    """Many devices, each as its own user of the appservice, on one client.
 
     ``client`` is a Client logged in as the registration's sender (its
     ``access_token`` is the as_token; ``sync=False``: Synapse refuses /sync to
-    appservices, their events are pushed). ``await gateway.add_devices(ids)``
-    registers the users, lets them into the room (invite, level 50, join) in a
-    few requests; ``gateway.publisher(device, **kw)`` is that device's Publisher.
+    appservices, their events are pushed).
+
+    - ``FleetGateway(client, reg)``: the gateway makes the fleet's rooms
+      (:mod:`mxsync.fleet.rooms`): ``await gateway.add_devices(ids, group="site-a")``
+      registers the users and puts them into the rooms of their group, at most
+      ``room_size`` (50) devices per room, creating rooms as needed, with
+      ``operators`` (user id -> power level, or user ids for 100) invited to
+      each. A dashboard joins them (``gateway.rooms``, or by alias
+      ``#<sender_localpart>_<group>.<k>:server``) and subscribes to each; one
+      client runs any number of subscribers on its one sync loop.
+    - ``FleetGateway(client, reg, room_id)``: every device in that one room,
+      which the caller made and in which the sender may set power levels.
+
+    ``gateway.publisher(device, **kw)`` is that device's Publisher, in its room.
 
     ``async with gateway`` also takes the homeserver's pushed transactions
     (:mod:`mxsync.fleet.transactions`) when the registration has a ``url``:
@@ -213,74 +241,215 @@ class FleetGateway:
     events go to the client's consumers, so the devices take commands.
     """
 
-    def __init__(self, client: Client, registration: Registration, room_id: str, *,
-                 listen_host: str | None = None, listen_port: int | None = None) -> None:
+    def __init__(self, client: Client, registration: Registration, room_id: str | None = None,
+                 *, room_size: int = 50, operators: Mapping[str, int] | Iterable[str] = (),
+                 concurrency: int = 16, listen_host: str | None = None,
+                 listen_port: int | None = None) -> None:
+        if type(room_size) is not int or not 1 <= room_size <= 10_000:
+            raise ConfigError(f"room_size must be an int within 1..10000, got {room_size!r}")
+        if type(concurrency) is not int or not 1 <= concurrency <= 256:
+            raise ConfigError(f"concurrency must be an int within 1..256, got {concurrency!r}")
+        if room_id is not None and (not isinstance(room_id, str) or not room_id.startswith("!")):
+            raise ConfigError(f"not a room id: {room_id!r}")
+        ops = dict(operators) if isinstance(operators, Mapping) else \
+            dict.fromkeys(operators, 100)
+        for user, lvl in ops.items():
+            if not isinstance(user, str) or not user.startswith("@") or type(lvl) is not int:
+                raise ConfigError(f"operators maps user ids to int levels, got {user!r}: {lvl!r}")
         self._client = client
         self._reg = registration
         self._room = room_id
+        self._concurrency = concurrency
+        self._fleet = FleetRooms(client, server_name=registration.server_name,
+                                 alias_prefix=registration.alias_prefix,
+                                 user_prefix=registration.user_prefix,
+                                 room_size=room_size, operators=ops)
+        #: Device user -> its room.
+        self._room_of: dict[str, str] = {}
         self._listen = (listen_host, listen_port)
+        #: Device users added (the endpoint's user query answers for them).
         self._users: set[str] = set()
         #: The transaction endpoint, while ``async with`` runs and the registration has a url.
         self.endpoint: TransactionEndpoint | None = None
 
     @property
-    def room_id(self) -> str:
+    def room_id(self) -> str | None:
+        """The one room given by the caller, or None when the gateway makes the rooms."""
         return self._room
+
+    @property
+    def rooms(self) -> list[str]:
+        """Every room of the fleet this gateway knows (added devices' rooms)."""
+        if self._room is not None:
+            return [self._room]
+        return [s.room_id for shards in self._fleet.groups.values() for s in shards]
+
+    def groups(self) -> dict[str, list[str]]:
+        """Group -> its rooms, in shard order (empty with one caller-given room)."""
+        return {g: [s.room_id for s in shards] for g, shards in self._fleet.groups.items()}
+
+    def room_of(self, device: str) -> str:
+        """The room of an added device (with one given room: that room)."""
+        if self._room is not None:
+            return self._room
+        room = self._room_of.get(self._reg.user_id(device))
+        if room is None:
+            raise ConfigError(f"device {device!r} was not added: await add_devices first")
+        return room
 
     def engine(self, device: str) -> DeviceEngine:
         return DeviceEngine(self._client, self._reg.user_id(device))
 
     def publisher(self, device: str, **kw: Any) -> Publisher:
-        """The device's Publisher. It takes commands (``commands=True``) while the
-        gateway takes the homeserver's transactions (``async with gateway`` and a
-        registration with a ``url``); otherwise not by default, as no event would
-        reach it live (Synapse serves no /sync to appservice users)."""
+        """The device's Publisher in its room. It takes commands (``commands=True``)
+        while the gateway takes the homeserver's transactions (``async with
+        gateway`` and a registration with a ``url``); otherwise not by default, as
+        no event would reach it live (Synapse serves no /sync to appservice users).
+        ``offline_after`` defaults to 120 s (not 30): a thousand devices restart
+        their wills every ``offline_after / 3``, 25 restarts/s."""
         kw.setdefault("commands", self.endpoint is not None)
-        return Publisher(self.engine(device), self._room, device, **kw)  # type: ignore[arg-type]
+        kw.setdefault("offline_after", 120.0)
+        return Publisher(self.engine(device), self.room_of(device), device,  # type: ignore[arg-type]
+                         **kw)
 
-    async def add_devices(self, devices: Iterable[str], *, level: int = 50) -> list[str]:
-        """Register, invite, empower and join the users of ``devices``; their user ids."""
-        users = [self._reg.user_id(d) for d in devices]
-        limiter = anyio.CapacityLimiter(8)
+    @asynccontextmanager
+    async def publishers(self, devices: Iterable[str], **kw: Any
+                         ) -> AsyncIterator[dict[str, Publisher]]:
+        """``async with gateway.publishers(ids, **kw) as pubs``: the devices'
+        Publishers (device -> Publisher), opened and closed concurrently.
 
-        async def each(fn: Callable[[str], Awaitable[None]]) -> None:
-            async def one(user: str) -> None:
-                async with limiter:
-                    await fn(user)
+        Closing a publisher waits for its last batches, its shutdown state and
+        its will's cancel; a thousand closed one after the other (an exit stack)
+        take minutes, here they take about as long as the slowest. Each runs in a
+        task of its own (a Publisher is entered and left in the same task).
+        ``close_timeout`` defaults to 60 s + 0.2 s per device."""
+        names = list(dict.fromkeys(devices))
+        # Closing costs the homeserver about two events per device (shutdown state,
+        # final sensor state) on top of its last batches; at the ~30 events/s seen
+        # here a thousand take ~70 s, and a publisher cut short by close_timeout
+        # leaves its goodbye to its will (in the soak, 60 s cut 179 of 1,000).
+        kw.setdefault("close_timeout", 60.0 + 0.2 * len(names))
+        opened: dict[str, Publisher] = {}
+        close = anyio.Event()
+        all_open = anyio.Event()
+        limiter = anyio.CapacityLimiter(64)
 
-            async with anyio.create_task_group() as tg:
-                for user in users:
-                    tg.start_soon(one, user)
-
-        async def register(user: str) -> None:
+        async def host(device: str) -> None:
+            async with limiter:
+                pub = await self.publisher(device, **kw).__aenter__()
             try:
-                await self._client.request(
-                    api.register_appservice_user(user[1:].split(":", 1)[0]))
-            except MatrixError as exc:
-                if exc.errcode != "M_USER_IN_USE":
+                opened[device] = pub
+                if len(opened) == len(names):
+                    all_open.set()
+                await close.wait()
+            except BaseException:
+                if not await pub.__aexit__(*sys.exc_info()):
                     raise
+            else:
+                await pub.__aexit__(None, None, None)
 
-        await each(register)
+        async with anyio.create_task_group() as tg:
+            for device in names:
+                tg.start_soon(host, device)
+            try:
+                if names:
+                    await all_open.wait()
+                yield {d: opened[d] for d in names}
+            except BaseException:
+                # The body failed or was cancelled: the publishers say goodbye at
+                # once (their unsent readings stay in the store), they do not drain.
+                tg.cancel_scope.cancel()
+                raise
+            finally:
+                close.set()
+
+    async def _each(self, users: Iterable[str], fn: Callable[[str], Awaitable[None]]) -> None:
+        limiter = anyio.CapacityLimiter(self._concurrency)
+
+        async def one(user: str) -> None:
+            async with limiter:
+                await fn(user)
+
+        async with anyio.create_task_group() as tg:
+            for user in users:
+                tg.start_soon(one, user)
+
+    async def _register(self, user: str) -> None:
+        try:
+            await self._client.request(api.register_appservice_user(user[1:].split(":", 1)[0]))
+        except MatrixError as exc:
+            if exc.errcode != "M_USER_IN_USE":
+                raise
+
+    async def add_devices(self, devices: Iterable[str], *, group: str | None = None,
+                          level: int = 50) -> list[str]:
+        """Register the users of ``devices``, let them into their rooms (of
+        ``group``, default ``"fleet"``) with power ``level``, join them; their user
+        ids. Idempotent: devices already in a room of the group stay there, and a
+        gateway started again finds them in a few requests per room."""
+        users = [self._reg.user_id(d) for d in devices]
+        if self._room is not None:
+            if group is not None:
+                raise ConfigError("group is for rooms the gateway makes; this gateway has one room")
+            await self._into_one_room(users, level)
+            self._users.update(users)
+            return users
+        group = validate_group(DEFAULT_GROUP if group is None else group)
+        t0 = time.monotonic()
+        shards = await self._fleet.load(group)
+        known = {u for s in shards for u in s.members}
+        fresh = [u for u in users if u not in known]
+        await self._each(fresh, self._register)
+        t1 = time.monotonic()
+        shards = await self._fleet.place(group, users, level)
+        t2 = time.monotonic()
+        wanted = set(users)
+
+        async def join(user: str, shard: Shard) -> None:
+            await self._client.request(api.as_appservice(api.join(shard.room_id), user))
+            shard.members[user] = "join"
+
+        limiter = anyio.CapacityLimiter(self._concurrency)
+
+        async def one(user: str, shard: Shard) -> None:
+            async with limiter:
+                await join(user, shard)
+
+        async with anyio.create_task_group() as tg:
+            for shard in shards:
+                for user, membership in list(shard.members.items()):
+                    if user in wanted:
+                        self._room_of[user] = shard.room_id
+                        if membership != "join":
+                            tg.start_soon(one, user, shard)
+        log.info("group %s: %d devices in %d rooms; registered %d in %.1fs, placed in %.1fs,"
+                 " joined in %.1fs", group, len(users), len(shards), len(fresh), t1 - t0,
+                 t2 - t1, time.monotonic() - t2)
+        self._users.update(users)
+        return users
+
+    async def _into_one_room(self, users: list[str], level: int) -> None:
+        room = self._room
+        assert room is not None
+        await self._each(users, self._register)
         # Fresh, not the state cache: another add_devices (an MQTT device's birth
         # in the bridge) may have changed the levels a moment ago.
-        pl = dict(await self._client.request(api.get_state(self._room, POWER_LEVELS)))
+        pl = dict(await self._client.request(api.get_state(room, POWER_LEVELS)))
         levels = dict(pl.get("users", {}))
         if any(levels.get(u) != level for u in users):
             levels.update({u: level for u in users})
             pl["users"] = levels
-            await self._client.request(api.put_state(self._room, POWER_LEVELS, "", pl))
+            await self._client.request(api.put_state(room, POWER_LEVELS, "", pl))
 
         async def let_in(user: str) -> None:
             try:
-                await self._client.request(api.invite(self._room, user))
+                await self._client.request(api.invite(room, user))
             except MatrixError as exc:
                 if exc.errcode != "M_FORBIDDEN":  # already in the room
                     raise
-            await self._client.request(api.as_appservice(api.join(self._room), user))
+            await self._client.request(api.as_appservice(api.join(room), user))
 
-        await each(let_in)
-        self._users.update(users)
-        return users
+        await self._each(users, let_in)
 
     async def _is_user(self, user_id: str) -> bool:
         """The homeserver's user query: a device user this gateway added (registered

@@ -141,7 +141,10 @@ class MqttBridge:
                 or "#" in prefix:
             raise ConfigError(f"prefix must be one MQTT topic level, got {prefix!r}")
         if isinstance(client, FleetGateway) and client.room_id != room_id:
-            raise ConfigError(f"the gateway serves {client.room_id}, not {room_id}")
+            # The bridge names one room; a gateway that makes its own rooms places
+            # devices by group, which the bridge's topics do not carry (yet).
+            raise ConfigError(f"the bridge needs a gateway of its one room {room_id}; "
+                              f"this gateway serves {client.room_id or 'rooms it makes'}")
         self._client = client
         self._room = room_id
         self._host, self._port = host, port

@@ -44,6 +44,8 @@ __all__ = [
     "send_event",
     "send_to_device",
     "joined_members",
+    "room_members",
+    "room_alias",
     "put_state",
     "get_state",
     "room_state",
@@ -168,8 +170,11 @@ def join(room_id_or_alias: str, via: Iterable[str] = ()) -> Request:
 
 def register_appservice_user(localpart: str) -> Request:
     """Register a user of an application service's namespace (with the as_token)."""
+    # inhibit_login: the gateway speaks for its users with its own token; a device
+    # and an access token per user would only cost the homeserver work.
     return Request(method="POST", path=f"{_V3}/register",
-                   body={"type": "m.login.application_service", "username": localpart},
+                   body={"type": "m.login.application_service", "username": localpart,
+                         "inhibit_login": True},
                    what="register_appservice_user")
 
 
@@ -205,6 +210,18 @@ def joined_members(room_id: str) -> Request:
     """The room's joined members: ``{"joined": {user_id: {...}}}``."""
     return Request(method="GET", path=f"{_room(room_id)}/joined_members",
                    what="joined members")
+
+
+def room_members(room_id: str) -> Request:
+    """The room's members other than those who left: ``{"chunk": [m.room.member, ...]}``
+    (joined and invited; a user let in but not yet joined counts)."""
+    return Request(method="GET", path=f"{_room(room_id)}/members",
+                   query={"not_membership": "leave"}, what="room members")
+
+
+def room_alias(alias: str) -> Request:
+    """Resolve a room alias: ``{"room_id": ..., "servers": [...]}`` or M_NOT_FOUND."""
+    return Request(method="GET", path=f"{_V3}/directory/room/{q(alias)}", what="room alias")
 
 
 def put_state(room_id: str, event_type: str, state_key: str, content: Any) -> Request:

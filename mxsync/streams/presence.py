@@ -10,6 +10,12 @@ Two modes, chosen once per run:
   delayed-event management limiter, not the message limiter. If the device
   dies, the homeserver itself marks it offline ``offline_after`` seconds
   after the last restart.
+- The period runs from the last restart the homeserver *answered*: a restart
+  that failed (network, 5xx, a rate limit, a slow server) is retried within
+  seconds, with bounded backoff, not one period later, so one failure never
+  costs the will. The first restart of a run falls at a random point of the
+  first period, so that devices started together (a gateway's fleet) do not
+  restart in lockstep.
 - ``"heartbeat"`` (no delayed events): the birth promises ``heartbeat_ms``
   and the device refreshes its state whenever no batch of it was stored for
   most of that interval; subscribers infer "offline" after two missed intervals.
@@ -20,6 +26,12 @@ Invariants:
   offline (twice), never online.
 - A will left by a previous run of the same device (``kill -9``) is cancelled
   before the new birth, so it cannot mark the new run offline.
+- A shutdown keeps the will restarted until its goodbye is stored, then
+  cancels every pending will of the device, not only the one this run armed:
+  a run closed before its presence had looked would otherwise leave a previous
+  run's will to fire later with ``reason: "last-will"``, and a goodbye queued
+  for longer than ``offline_after`` (a thousand publishers closing at once)
+  would let the will fire between the goodbye and its cancel.
 - A will that fired while the device was alive (a network partition longer
   than ``offline_after``) is noticed on the next restart (M_NOT_FOUND) and
   answered with a new birth and a new will.
@@ -28,14 +40,16 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 from anyio.abc import TaskStatus
 
 from ..engine.http import Backoff
+from ..engine.outbox import SendHandle
 from ..engine.surface import Engine
 from ..errors import HomeserverUnavailable, MatrixError, RateLimitedError, TransientError
 from ..protocol import api
@@ -84,11 +98,16 @@ class Presence:
         self._lane = f"device/{device}"
         self._delay_id: str | None = None
         self._last_refresh = time.monotonic()
+        #: The will's restart period (s).
+        self._period = max(1.0, self._offline_after_ms / 3000)
         #: "will" or "heartbeat" once known.
         self.mode: PresenceMode | None = None
         #: Set once the birth is stored on the homeserver (and the will armed).
         self.ready = anyio.Event()
         self.restarts = 0
+        #: Restarts that failed and were retried.
+        self.restart_failures = 0
+        #: Wills that fired while the device lived (answered by a new birth).
         self.rebirths = 0
 
     @property
@@ -102,10 +121,17 @@ class Presence:
         task_status.started()
         await self._announce()
         self.ready.set()
+        period = self._period
+        wait = random.uniform(period / 2, period)
+        retry = Backoff(base=2.0, cap=max(2.0, period / 2))
         while True:
             if self.mode == "will":
-                await anyio.sleep(max(1.0, self._offline_after_ms / 3000))
-                await self._restart()
+                await anyio.sleep(wait)
+                if await self._restart():
+                    retry.reset()
+                    wait = period
+                else:
+                    wait = retry.next_delay()
             else:
                 await anyio.sleep(min(1.0, self._heartbeat / 4))
                 await self._maybe_refresh()
@@ -137,11 +163,40 @@ class Presence:
         if self.mode == "will":
             await self._until_done(self._arm)
         try:
-            await handle.wait()
+            await self._wait_birth(handle)
         except MatrixError as exc:
             log.error("the homeserver refused the birth of device %s in %s: %s",
                       self._device, self._room, exc)
         self._last_refresh = time.monotonic()
+
+    async def _wait_birth(self, handle: SendHandle) -> None:
+        """Wait until the birth is stored, restarting the armed will meanwhile: a
+        birth queued behind a busy outbox (a gateway's thousand births) must not
+        let the will, armed before it, fire."""
+        await self._wait_keeping_will(handle, rearm=True)
+
+    async def _wait_keeping_will(self, handle: SendHandle, *, rearm: bool) -> None:
+        """Wait for ``handle``, restarting the will every period meanwhile;
+        ``rearm``: arm a new will if the homeserver says it fired."""
+        while True:
+            with anyio.move_on_after(self._period):
+                await handle.wait()
+                return
+            if self.mode == "will" and self._delay_id is not None:
+                try:
+                    await self._client.request(
+                        api.delayed_event_action(self._delay_id, "restart"))
+                    self.restarts += 1
+                except MatrixError as exc:
+                    if exc.errcode != "M_NOT_FOUND":
+                        log.debug("restarting the will of %s failed: %s", self._device, exc)
+                        continue
+                    self._delay_id = None
+                    if rearm:
+                        self.rebirths += 1
+                        await self._until_done(self._arm)
+                except (TransientError, HomeserverUnavailable) as exc:
+                    log.debug("restarting the will of %s failed: %s", self._device, exc)
 
     def _state(self, *, online: bool, reason: str) -> dict[str, object]:
         will = self.mode == "will"
@@ -168,6 +223,12 @@ class Presence:
                 raise
             log.info("no delayed events on this homeserver (%s); using heartbeats", exc.errcode)
             return False
+        await self._cancel_foreign(answer)
+        return True
+
+    async def _cancel_foreign(self, answer: dict[str, Any]) -> None:
+        """Cancel this device's wills in ``answer`` (a delayed-events listing) other
+        than the one this run holds armed (every one after shutdown)."""
         pending = answer.get("delayed_events")
         for ev in pending if isinstance(pending, list) else []:
             if (
@@ -176,10 +237,10 @@ class Presence:
                 and ev.get("type") == DEVICE
                 and ev.get("state_key") == self._device
                 and isinstance(ev.get("delay_id"), str)
+                and ev["delay_id"] != self._delay_id
             ):
-                log.info("cancelling the last will of a previous run of %s", self._device)
+                log.info("cancelling a last will of %s", self._device)
                 await self._manage(ev["delay_id"], "cancel")
-        return True
 
     async def _arm(self) -> None:
         will = self._state(online=False, reason="last-will")
@@ -216,28 +277,35 @@ class Presence:
             if exc.errcode != "M_NOT_FOUND":
                 raise
 
-    async def _restart(self) -> None:
+    async def _restart(self) -> bool:
+        """Restart the will's timer; False if it should be tried again soon."""
         if self._delay_id is None:
             await self._announce()
-            return
+            return True
         try:
             await self._client.request(api.delayed_event_action(self._delay_id, "restart"))
             self.restarts += 1
+            return True
         except RateLimitedError as exc:
             await anyio.sleep((exc.retry_after_ms or 1000) / 1000)
-        except TransientError as exc:
+            return False
+        except (TransientError, HomeserverUnavailable) as exc:
             # Keep trying; if the homeserver stays unreachable past the delay, the
             # will fires, which is the truth: the device is unreachable.
+            self.restart_failures += 1
             log.debug("restarting the last will of %s failed: %s", self._device, exc)
+            return False
         except MatrixError as exc:
             if exc.errcode != "M_NOT_FOUND":
+                self.restart_failures += 1
                 log.warning("restarting the last will of %s failed: %s", self._device, exc)
-                return
+                return False
             log.warning("the last will of %s fired while it was alive; announcing it again",
                         self._device)
             self._delay_id = None
             self.rebirths += 1
             await self._announce()
+            return True
 
     async def rebirth(self) -> None:
         """Announce the device again (``reason: "rebirth"``), as asked by a rebirth command."""
@@ -278,13 +346,30 @@ class Presence:
             state_key=self._device, lane=self._lane,
         )
         try:
-            await handle.wait()
+            # A thousand publishers closing at once queue their goodbyes for
+            # minutes: the will must not fire meanwhile, after the goodbye is
+            # stored and before it is cancelled (the soak saw 18% do so).
+            if self.mode == "will" and self._delay_id is not None:
+                try:
+                    await self._client.request(
+                        api.delayed_event_action(self._delay_id, "restart"))
+                except (MatrixError, TransientError, HomeserverUnavailable) as exc:
+                    log.debug("restarting the will of %s failed: %s", self._device, exc)
+            await self._wait_keeping_will(handle, rearm=False)
         except MatrixError as exc:
             log.warning("the homeserver refused the shutdown state of %s: %s", self._device, exc)
-        if self._delay_id is not None:
-            delay_id, self._delay_id = self._delay_id, None
-            try:
-                await self._manage(delay_id, "cancel")
-            except (MatrixError, TransientError) as exc:
-                log.warning("could not cancel the last will of %s (%s); it will fire later",
-                            self._device, exc)
+        if self.mode == "heartbeat":
+            return
+        own, self._delay_id = self._delay_id, None
+        try:
+            answer = await self._client.request(api.delayed_events())
+        except (MatrixError, TransientError, HomeserverUnavailable) as exc:
+            answer = {"delayed_events": []} if own is None else {"delayed_events": [
+                {"room_id": self._room, "type": DEVICE, "state_key": self._device,
+                 "delay_id": own}]}
+            log.debug("listing the wills of %s failed (%s)", self._device, exc)
+        try:
+            await self._cancel_foreign(answer)
+        except (MatrixError, TransientError, HomeserverUnavailable) as exc:
+            log.warning("could not cancel the last will of %s (%s); it will fire later",
+                        self._device, exc)

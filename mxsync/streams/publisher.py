@@ -108,6 +108,11 @@ class PublisherStatistics(msgspec.Struct, frozen=True, kw_only=True):
     next_seq: int
     #: "will", "heartbeat", or None (not known yet, or presence off).
     presence: str | None
+    #: Last-will restarts the homeserver answered, restarts that failed (retried),
+    #: and wills that fired while the device lived (each answered by a new birth).
+    will_restarts: int = 0
+    will_restart_failures: int = 0
+    will_rebirths: int = 0
 
 
 class Publisher:
@@ -429,4 +434,7 @@ class Publisher:
             session=pump.session,
             next_seq=pump.next_seq,
             presence=self.presence_mode,
+            will_restarts=0 if self._presence is None else self._presence.restarts,
+            will_restart_failures=0 if self._presence is None else self._presence.restart_failures,
+            will_rebirths=0 if self._presence is None else self._presence.rebirths,
         )
