@@ -205,6 +205,30 @@ class Pump:
         self.dropped += n
         return False
 
+    def push(self, row: Row) -> int:
+        """:meth:`room_for` one reading and :meth:`append` it, in one call (the
+        hot path of publish()); returns its index, or -1 if it was dropped."""
+        buf = self._buf
+        n = len(buf)
+        if n + self._sealed_n >= self._cfg.max_buffered:
+            if not self.room_for(1):
+                return -1
+            n = len(buf)
+        elif self._dropping_new:
+            self._dropping_new = False
+        index = self._base + n
+        if not n or (index - self._fed) % _POKE_EVERY == 0:
+            self._wake.set()
+        if index <= self._saved:
+            self._save_wake.set()
+        buf.append(row)
+        now = time.monotonic()
+        marks = self._marks
+        if not marks or now - marks[-1][1] >= _MARK_EVERY:
+            marks.append((index, now))
+        self.published += 1
+        return index
+
     def append(self, row: Row) -> int:
         """Buffer one reading (after :meth:`room_for`); returns its index."""
         index = self._base + len(self._buf)
