@@ -27,7 +27,7 @@ from mxsync.protocol.readings import (
     decode_batch,
     parse_batch,
 )
-from mxsync.protocol.readings._packing import _put_codes, _read_codes
+from mxsync.protocol.readings._packing import _pack_series, _put_codes, _read_codes
 from mxsync.protocol.readings._values import _fast_mantissa, _mantissa
 from mxsync.protocol.types import MAX_CONTENT_BYTES, MAX_SAFE_INT
 from tests.unit import readings_v1 as v1
@@ -154,6 +154,37 @@ def test_long_codes_every_few_readings_pack_to_the_old_bytes() -> None:
         v1._put_codes(old, codes)
         assert new == old
         assert _read_codes(bytes(new) + b"tail", 0, len(codes), "x") == (codes, len(new))
+
+
+@FIXED
+@given(
+    start=st.integers(T0 - 10**6, T0 + 10**6),
+    step=st.one_of(st.just(1000), st.just(0), st.integers(-5000, 5000)),
+    n=st.integers(1, 400),
+    jitter=st.lists(st.tuples(st.integers(0, 399), st.integers(-3, 3)), max_size=3),
+    kind=st.sampled_from(["int", "float", "bool", "str"]),
+    seed=st.integers(0, 1000),
+)
+def test_series_pack_to_the_old_bytes(
+    start: int, step: int, n: int, jitter: list[tuple[int, int]], kind: str, seed: int
+) -> None:
+    # Evenly spaced times take a shortcut; nearly even ones must not.
+    times = [start + i * step for i in range(n)]
+    for i, dt in jitter:
+        if i < n:
+            times[i] += dt
+    rnd = random.Random(seed)
+    vals: list[Any]
+    if kind in ("int", "float"):
+        vals = [rnd.choice([0, 1, -1, 2137, rnd.randrange(-(2**50), 2**50)]) for _ in times]
+    elif kind == "bool":
+        vals = [rnd.random() < 0.3 for _ in times]
+    else:
+        vals = [rnd.choice(["a", "bc", "é" * 100]).encode() for _ in times]
+    new, old = bytearray(), bytearray()
+    _pack_series(new, kind, times, vals, T0)  # type: ignore[arg-type]
+    v1._pack_series(old, kind, times, vals, T0)
+    assert new == old
 
 
 @FIXED

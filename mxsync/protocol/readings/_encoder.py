@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Callable, Iterable, Sequence
+from itertools import islice
 from typing import Any, Final, NamedTuple, TypeAlias
 
 from ...errors import ConfigError
@@ -291,24 +292,24 @@ class BatchEncoder:
         open series with the exponent it needs (what :meth:`add` would do for it,
         inlined); stop at the first that is not, or once :meth:`would_overflow`
         is true. Returns the next index and whether the encoder is full."""
-        count = self._count
+        count = start = synced = self._count
         worst = self._worst
-        # The first reading taken goes through would_overflow, which sets the bounds.
+        # The bounds within which would_overflow() is surely false (see the check
+        # below); the first reading taken asks it, which also sets them.
         worst_at = count_at = full_at = -1
+        check_at = count + 1
         current = self._current
         default = self._precision
         scale = _SCALE
-        below, frac, safe = _FAST_BELOW, _FAST_FRAC, MAX_SAFE_INT
+        below, frac, safe, t_max = _FAST_BELOW, _FAST_FRAC, MAX_SAFE_INT, MAX_T_MS
         # sensor -> (value type, unit, exponent, times.append, vals.append) of the
         # series its last reading went to. Series do not change shape in here
         # (would_overflow only measures), so the bound methods stay valid.
         hot: dict[str, tuple[type, str | None, int, Callable[[Any], None],
                              Callable[[Any], None]]] = {}
-        taken = 0
         full = False
-        while i < stop:
-            sensor, t, v, unit, p = rows[i]
-            if type(t) is not int or not 0 <= t <= MAX_T_MS:
+        for sensor, t, v, unit, p in islice(rows, i, stop):
+            if type(t) is not int or not 0 <= t <= t_max:
                 break
             tv = type(v)
             h = hot.get(sensor)
@@ -344,22 +345,25 @@ class BatchEncoder:
                     worst += _WORST_BOOL
                 h[3](t)
                 h[4](v)
-            i += 1
             count += 1
-            taken += 1
-            if count >= full_at or worst > worst_at or count > count_at:
-                self._count, self._worst = count, worst
-                self._version += 1
-                taken = 0
-                if self.would_overflow():
-                    full = True
-                    break
-                worst_at, count_at = self._fits_until()
-                full_at = self._max_readings if len(self._order) < MAX_SERIES else 0
-        if taken:
+            if count >= check_at:
+                if count >= full_at or worst > worst_at or count > count_at:
+                    self._count, self._worst = count, worst
+                    self._version += 1
+                    synced = count
+                    if self.would_overflow():
+                        full = True
+                        break
+                    worst_at, count_at = self._fits_until()
+                    full_at = self._max_readings if len(self._order) < MAX_SERIES else 0
+                # No bound can be passed before this count: a reading adds at
+                # most _WORST_NUMBER to the worst case.
+                check_at = min(full_at, count_at + 1,
+                               count + (worst_at - worst) // _WORST_NUMBER + 1)
+        if count != synced:
             self._count, self._worst = count, worst
             self._version += 1
-        return i, full
+        return i + count - start, full
 
     def _open(self, sensor: str, kind: Kind, unit: str | None, exp: int) -> _Series:
         validate_sensor_id(sensor)

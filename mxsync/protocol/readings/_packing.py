@@ -98,14 +98,32 @@ def _deltas(xs: list[int]) -> list[int]:
     return list(map(sub, islice(xs, 1, None), xs))
 
 
+def _regular(times: list[int]) -> bool:
+    """Are the times evenly spaced (a sensor sampled at a fixed interval)?"""
+    a, n = times[0], len(times)
+    d = times[1] - a
+    if times[-1] - a != d * (n - 1):
+        return False
+    if d == 0:
+        return times.count(a) == n
+    return times == list(range(a, a + n * d, d))
+
+
 def _pack_series(out: bytearray, kind: Kind, times: list[int], vals: list[Any], t0: int) -> None:
     """Append the time column then the value column of one series."""
     codes = [times[0] - t0]
-    if len(times) > 1:
-        deltas = _deltas(times)
-        codes.append(deltas[0])
-        codes += _deltas(deltas)
-    _put_codes(out, codes)
+    n = len(times)
+    if n > 2 and _regular(times):
+        # A fixed interval: every delta of deltas is 0, one zero byte each.
+        codes.append(times[1] - times[0])
+        _put_codes(out, codes)
+        out += bytes(n - 2)
+    else:
+        if n > 1:
+            deltas = _deltas(times)
+            codes.append(deltas[0])
+            codes += _deltas(deltas)
+        _put_codes(out, codes)
     if kind == "int" or kind == "float":
         codes = [vals[0]]
         codes += _deltas(vals)
