@@ -27,7 +27,12 @@ from mxsync.protocol.readings import (
     decode_batch,
     parse_batch,
 )
-from mxsync.protocol.readings._packing import _pack_series, _put_codes, _read_codes
+from mxsync.protocol.readings._packing import (
+    _pack_series,
+    _put_codes,
+    _read_codes,
+    _unpack_series,
+)
 from mxsync.protocol.readings._values import _fast_mantissa, _mantissa
 from mxsync.protocol.types import MAX_CONTENT_BYTES, MAX_SAFE_INT
 from tests.unit import readings_v1 as v1
@@ -185,6 +190,9 @@ def test_series_pack_to_the_old_bytes(
     _pack_series(new, kind, times, vals, T0)  # type: ignore[arg-type]
     v1._pack_series(old, kind, times, vals, T0)
     assert new == old
+    for raw in (bytes(new), bytes(new) + b"\x00\x01", bytes(new)[:-1], bytes(new)[: len(new) // 2]):
+        args = (raw, 0, "s", kind, n, 2, T0)
+        assert outcome(_unpack_series, *args) == outcome(v1._unpack_series, *args)
 
 
 @FIXED

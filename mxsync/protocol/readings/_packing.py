@@ -267,10 +267,20 @@ def _unpack_series(
     mantissa / 10**precision) and the position after it. ``sensor`` names the
     series in errors. Raises ProtocolError."""
     where = f"time column of series {sensor}"
-    codes, pos = _read_codes(raw, pos, n, where)
-    first = t0 + codes[0]
-    times = list(accumulate(accumulate(islice(codes, 1, None)), initial=first))
-    if min(times) < MIN_T_MS or max(times) > MAX_T_MS:
+    head, after = _read_codes(raw, pos, min(n, 2), where)
+    times: list[int]
+    if n > 2 and raw.count(0, after, after + n - 2) == n - 2:
+        # A fixed interval (every delta of deltas 0): the times are a range.
+        first, step = t0 + head[0], head[1]
+        times = [first] * n if step == 0 else list(range(first, first + n * step, step))
+        pos = after + n - 2
+        low, high = (times[0], times[-1]) if step >= 0 else (times[-1], times[0])
+    else:
+        codes, pos = _read_codes(raw, pos, n, where)
+        first = t0 + codes[0]
+        times = list(accumulate(accumulate(islice(codes, 1, None)), initial=first))
+        low, high = min(times), max(times)
+    if low < MIN_T_MS or high > MAX_T_MS:
         raise ProtocolError(f"series {sensor}: a time is outside 1970..2200")
     vals: list[Any]
     where = f"value column of series {sensor}"
