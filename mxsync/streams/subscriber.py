@@ -490,8 +490,25 @@ class Subscriber:
 
     # -- live readings -----------------------------------------------------------------
 
-    def __aiter__(self) -> Subscriber:
-        return self
+    def __aiter__(self) -> AsyncIterator[Reading]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Reading]:
+        """What ``async for`` runs: :meth:`__anext__` as one async generator,
+        which saves creating a coroutine per reading. Its state is the
+        subscriber's (``_current``, ``_pos``), so it mixes with direct
+        ``__anext__`` calls and a new loop goes on where a left one stopped."""
+        while True:
+            if self._pos < len(self._current):
+                r = self._current[self._pos]
+                self._pos += 1
+                yield r
+                continue
+            try:
+                r = await self.__anext__()
+            except StopAsyncIteration:
+                return
+            yield r
 
     async def __anext__(self) -> Reading:
         while self._pos >= len(self._current):
