@@ -112,9 +112,12 @@ class BatchReader:
             self.bad(ev, exc)
             return None
 
-    def readings(self, ev: RoomEvent, batch: ReadingsBatch) -> list[Reading] | None:
+    def readings(self, ev: RoomEvent, batch: ReadingsBatch, *,
+                 identity: bool = False) -> list[Reading] | None:
+        """The readings of a trusted batch (with ``identity``: each carrying the
+        batch's session and its index), or None if the data is malformed."""
         try:
-            return batch.readings()
+            return batch.readings(identity=identity)
         except ProtocolError as exc:
             self.bad(ev, exc)
             return None

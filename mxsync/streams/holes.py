@@ -43,7 +43,8 @@ async def find_batches(
     client: Engine, room_id: str, reader: BatchReader, levels: PowerLevels,
     key: Key, last: int, upto: int,
 ) -> dict[int, tuple[RoomEvent, list[Reading]]]:
-    """The batches ``last+1 .. upto-1`` of ``key`` found in the room, by seq."""
+    """The batches ``last+1 .. upto-1`` of ``key`` found in the room, by seq;
+    their readings carry their identity (session, index)."""
     sender, device, session = key
     found: dict[int, tuple[RoomEvent, list[Reading]]] = {}
 
@@ -54,7 +55,7 @@ async def find_batches(
         if batch.seq <= last:
             return True  # below the hole: this attempt has seen all it will
         if batch.seq < upto and batch.seq not in found:
-            readings = reader.readings(old, batch)
+            readings = reader.readings(old, batch, identity=True)
             if readings is not None:
                 found[batch.seq] = (old, readings)
         return len(found) == upto - last - 1

@@ -51,7 +51,6 @@ from collections.abc import Callable
 from typing import Final
 
 import anyio
-import msgspec
 
 from ..engine.authz import levels_backwards
 from ..engine.events import RoomEvent
@@ -88,13 +87,24 @@ def create_tables(conn: sqlite3.Connection) -> None:
 Row = tuple[str, str, str, int, int, str, str, int | None, int, int]
 
 
-def rows_of(ev: RoomEvent, device: str, session: int | None, seq: int,
-            readings: list[Reading]) -> list[Row]:
-    """The index rows of one batch: per sensor, its first and last reading time."""
-    spans: dict[str, tuple[int, int]] = {}
+#: Per sensor of a batch: its first and last reading time.
+Spans = dict[str, tuple[int, int]]
+
+
+def spans_of(readings: list[Reading]) -> Spans:
+    """The first and last reading time of each sensor in ``readings``."""
+    spans: Spans = {}
     for r in readings:
         lo, hi = spans.get(r.sensor, (r.t_ms, r.t_ms))
         spans[r.sensor] = (min(lo, r.t_ms), max(hi, r.t_ms))
+    return spans
+
+
+def rows_of(ev: RoomEvent, device: str, session: int | None, seq: int,
+            readings: list[Reading] | Spans) -> list[Row]:
+    """The index rows of one batch: per sensor, its first and last reading time
+    (from its readings, or from their spans when the caller has them)."""
+    spans = readings if isinstance(readings, dict) else spans_of(readings)
     return [(ev.room_id, ev.event_id, s, lo, hi, ev.sender, device, session, seq,
              ev.origin_server_ts) for s, (lo, hi) in spans.items()]
 
@@ -164,8 +174,9 @@ class BatchIndex:
     # -- filling -----------------------------------------------------------------
 
     async def note(self, ev: RoomEvent, device: str, session: int | None, seq: int,
-                   readings: list[Reading]) -> None:
-        """A batch the subscriber took (live, repaired or replayed)."""
+                   readings: list[Reading] | Spans) -> None:
+        """A batch the subscriber took (live, repaired or replayed): its readings,
+        or their spans per sensor (:func:`spans_of`)."""
         rows = rows_of(ev, device, session, seq, readings)
         if not rows:
             return
@@ -276,11 +287,9 @@ class BatchIndex:
         except ProtocolError as exc:
             self._reader.bad(ev, exc)
             return None
-        readings = self._reader.readings(ev, batch)
+        readings = self._reader.readings(ev, batch, identity=True)
         if readings is None:
             return None
-        readings = [msgspec.structs.replace(r, session=batch.session, index=i)
-                    for i, r in enumerate(readings)]
         self._cache[event_id] = readings
         self._cached += len(readings)
         while self._cached > MAX_CACHED_READINGS and len(self._cache) > 1:

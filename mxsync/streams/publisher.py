@@ -332,11 +332,13 @@ class Publisher:
         """
         if not self._open:
             raise RuntimeError("the publisher is not running; use `async with`")
-        s = self._sensors.get(sensor)
-        row = self._sensors.row(sensor, s, value, t, unit)
-        if self._pump.room_for(1):
+        sensors = self._sensors
+        s = sensors.known(sensor) or sensors.get(sensor)
+        row = sensors.row(sensor, s, value, t, unit)
+        index = self._pump.push(row)
+        if index >= 0:
             s.last = row
-            s.last_index = self._pump.append(row)
+            s.last_index = index
 
     def publish_many(self, readings: Iterable[Reading]) -> int:
         """Buffer several readings (each with its ``t_ms``); all or nothing.

@@ -54,6 +54,10 @@ _POKE_EVERY = 8192  # readings after which append() wakes the pump
 _MARK_EVERY = 0.05  # seconds between arrival marks (the age clock's resolution)
 
 
+def _ignore(index: int, exc: ConfigError) -> None:
+    """Invalid rows were counted and logged when they were first fed."""
+
+
 class Pump:
     """Buffer, encoder, sealing, committing and sending of one publisher."""
 
@@ -201,6 +205,30 @@ class Pump:
         self.dropped += n
         return False
 
+    def push(self, row: Row) -> int:
+        """:meth:`room_for` one reading and :meth:`append` it, in one call (the
+        hot path of publish()); returns its index, or -1 if it was dropped."""
+        buf = self._buf
+        n = len(buf)
+        if n + self._sealed_n >= self._cfg.max_buffered:
+            if not self.room_for(1):
+                return -1
+            n = len(buf)
+        elif self._dropping_new:
+            self._dropping_new = False
+        index = self._base + n
+        if not n or (index - self._fed) % _POKE_EVERY == 0:
+            self._wake.set()
+        if index <= self._saved:
+            self._save_wake.set()
+        buf.append(row)
+        now = time.monotonic()
+        marks = self._marks
+        if not marks or now - marks[-1][1] >= _MARK_EVERY:
+            marks.append((index, now))
+        self.published += 1
+        return index
+
     def append(self, row: Row) -> int:
         """Buffer one reading (after :meth:`room_for`); returns its index."""
         index = self._base + len(self._buf)
@@ -286,21 +314,20 @@ class Pump:
         enc = self._enc
         while self._fed < limit:
             i = self._fed - self._base
-            for row in self._buf[i : min(limit - self._base, i + _FEED_SLICE)]:
-                self._fed += 1
-                try:
-                    enc.add(row[0], row[1], row[2], unit=row[3], precision=row[4])
-                except ConfigError as exc:
-                    # Only a damaged store can get here: publish() validated the row.
-                    self.invalid += 1
-                    log.error("publisher %s: skipping an invalid buffered reading: %s",
-                              self._cfg.device, exc)
-                    continue
-                if enc.would_overflow():
-                    return True
+            stop = min(limit - self._base, i + _FEED_SLICE)
+            end = enc.add_rows(self._buf, i, stop, on_invalid=self._skip_invalid)
+            self._fed = self._base + end
+            if end < stop or enc.would_overflow():
+                return True
             await anyio.lowlevel.checkpoint()
             enc = self._enc
         return enc.would_overflow()
+
+    def _skip_invalid(self, index: int, exc: ConfigError) -> None:
+        # Only a damaged store can get here: publish() validated the row.
+        self.invalid += 1
+        log.error("publisher %s: skipping an invalid buffered reading: %s",
+                  self._cfg.device, exc)
 
     async def _seal(self, *, force: bool) -> None:
         """Seal every full batch (and with ``force`` the rest) and commit them."""
@@ -334,11 +361,9 @@ class Pump:
         i = cursor - self._base
         while True:
             enc = BatchEncoder(max_bytes=self.max_bytes)
-            for row in self._buf[i : i + k]:
-                try:
-                    enc.add(row[0], row[1], row[2], unit=row[3], precision=row[4])
-                except ConfigError:
-                    continue
+            j, stop = i, min(i + k, len(self._buf))
+            while j < stop:  # every row of the prefix: add_rows pauses when full
+                j = enc.add_rows(self._buf, j, stop, on_invalid=_ignore)
             content = enc.encode(self._cfg.device, seq, session=self.session)
             if not len(enc):
                 return content, k

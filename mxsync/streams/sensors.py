@@ -118,6 +118,9 @@ class Sensors:
         self._device = device
         self._precision = precision
         self._by_id: dict[str, SensorInfo] = {}
+        #: The SensorInfo of a sensor seen before, else None (then :meth:`get`);
+        #: publish() calls it for every reading.
+        self.known = self._by_id.get
         self._units: set[str] = set()
         self._last_t = 0
 

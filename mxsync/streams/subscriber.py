@@ -45,6 +45,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
+from operator import attrgetter
 from types import TracebackType
 from typing import Any
 
@@ -57,7 +58,13 @@ from ..engine.events import RoomEvent
 from ..engine.surface import Engine
 from ..engine.taskgroups import exit_stack
 from ..errors import ConfigError, ProtocolError
-from ..protocol.readings import Reading, SensorMeta, validate_device_id, validate_sensor_id
+from ..protocol.readings import (
+    Reading,
+    ReadingsBatch,
+    SensorMeta,
+    validate_device_id,
+    validate_sensor_id,
+)
 from ..protocol.types import CREATE, DEVICE, POWER_LEVELS, READINGS, SENSOR
 from . import durable as durable_pos
 from .commands import DEFAULT_EXPIRY, send_command
@@ -336,11 +343,11 @@ class Subscriber:
         levels = PowerLevels(await power_levels_before(self._client, self._room, token),
                              self._levels.creators)
         batch = self._reader.batch(ev, levels)
-        readings = None if batch is None else self._reader.readings(ev, batch)
+        readings = None if batch is None else self._reader.readings(ev, batch, identity=True)
         if batch is None or readings is None:
             return
         await self._take(ev, (ev.sender, batch.device, batch.session), batch.seq, readings,
-                         skip=self._position.done)
+                         skip=self._position.done, sensors=_sensors(batch))
 
     async def _on_batch(self, ev: RoomEvent) -> None:
         batch = self._reader.batch(ev, self._levels)
@@ -351,7 +358,7 @@ class Subscriber:
         if last is not None and batch.seq <= last:
             self._duplicates += 1
             return
-        readings = self._reader.readings(ev, batch)
+        readings = self._reader.readings(ev, batch, identity=True)
         if readings is None:
             return
         if last is not None and batch.seq > last + 1:
@@ -361,7 +368,7 @@ class Subscriber:
             self._missing += batch.seq - last - 1
             log.warning("device %s of %s: batches %d..%d are missing", batch.device, ev.sender,
                         last + 1, batch.seq - 1)
-        await self._take(ev, key, batch.seq, readings)
+        await self._take(ev, key, batch.seq, readings, sensors=_sensors(batch))
 
     async def _fill_hole(self, key: Key, last: int, upto: int) -> int:
         """Look back for the batches ``last+1 .. upto-1`` of ``key``
@@ -382,21 +389,21 @@ class Subscriber:
             last = seq
         return last
 
-    async def _take(self, ev: RoomEvent, key: Key, seq: int,
-                    readings: list[Reading], *, skip: int = 0) -> None:
+    async def _take(self, ev: RoomEvent, key: Key, seq: int, readings: list[Reading], *,
+                    skip: int = 0, sensors: int | None = None) -> None:
+        """Take a batch's readings (decoded with their identity) into account and
+        hand them out by time, after the first ``skip``. ``sensors``: how many
+        sensors the batch has, if the caller knows (its series headers)."""
         batch_device = key[1]
         session = key[2]
-        readings = [msgspec.structs.replace(r, session=session, index=i)
-                    for i, r in enumerate(readings)]
+        readings.sort(key=by_time)
+        first, newest = _ends(readings, sensors)
         if self._index is not None:
-            await self._index.note(ev, batch_device, session, seq, readings)
+            spans = {sensor: (r.t_ms, newest[sensor].t_ms) for sensor, r in first.items()}
+            await self._index.note(ev, batch_device, session, seq, spans)
         self._seqs[key] = seq
         self._batches += 1
         self._alive(batch_device, ev.sender)
-        readings.sort(key=by_time)
-        newest: dict[str, Reading] = {}
-        for r in readings:
-            newest[r.sensor] = r
         for sensor, r in newest.items():
             old = self._last.get(sensor)
             if old is None or r.t_ms >= old.t_ms:
@@ -483,8 +490,25 @@ class Subscriber:
 
     # -- live readings -----------------------------------------------------------------
 
-    def __aiter__(self) -> Subscriber:
-        return self
+    def __aiter__(self) -> AsyncIterator[Reading]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Reading]:
+        """What ``async for`` runs: :meth:`__anext__` as one async generator,
+        which saves creating a coroutine per reading. Its state is the
+        subscriber's (``_current``, ``_pos``), so it mixes with direct
+        ``__anext__`` calls and a new loop goes on where a left one stopped."""
+        while True:
+            if self._pos < len(self._current):
+                r = self._current[self._pos]
+                self._pos += 1
+                yield r
+                continue
+            try:
+                r = await self.__anext__()
+            except StopAsyncIteration:
+                return
+            yield r
 
     async def __anext__(self) -> Reading:
         while self._pos >= len(self._current):
@@ -689,6 +713,37 @@ class Subscriber:
             index_walk_events=0 if self._index is None else self._index.walked_events,
             index_fetched=0 if self._index is None else self._index.fetched,
         )
+
+
+def _sensors(batch: ReadingsBatch) -> int:
+    """How many sensors a batch has readings of."""
+    return len({h.sensor for h in batch.series})
+
+
+def _ends(readings: list[Reading], sensors: int | None) -> tuple[dict[str, Reading],
+                                                                   dict[str, Reading]]:
+    """The first and the last reading of each sensor in ``readings`` (sorted by
+    time: its earliest and its newest, the last of those of one time). With the
+    number of sensors known, each scan stops once it has seen them all: for
+    sensors that report together, after a few readings at each end."""
+    if sensors is None:
+        sensors = len(set(map(_sensor, readings)))
+    first: dict[str, Reading] = {}
+    for r in readings:
+        if r.sensor not in first:
+            first[r.sensor] = r
+            if len(first) == sensors:
+                break
+    last: dict[str, Reading] = {}
+    for r in reversed(readings):
+        if r.sensor not in last:
+            last[r.sensor] = r
+            if len(last) == sensors:
+                break
+    return first, last
+
+
+_sensor = attrgetter("sensor")
 
 
 def _newer(a: Reading | None, b: Reading | None) -> Reading | None:

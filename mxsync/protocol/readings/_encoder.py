@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterable
-from typing import Any, Final, NamedTuple
+from collections.abc import Callable, Iterable, Sequence
+from itertools import islice
+from typing import Any, Final, NamedTuple, TypeAlias
 
 from ...errors import ConfigError
 from ..types import MAX_CONTENT_BYTES, MAX_SAFE_INT
@@ -28,7 +29,10 @@ from ._limits import (
 from ._packing import _WORST_BOOL, _WORST_NUMBER, _WORST_STR, _pack_series
 from ._schema import Compression, Reading, ReadingsBatch, Series
 from ._values import (
+    _FAST_BELOW,
+    _FAST_FRAC,
     _POW10,
+    _SCALE,
     Kind,
     Value,
     _check_int,
@@ -47,7 +51,7 @@ class _Series:
     """One series being buffered: values are mantissas at ``exp`` (float), ints,
     bools or UTF-8 bytes (str)."""
 
-    __slots__ = ("sensor", "kind", "unit", "exp", "times", "vals", "amax", "header")
+    __slots__ = ("sensor", "kind", "unit", "exp", "times", "vals", "header")
 
     def __init__(self, sensor: str, kind: Kind, unit: str | None, exp: int) -> None:
         self.sensor = sensor
@@ -56,7 +60,6 @@ class _Series:
         self.exp = exp
         self.times: list[int] = []
         self.vals: list[Any] = []
-        self.amax = 0
         # JSON bytes of this series' header at its largest (n, precision), comma.
         largest = Series(
             sensor=sensor,
@@ -82,6 +85,17 @@ class _Rendered(NamedTuple):
     data: bytes
     raw_len: int
 
+
+#: One reading as :meth:`BatchEncoder.add_rows` takes it:
+#: ``(sensor, t_ms, value, unit, precision)``, the arguments of :meth:`BatchEncoder.add`.
+ReadingRow: TypeAlias = tuple[str, int, Value, "str | None", "int | None"]
+
+# Packed bytes an estimate may reach (the rest of MAX_RAW_BYTES is the margin).
+_RAW_LIMIT: Final = MAX_RAW_BYTES - 4096
+# The kinds _add_fast takes, by value type.
+_KIND_OF: Final[dict[type, Kind]] = {float: "float", int: "int", bool: "bool"}
+# A bound that never binds.
+_UNBOUNDED: Final = 1 << 62
 
 # A content with the longest envelope (device id, session, seq, t0) and no series.
 _ENVELOPE: Final = len(
@@ -154,6 +168,8 @@ class BatchEncoder:
         self._m_size = 0
         self._m_raw = 0
         self._m_headers = 0
+        # _fits_until's count bound, and the measurement and headers it is for.
+        self._bound: tuple[tuple[int, ...], int] = ((), -1)
 
     def __len__(self) -> int:
         """Readings buffered and not yet encoded."""
@@ -201,12 +217,7 @@ class BatchEncoder:
             s = self._open(sensor, kind, unit, p)
         elif p != s.exp:
             s, wire = self._fit(s, wire, p)
-        if kind == "float":
-            a = -wire if wire < 0 else wire
-            if a > s.amax:
-                s.amax = a
-            self._worst += _WORST_NUMBER
-        elif kind == "int":
+        if kind == "float" or kind == "int":
             self._worst += _WORST_NUMBER
         elif kind == "bool":
             self._worst += _WORST_BOOL
@@ -221,6 +232,138 @@ class BatchEncoder:
         """:meth:`add` each reading (their ``device`` and ``seq`` are ignored)."""
         for r in readings:
             self.add(r.sensor, r.t_ms, r.value, unit=r.unit, precision=precision)
+
+    def add_rows(
+        self,
+        rows: Sequence[ReadingRow],
+        start: int = 0,
+        stop: int | None = None,
+        *,
+        on_invalid: Callable[[int, ConfigError], object] | None = None,
+    ) -> int:
+        """Add ``rows[start:stop]`` in order, each ``(sensor, t_ms, value, unit,
+        precision)``, until one makes :meth:`would_overflow` true; return the
+        index after the last row taken (``stop``, or earlier when full).
+
+        The same as this loop, state and bytes alike, only faster (floats with
+        a precision, ints and bools of series already open take a path with no
+        call per reading)::
+
+            for i in range(start, stop):
+                sensor, t_ms, value, unit, precision = rows[i]
+                try:
+                    self.add(sensor, t_ms, value, unit=unit, precision=precision)
+                except ConfigError as exc:
+                    if on_invalid is None:
+                        raise
+                    on_invalid(i, exc)
+                    continue
+                if self.would_overflow():
+                    return i + 1
+            return stop
+
+        A row :meth:`add` refuses raises its ConfigError (the rows before it are
+        taken, it and those after are not), or with ``on_invalid`` is skipped
+        after ``on_invalid(index, error)``.
+        """
+        stop = len(rows) if stop is None else min(stop, len(rows))
+        i = start
+        while i < stop:
+            i, full = self._add_fast(rows, i, stop)
+            if full or i >= stop:
+                return i
+            # rows[i] needs the general path (a new series, a str, an exponent
+            # change, a value the shortcut is not sure of, or a bad argument).
+            sensor, t_ms, value, unit, precision = rows[i]
+            i += 1
+            try:
+                self.add(sensor, t_ms, value, unit=unit, precision=precision)
+            except ConfigError as exc:
+                if on_invalid is None:
+                    raise
+                on_invalid(i - 1, exc)
+                continue
+            if self.would_overflow():
+                return i
+        return i
+
+    def _add_fast(self, rows: Sequence[ReadingRow], i: int, stop: int) -> tuple[int, bool]:
+        """Take rows from ``i`` while each is a float, int or bool reading of an
+        open series with the exponent it needs (what :meth:`add` would do for it,
+        inlined); stop at the first that is not, or once :meth:`would_overflow`
+        is true. Returns the next index and whether the encoder is full."""
+        count = start = synced = self._count
+        worst = self._worst
+        # The bounds within which would_overflow() is surely false (see the check
+        # below); the first reading taken asks it, which also sets them.
+        worst_at = count_at = full_at = -1
+        check_at = count + 1
+        current = self._current
+        default = self._precision
+        scale = _SCALE
+        below, frac, safe, t_max = _FAST_BELOW, _FAST_FRAC, MAX_SAFE_INT, MAX_T_MS
+        # sensor -> (value type, unit, exponent, times.append, vals.append) of the
+        # series its last reading went to. Series do not change shape in here
+        # (would_overflow only measures), so the bound methods stay valid.
+        hot: dict[str, tuple[type, str | None, int, Callable[[Any], None],
+                             Callable[[Any], None]]] = {}
+        full = False
+        for sensor, t, v, unit, p in islice(rows, i, stop):
+            if type(t) is not int or not 0 <= t <= t_max:
+                break
+            tv = type(v)
+            h = hot.get(sensor)
+            if h is None or h[0] is not tv or h[1] != unit:
+                s = current.get((sensor, _KIND_OF.get(tv), unit))  # type: ignore[arg-type]
+                if s is None:
+                    break
+                h = hot[sensor] = (tv, unit, s.exp, s.times.append, s.vals.append)
+            if p is None:
+                p = default
+            if tv is float:
+                # ``is``: the exponent is a small int, so this also refuses a
+                # bool or int subclass as precision (add() raises for those).
+                if p is not h[2]:
+                    break
+                f = v * scale[p]  # type: ignore[index, operator]
+                if not -below < f < below:
+                    break
+                m = round(f)
+                if not -frac < f - m < frac:
+                    break  # the exact route decides (_values._mantissa)
+                h[3](t)
+                h[4](m)
+                worst += _WORST_NUMBER
+            else:
+                if p is not None and (type(p) is not int or not 0 <= p <= MAX_PRECISION):
+                    break
+                if tv is int:
+                    if not -safe <= v <= safe:  # type: ignore[operator]
+                        break
+                    worst += _WORST_NUMBER
+                else:
+                    worst += _WORST_BOOL
+                h[3](t)
+                h[4](v)
+            count += 1
+            if count >= check_at:
+                if count >= full_at or worst > worst_at or count > count_at:
+                    self._count, self._worst = count, worst
+                    self._version += 1
+                    synced = count
+                    if self.would_overflow():
+                        full = True
+                        break
+                    worst_at, count_at = self._fits_until()
+                    full_at = self._max_readings if len(self._order) < MAX_SERIES else 0
+                # No bound can be passed before this count: a reading adds at
+                # most _WORST_NUMBER to the worst case.
+                check_at = min(full_at, count_at + 1,
+                               count + (worst_at - worst) // _WORST_NUMBER + 1)
+        if count != synced:
+            self._count, self._worst = count, worst
+            self._version += 1
+        return i + count - start, full
 
     def _open(self, sensor: str, kind: Kind, unit: str | None, exp: int) -> _Series:
         validate_sensor_id(sensor)
@@ -241,9 +384,8 @@ class BatchEncoder:
                 return s, m2
         else:
             f = _POW10[p - s.exp]
-            if s.amax * f <= MAX_SAFE_INT:
+            if max(map(abs, s.vals), default=0) * f <= MAX_SAFE_INT:
                 s.vals = [x * f for x in s.vals]
-                s.amax *= f
                 s.exp = p
                 return s, m
         return self._open(s.sensor, s.kind, s.unit, p), m
@@ -258,19 +400,61 @@ class BatchEncoder:
         """
         if not self._m_count:
             return _ENVELOPE + self._headers + 4 * ((self._worst + 2) // 3)
+        return self._measured_size(self._count)
+
+    def _measured_size(self, count: int) -> int:
         per = (self._m_size - _ENVELOPE - self._m_headers) / self._m_count
-        extra = self._count - self._m_count
+        extra = count - self._m_count
         return self._m_size + (self._headers - self._m_headers) + math.ceil(extra * per)
+
+    def _measured_raw(self, count: int) -> int:
+        return math.ceil(self._m_raw * count / self._m_count)
 
     def _estimated_raw(self) -> int:
         if not self._m_count:
             return self._worst
-        return math.ceil(self._m_raw * self._count / self._m_count)
+        return self._measured_raw(self._count)
 
     def _fits_estimate(self) -> bool:
-        return (
-            self.estimated_size() <= self._target and self._estimated_raw() <= MAX_RAW_BYTES - 4096
-        )
+        return self.estimated_size() <= self._target and self._estimated_raw() <= _RAW_LIMIT
+
+    def _fits_until(self) -> tuple[int, int]:
+        """``(worst, count)``: while ``_worst <= worst`` and ``_count <= count``,
+        :meth:`_fits_estimate` is true (headers and measurement as they are now),
+        and false as soon as one is passed. ``_add_fast`` compares against these
+        instead of estimating per reading; a bound below the current value means
+        "ask :meth:`would_overflow`"."""
+        if not self._m_count:
+            # ENVELOPE + headers + 4 * ((worst + 2) // 3) <= target, solved for worst.
+            room = self._target - _ENVELOPE - self._headers
+            return (min(3 * (room // 4), _RAW_LIMIT) if room >= 0 else -1), _UNBOUNDED
+        key = (self._m_count, self._m_size, self._m_raw, self._m_headers, self._headers)
+        if self._bound[0] != key:
+            self._bound = (key, self._count_bound())
+        return _UNBOUNDED, self._bound[1]
+
+    def _count_bound(self) -> int:
+        """The largest count (up to max_readings) whose measured estimate fits, or
+        -1: with the measurement as it is, the estimates only grow with the count,
+        so the counts that fit are 0..bound. -1 also when the size estimate falls
+        with the count (a header bound above what was measured): then
+        ``_add_fast`` asks :meth:`would_overflow` after every reading."""
+        if self._m_size - _ENVELOPE - self._m_headers < 0:
+            return -1
+
+        def fits(c: int) -> bool:
+            return self._measured_size(c) <= self._target and self._measured_raw(c) <= _RAW_LIMIT
+
+        if not fits(0):
+            return -1
+        lo, hi = 0, self._max_readings + 1  # fits(lo); hi: not known to fit
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if fits(mid):
+                lo = mid
+            else:
+                hi = mid
+        return lo
 
     def would_overflow(self) -> bool:
         """True when the buffer should be encoded now: one more reading might
@@ -438,8 +622,6 @@ class BatchEncoder:
             else:
                 del s.times[:left]
                 del s.vals[:left]
-                if s.kind == "float":
-                    s.amax = max(map(abs, s.vals))
                 left = 0
         self._count = sum(len(s.times) for s in self._order)
         self._worst = sum(s.worst() for s in self._order)

@@ -103,13 +103,15 @@ class ReadingsBatch(_Content, frozen=True, kw_only=True, omit_defaults=True):
     #: The packed columns of all series, in order (base64 on the wire).
     data: bytes
 
-    def readings(self) -> list[Reading]:
+    def readings(self, *, identity: bool = False) -> list[Reading]:
         """Unpack the readings, series by series, each series in its order.
 
+        With ``identity`` each reading also carries the batch's ``session`` and
+        its ``index`` in the batch (as a Subscriber hands readings out).
         Raises ProtocolError if the batch is malformed.
         """
         _check_batch(self, ProtocolError)
-        return _unpack(self)
+        return _unpack(self, identity=identity)
 
 
 class SensorMeta(_Content, frozen=True, kw_only=True, omit_defaults=True):
@@ -296,18 +298,33 @@ def _check_device_state(d: DeviceState, err: type[Exception]) -> None:
 # --------------------------------------------------------------------------
 
 
-def _unpack(batch: ReadingsBatch) -> list[Reading]:
+def _unpack(batch: ReadingsBatch, *, identity: bool = False) -> list[Reading]:
     raw = _inflate(batch.data) if batch.compression == "zlib" else batch.data
     if len(raw) > MAX_RAW_BYTES:
         raise ProtocolError(f"packed data is more than {MAX_RAW_BYTES} bytes")
     out: list[Reading] = []
     pos = 0
     device, seq = batch.device, batch.seq
+    session = batch.session if identity else None
     for h in batch.series:
         n = h.n
         times, vals, pos = _unpack_series(
             raw, pos, h.sensor, h.kind, n, h.precision, batch.t0_ms
         )
+        if identity:
+            first = len(out)
+            out += map(
+                Reading,
+                repeat(h.sensor, n),
+                times,
+                vals,
+                repeat(h.unit, n),
+                repeat(device, n),
+                repeat(seq, n),
+                repeat(session, n),
+                range(first, first + n),
+            )
+            continue
         out += map(
             Reading,
             repeat(h.sensor, n),

@@ -165,8 +165,40 @@ def _too_large(v: float, p: int) -> ConfigError:
     )
 
 
+# The fast mantissa (``_fast_mantissa``): floats 10**p, and the bounds within which
+# rounding v * 10**p in binary gives the nearest integer to the exact product.
+_SCALE: Final[tuple[float, ...]] = tuple(float(x) for x in _POW10)
+_FAST_BELOW: Final = 1e12  # < 2**40: an ulp of the product is below 2**-12
+_FAST_FRAC: Final = 0.4995  # |product - m| below this: m is the nearest (0.4995 + 2**-13 < 0.5)
+
+
+def _fast_mantissa(v: float, p: int) -> int | None:
+    """The mantissa ``_mantissa(v, p)`` gives, by one multiplication, or None
+    when this shortcut cannot be sure (then ``_mantissa`` decides).
+
+    ``f = v * 10**p`` is the exact product rounded once, so it is within half
+    an ulp of it; below 2**40 that is under 2**-13. When ``f`` is more than
+    that margin away from a half-integer, the integer nearest ``f`` is the
+    integer nearest the exact product: the one the exact decimal route
+    (``round(v, p)``, ties to even) finds. Ties, near-ties, large values, NaN
+    and infinities all fail the bounds and return None.
+    """
+    f = v * _SCALE[p]
+    if -_FAST_BELOW < f < _FAST_BELOW:
+        m = round(f)
+        if -_FAST_FRAC < f - m < _FAST_FRAC:
+            return m
+    return None
+
+
 def _mantissa(v: float, precision: int | None) -> tuple[int, int]:
     """(m, p) with m / 10**p == round(v, p); p = precision or the shortest exact."""
+    if precision is not None:
+        f = v * _SCALE[precision]
+        if -_FAST_BELOW < f < _FAST_BELOW:
+            m = round(f)
+            if -_FAST_FRAC < f - m < _FAST_FRAC:
+                return m, precision  # the shortcut of _fast_mantissa, inlined
     if not math.isfinite(v):
         raise ConfigError(f"float value {v!r} is not finite; NaN and infinities cannot be sent")
     if precision is None:
