@@ -30,14 +30,13 @@ from nio import AsyncClient, AsyncClientConfig
 from ..errors import ConfigError, LoginError, MatrixError, RateLimitedError, TransientError
 from ..protocol import api
 from ..protocol.types import (
-    ALL_TYPES,
     CREATE,
     ENCRYPTED,
     ENCRYPTION,
     MAX_CONTENT_BYTES,
     MAX_ENCRYPTED_CONTENT_BYTES,
-    MEMBER_TYPES,
     POWER_LEVELS,
+    room_power_levels,
 )
 from .authz import power_level_allows, room_creators
 from .crypto import HELD_NS, MEGOLM, Crypto, CryptoStatistics, nio_config
@@ -310,20 +309,7 @@ class Connection:
         body: dict[str, Any] = {
             "preset": "private_chat",
             "invite": invite,
-            "power_level_content_override": {
-                "users": users,
-                "users_default": 0,
-                # Every event type needs a writer's level unless listed otherwise;
-                # mxsync's types are listed anyway, so the intent is explicit.
-                "events_default": 50,
-                "state_default": 50,
-                "events": {
-                    **{t: 50 for t in ALL_TYPES},
-                    **{t: 0 for t in MEMBER_TYPES},
-                    POWER_LEVELS: 100,
-                    "m.room.name": 50,
-                },
-            },
+            "power_level_content_override": room_power_levels(users),
         }
         if name is not None:
             body["name"] = name

@@ -36,7 +36,7 @@ import anyio
 
 from ..errors import ConfigError, MatrixError
 from ..protocol import api
-from ..protocol.types import ALL_TYPES, MEMBER, MEMBER_TYPES, POWER_LEVELS
+from ..protocol.types import MEMBER, POWER_LEVELS, room_power_levels
 
 if TYPE_CHECKING:
     from ..client import Client
@@ -66,18 +66,7 @@ def room_body(*, name: str, alias_localpart: str, invite: Iterable[str],
         "name": name,
         "room_alias_name": alias_localpart,
         "invite": list(invite),
-        "power_level_content_override": {
-            "users": dict(levels),
-            "users_default": 0,
-            "events_default": 50,
-            "state_default": 50,
-            "events": {
-                **{t: 50 for t in ALL_TYPES},
-                **{t: 0 for t in MEMBER_TYPES},
-                POWER_LEVELS: 100,
-                "m.room.name": 50,
-            },
-        },
+        "power_level_content_override": room_power_levels(dict(levels)),
     }
 
 

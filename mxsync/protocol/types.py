@@ -17,6 +17,7 @@ __all__ = [
     "DOC_LIVE",
     "TO_DEVICE_TYPES",
     "MEMBER_TYPES",
+    "room_power_levels",
     "READINGS",
     "SENSOR",
     "DEVICE",
@@ -82,6 +83,26 @@ ALL_TYPES: tuple[str, ...] = STATE_TYPES + TIMELINE_TYPES
 TO_DEVICE_TYPES: tuple[str, ...] = (DOC_AWARENESS, DOC_LIVE)
 #: mxsync's types that every member may send (power level 0), readers included.
 MEMBER_TYPES: tuple[str, ...] = (DOC_REQUEST,)
+
+
+def room_power_levels(users: dict[str, int]) -> dict[str, object]:
+    """The ``m.room.power_levels`` an mxsync room starts with (PROTOCOL.md 1.3),
+    as a ``createRoom`` ``power_level_content_override``: ``users`` at their
+    levels, everyone else 0; every event type needs a writer's level (50) unless
+    listed otherwise (mxsync's types are listed anyway, so the intent is
+    explicit), members' types 0, power levels 100."""
+    return {
+        "users": dict(users),
+        "users_default": 0,
+        "events_default": 50,
+        "state_default": 50,
+        "events": {
+            **{t: 50 for t in ALL_TYPES},
+            **{t: 0 for t in MEMBER_TYPES},
+            POWER_LEVELS: 100,
+            "m.room.name": 50,
+        },
+    }
 
 #: Synapse refuses a PDU whose canonical JSON (signatures, hashes, envelope
 #: included) exceeds this many bytes.
