@@ -263,14 +263,18 @@ async def test_whiteboard_stroke_reaches_python_and_idle_pages_add_nothing_to_th
         assert py_stroke == page_stroke and py_stroke["author"] == alice.user_id
 
         # Settle: both servers have every edit on the homeserver, and the observer
-        # holds what they hold (it had the stroke once its first updates arrived; the
-        # rest of the stroke's updates could still be on their way: a flake once).
+        # holds what they hold and has applied each of their update events from the
+        # timeline too. (It can hold the stroke before: its first updates, or all of
+        # them by the live channel, whose timeline copies then arrive later and count
+        # as applied. Both happened once, during the idle minute.) Strokes are far
+        # below the chunk size, so each update event sent is one applied.
         with anyio.fail_after(30):
             while True:
                 stats = [await _stats(u) for u in (a_url, b_url)]
+                sent = sum(s["doc"]["update_events_sent"] for s in stats)
                 if all(s["doc"]["pending_edits"] == 0 and not s["doc"]["in_flight"]
                        and s["state_bytes"] == len(observer.doc.get_update())
-                       for s in stats):
+                       for s in stats) and observer.statistics().updates_applied >= sent:
                     break
                 await anyio.sleep(0.1)
 
