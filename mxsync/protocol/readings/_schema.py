@@ -311,20 +311,8 @@ def _unpack(batch: ReadingsBatch, *, identity: bool = False) -> list[Reading]:
         times, vals, pos = _unpack_series(
             raw, pos, h.sensor, h.kind, n, h.precision, batch.t0_ms
         )
-        if identity:
-            first = len(out)
-            out += map(
-                Reading,
-                repeat(h.sensor, n),
-                times,
-                vals,
-                repeat(h.unit, n),
-                repeat(device, n),
-                repeat(seq, n),
-                repeat(session, n),
-                range(first, first + n),
-            )
-            continue
+        # Without identity, session and index stay None (Reading's defaults).
+        first = len(out)
         out += map(
             Reading,
             repeat(h.sensor, n),
@@ -333,6 +321,8 @@ def _unpack(batch: ReadingsBatch, *, identity: bool = False) -> list[Reading]:
             repeat(h.unit, n),
             repeat(device, n),
             repeat(seq, n),
+            repeat(session, n),
+            range(first, first + n) if identity else repeat(None, n),
         )
     if pos != len(raw):
         raise ProtocolError(f"{len(raw) - pos} bytes left over after the last series")
