@@ -300,6 +300,7 @@ class SyncedDoc:
                     rate=self._awareness_rate, max_devices=self._max_live_devices,
                     persist=self._writer.persist, ready=self._synced.is_set,
                     loaded=self._synced.wait)
+                self._writer.hold = self._channel.live.pending_send
                 await self._channel.start(stack, tg)
                 stack.push_async_callback(self._channel.close)  # before the tasks stop
                 self._stack = stack.pop_all()

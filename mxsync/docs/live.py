@@ -14,6 +14,11 @@ Invariants:
   this device's Yjs client id and clocks are reused after a crash (invariant 7
   of :mod:`mxsync.docs`), so a struct a peer has seen must never be lost
   locally, or its clock would be issued again with other content.
+- The timeline batch that carries a change waits for the live send of that
+  change (:meth:`LiveUpdates.pending_send`, the outbox's bounded ``hold``):
+  one homeserver handles the to-device first, and the isolated edit's latency
+  is that of the to-device alone (docs/benchmarks.md). Every live batch taken
+  resolves its event, sent or not, so nothing waits past the bound.
 - Local transactions are sent as soon as the previous live send returned;
   those made meanwhile go together as one merged update (coalescing, at most
   one send in flight per document). Nothing is sent when there are no peers,
@@ -73,7 +78,12 @@ class LiveUpdates:
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._wake = anyio.Event()
+        #: Set once the batch now pending, and the one being sent, have been sent
+        #: live (or given up).
+        self._pending_done: anyio.Event | None = None
+        self._sending_done: anyio.Event | None = None
         self._sub: pycrdt.Subscription | None = None
+        self.stopped = False
         self.sent = 0
         self.bytes_sent = 0
         self.not_sent = 0
@@ -100,7 +110,15 @@ class LiveUpdates:
         if update and update != b"\x00\x00":  # an empty update: no structs, no deletions
             self._pending.append(update)
             self._pending_bytes += len(update)
+            if self._pending_done is None:
+                self._pending_done = anyio.Event()
             self._wake.set()
+
+    def pending_send(self) -> anyio.Event | None:
+        """What the writer holds its timeline batch behind: set once the live send
+        in progress returned, or else the one of the changes not yet taken (sent or
+        given up); None when there is neither."""
+        return self._sending_done or self._pending_done
 
     async def run(self) -> None:
         while True:
@@ -108,24 +126,37 @@ class LiveUpdates:
             self._wake = anyio.Event()
             batch, self._pending = self._pending, []
             size, self._pending_bytes = self._pending_bytes, 0
-            if not batch:
-                continue
-            targets = self.peers.live_targets()
-            if not targets or size > _MAX_PENDING_BYTES:
-                self.not_sent += 1  # not worth merging: the timeline carries it
-                continue
-            update = batch[0] if len(batch) == 1 else pycrdt.merge_updates(*batch)
-            if len(update) > wire.MAX_LIVE_BYTES:
-                self.not_sent += 1
-                continue
-            if self._persist is not None:
-                try:
-                    await self._persist()  # stored before any peer sees it
-                except RuntimeError:
-                    return  # the writer stopped: the document is closing
-            if await self.peers.send(self.peers.live_message(update), to=targets):
-                self.sent += 1
-                self.bytes_sent += len(update)
+            done, self._pending_done = self._pending_done, None
+            self._sending_done = done
+            try:
+                await self._send_batch(batch, size)
+            finally:
+                self._sending_done = None
+                if done is not None:
+                    done.set()
+            if self.stopped:
+                return
+
+    async def _send_batch(self, batch: list[bytes], size: int) -> None:
+        if not batch:
+            return
+        targets = self.peers.live_targets()
+        if not targets or size > _MAX_PENDING_BYTES:
+            self.not_sent += 1  # not worth merging: the timeline carries it
+            return
+        update = batch[0] if len(batch) == 1 else pycrdt.merge_updates(*batch)
+        if len(update) > wire.MAX_LIVE_BYTES:
+            self.not_sent += 1
+            return
+        if self._persist is not None:
+            try:
+                await self._persist()  # stored before any peer sees it
+            except RuntimeError:
+                self.stopped = True  # the writer stopped: the document is closing
+                return
+        if await self.peers.send(self.peers.live_message(update), to=targets):
+            self.sent += 1
+            self.bytes_sent += len(update)
 
     # -- remote side -------------------------------------------------------------------
 

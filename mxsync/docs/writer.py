@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 import anyio
@@ -123,6 +124,9 @@ class Writer:
         self.counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         #: JSON bytes per event content; the document lowers it in an encrypted room.
         self.max_bytes = MAX_CONTENT_BYTES
+        #: What a timeline batch waits for before it is sent (the live channel's
+        #: send of the same changes; set by the document, see mxsync.docs.live).
+        self.hold: Callable[[], anyio.Event | None] = lambda: None
         #: A member asked for a snapshot (a late joiner of an encrypted room):
         #: the next one goes out whatever the policy says.
         self._snapshot_asked = False
@@ -392,8 +396,9 @@ class Writer:
             cache.write(tx.conn, self.room_id, self.name, log=step.log, meta=step.meta,
                         state=step.state)
 
+        hold = None if closing or not step.n_updates else self.hold()
         with anyio.CancelScope(shield=True):
-            _, handles = await self.client.stage(write)
+            _, handles = await self.client.stage(write, hold=hold)
         n_updates = step.n_updates
         self.counts["log_writes"] += step.log is not None
         self.counts["cache_writes"] += step.state is not None

@@ -412,10 +412,12 @@ class Connection:
         """An outbox entry with its transaction id fixed now, for :meth:`stage`."""
         return OutboxEntry.new(room_id, event_type, content, state_key=state_key, lane=lane)
 
-    async def stage(self, fn: Callable[[Staging], T]) -> tuple[T, list[SendHandle]]:
+    async def stage(self, fn: Callable[[Staging], T], *, hold: anyio.Event | None = None
+                    ) -> tuple[T, list[SendHandle]]:
         """Run ``fn`` in one store transaction; what it adds to its ``Staging`` is
-        committed with the feature's own writes, then sent."""
-        return await self.outbox.stage(fn)
+        committed with the feature's own writes, then sent (after ``hold``, bounded:
+        see :meth:`Outbox.stage <mxsync.engine.outbox.Outbox.stage>`)."""
+        return await self.outbox.stage(fn, hold=hold)
 
     def next_slot(self) -> float:
         """When (``time.monotonic()``) a send will probably be accepted (a hint)."""

@@ -21,6 +21,12 @@ Invariants:
   again after an outage (never a rate limit's wait). Neither drops anything.
 - A definite refusal (M_FORBIDDEN, M_TOO_LARGE, M_BAD_JSON, ...) can never
   succeed: the event is removed, logged and its handle raises the error.
+- A caller may *hold* what it stages behind an ``anyio.Event`` (``stage(fn,
+  hold=...)``): the entries wait for it, at most :data:`HOLD_MAX` seconds,
+  before their first attempt. A hint, in memory only (after a restart the
+  entries go at once): a document holds its timeline batch while the same
+  changes go to its peers over to-device, so that the homeserver handles the
+  fast path first (docs/benchmarks.md, the isolated edit).
 - In an encrypted room a timeline event is encrypted at send time (by
   :mod:`~mxsync.engine.crypto`), never in the store: each attempt encrypts it
   again, under the same transaction id. State events are sent as they are.
@@ -48,7 +54,8 @@ from .crypto import Crypto
 from .http import Backoff, Http
 from .store import Store
 
-__all__ = ["Outbox", "OutboxEntry", "OutboxStatistics", "OutgoingEvent", "SendHandle", "Staging"]
+__all__ = ["HOLD_MAX", "Outbox", "OutboxEntry", "OutboxStatistics", "OutgoingEvent",
+           "SendHandle", "Staging"]
 
 T = TypeVar("T")
 
@@ -57,6 +64,9 @@ T = TypeVar("T")
 #: at most this much latency), how fast it decays per send that is not
 #: refused, and below what it is forgotten.
 _PACE_CAP = 10.0
+#: The longest an entry waits for the hold it was staged with (see ``stage``):
+#: the durable path is delayed by at most this much.
+HOLD_MAX = 0.05
 _PACE_DECAY = 0.95
 _PACE_FLOOR = 0.05
 
@@ -257,6 +267,7 @@ class Outbox:
         self._last_sent_at = -math.inf
         self._tg: TaskGroup | None = None
         self._backlog: list[OutboxEntry] = []
+        self._holds: dict[int, anyio.Event] = {}
         #: Counters for statistics() and tests.
         self.sent = 0
         self.failed = 0
@@ -278,15 +289,19 @@ class Outbox:
         stored = await self._store.run(lambda c: insert_entries(c, entries))
         return self._schedule(stored)
 
-    async def stage(self, fn: Callable[[Staging], T]) -> tuple[T, list[SendHandle]]:
+    async def stage(self, fn: Callable[[Staging], T], *, hold: anyio.Event | None = None
+                    ) -> tuple[T, list[SendHandle]]:
         """Run ``fn`` in one store transaction with a :class:`Staging`; the entries it
-        adds are committed with the rest of that transaction, then scheduled."""
+        adds are committed with the rest of that transaction, then scheduled, each
+        to wait for ``hold`` (at most :data:`HOLD_MAX`) before it is first sent."""
 
         def work(conn: sqlite3.Connection) -> tuple[T, list[OutboxEntry]]:
             staging = Staging(conn)
             return fn(staging), staging._entries
 
         result, entries = await self._store.run(work)
+        if hold is not None and not hold.is_set():
+            self._holds.update((row.id, hold) for row in entries)
         return result, self._schedule(entries)
 
     def _schedule(self, rows: Sequence[OutboxEntry]) -> list[SendHandle]:
@@ -342,6 +357,10 @@ class Outbox:
         try:
             while queue:
                 row = queue[0]
+                hold = self._holds.pop(row.id, None)
+                if hold is not None:
+                    with anyio.move_on_after(HOLD_MAX):
+                        await hold.wait()
                 async with limit:
                     await self._send_until_answered(row)
                 queue.popleft()

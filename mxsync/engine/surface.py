@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
+import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..protocol.api import Direction, Request
@@ -69,9 +70,11 @@ class Engine(Protocol):
 
     async def send_many(self, events: Sequence[OutgoingEvent]) -> list[SendHandle]: ...
 
-    async def stage(self, fn: Callable[[Staging], T]) -> tuple[T, list[SendHandle]]:
+    async def stage(self, fn: Callable[[Staging], T], *, hold: anyio.Event | None = None
+                    ) -> tuple[T, list[SendHandle]]:
         """Run ``fn`` in one store transaction; the entries it adds to its
-        :class:`Staging` are committed with it, then scheduled for sending."""
+        :class:`Staging` are committed with it, then scheduled for sending, after
+        ``hold`` is set (bounded by ``outbox.HOLD_MAX``) when one is given."""
         ...
 
     def new_entry(

@@ -196,8 +196,9 @@ class DeviceEngine:
             ts = t0 if type(t0) is int else None
         return msgspec.structs.replace(entry, as_user=self._user, ts_ms=ts)
 
-    async def stage(self, fn: Callable[[Staging], T]) -> tuple[T, list[SendHandle]]:
-        return await self._conn.stage(fn)
+    async def stage(self, fn: Callable[[Staging], T], *, hold: anyio.Event | None = None
+                    ) -> tuple[T, list[SendHandle]]:
+        return await self._conn.stage(fn, hold=hold)
 
     async def send(self, room_id: str, event_type: str, content: dict[str, Any], *,
                    state_key: str | None = None, lane: str = "default") -> SendHandle:

@@ -201,3 +201,48 @@ async def test_an_encrypted_room_sends_nothing_over_to_device(make_user, make_cl
     # Not one mxsync to-device request (megolm key sharing is nio's, counted elsewhere).
     assert a.to_device_statistics().sent == sent_before
     assert b.to_device_statistics().received == 0
+
+
+async def test_the_timeline_batch_waits_for_the_live_send_but_never_for_a_hung_one(
+    make_user, make_client
+):
+    """The homeserver handles an edit's to-device first: the timeline PUT of the
+    batch starts once the live PUT has returned. A live send that hangs holds the
+    timeline for at most the outbox's HOLD_MAX: the edit still lands."""
+    room, a, b = await two_members(make_user, make_client, relaxed=True)
+    async with a.open_doc(room) as da, b.open_doc(room) as db:
+        with anyio.fail_after(60):
+            await da.wait_synced()
+            await db.wait_synced()
+        await until(lambda: (da.channel_statistics() or _never).peers == 1)
+        t = da.doc.get("t", type=pycrdt.Text)
+        with a.http.recording() as records:
+            for ch in "abc":
+                t.insert(len(t), ch)
+                with anyio.fail_after(30):
+                    await da.flush()
+                await anyio.sleep(0.3)
+        live = [r for r in records if "/sendToDevice/" + DOC_LIVE in r.path]
+        timeline = [r for r in records if "/send/" + DOC_UPDATE in r.path]
+        assert len(live) == len(timeline) == 3, records
+        for sent_live, sent_timeline in zip(live, timeline, strict=True):
+            assert sent_timeline.started >= sent_live.ended
+        await until(lambda: text(db) == "abc")
+
+        hung = anyio.Event()
+        real_send = a.to_device.send
+
+        async def hang(event_type: str, messages: dict[str, Any]) -> bool:
+            if event_type != DOC_LIVE:
+                return await real_send(event_type, messages)
+            hung.set()
+            await anyio.sleep(3600)  # cancelled when the document closes
+            return False
+
+        a.to_device.send = hang
+        t.insert(len(t), "d")
+        with anyio.fail_after(30):
+            await hung.wait()
+            await da.flush()  # the timeline did not wait for the hung live send
+        await until(lambda: text(db) == "abcd")
+        assert (db.channel_statistics() or _never).live_applied == 3  # type: ignore[attr-defined]

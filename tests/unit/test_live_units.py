@@ -272,3 +272,58 @@ async def test_a_local_change_is_stored_before_any_peer_sees_it_and_early_ones_w
         assert live.applied == 1 and "yo" in str(replica.doc.get("t", type=pycrdt.Text))
         tg.cancel_scope.cancel()
     live.close()
+
+
+async def test_the_pending_send_resolves_for_every_batch_sent_or_not():
+    """What the writer holds its timeline batch behind (``pending_send``) is set once
+    the live send of those changes returned, and also when they go by the timeline
+    alone (too big to go live), so a held batch never waits for nothing."""
+    from mxsync.docs.live import LiveUpdates
+    from mxsync.docs.replica import Replica
+    from mxsync.protocol import docs as proto
+
+    engine = FakeEngine()
+    release = anyio.Event()
+
+    async def send_to_device(event_type: str, messages: dict[str, Any]) -> bool:
+        await release.wait()
+        engine.sent.append((event_type, messages))
+        return True
+
+    engine.send_to_device = send_to_device  # type: ignore[method-assign]
+    peers = Peers(engine, "!r:x", "notes")  # type: ignore[arg-type]
+    replica = Replica("notes", policy=proto.SnapshotPolicy("me"))
+    live = LiveUpdates(replica, peers)
+    live.observe()
+    text = replica.doc.get("t", type=pycrdt.Text)
+    text.insert(0, "alone")  # no peers: nothing encoded, nothing to wait for
+    assert live.pending_send() is None
+    peers.heard("@a:x", "A1", int(time.time() * 1000))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(live.run)
+        text.insert(0, "hi")
+        held = live.pending_send()
+        assert held is not None and not held.is_set()
+        with anyio.fail_after(5):
+            while not live._sending_done:  # noqa: ASYNC110 - taken by run()
+                await anyio.sleep(0.005)
+        assert live.pending_send() is held  # while it is being sent
+        text.insert(0, "more")  # made while the first send hangs: the next batch
+        assert live.pending_send() is held
+        later = live._pending_done
+        assert later is not None and later is not held
+        await anyio.sleep(0.05)
+        assert not held.is_set()  # the send has not returned
+        release.set()
+        with anyio.fail_after(5):
+            await held.wait()
+            await later.wait()
+        assert live.sent == 2 and len(engine.sent) == 2
+        text.insert(0, "x" * (wire.MAX_LIVE_BYTES + 10))  # timeline only
+        big = live.pending_send()
+        assert big is not None
+        with anyio.fail_after(5):
+            await big.wait()
+        assert live.not_sent == 1 and live.sent == 2
+        tg.cancel_scope.cancel()
+    live.close()
