@@ -40,6 +40,14 @@ async def two_members(make_user, make_client, *, relaxed: bool) -> tuple[str, An
     return room, a, b
 
 
+async def peered(da: SyncedDoc, db: SyncedDoc) -> None:
+    """Both documents loaded, and the first knows the second as its peer."""
+    with anyio.fail_after(60):
+        await da.wait_synced()
+        await db.wait_synced()
+    await until(lambda: (da.channel_statistics() or _never).peers == 1)
+
+
 async def doc_events(client: Any, room: str) -> list[Any]:
     """Every event of the room's history a document could hold."""
     events = []
@@ -159,10 +167,7 @@ async def test_document_converges_through_the_timeline_when_to_device_is_lost(
 
     a.to_device.send = lossy
     async with a.open_doc(room) as da, b.open_doc(room) as db:
-        with anyio.fail_after(60):
-            await da.wait_synced()
-            await db.wait_synced()
-        await until(lambda: (da.channel_statistics() or _never).peers == 1)
+        await peered(da, db)
         t = da.doc.get("t", type=pycrdt.Text)
         m = da.doc.get("m", type=pycrdt.Map)
         for i in range(60):
@@ -211,10 +216,7 @@ async def test_the_timeline_batch_waits_for_the_live_send_but_never_for_a_hung_o
     timeline for at most the outbox's HOLD_MAX: the edit still lands."""
     room, a, b = await two_members(make_user, make_client, relaxed=True)
     async with a.open_doc(room) as da, b.open_doc(room) as db:
-        with anyio.fail_after(60):
-            await da.wait_synced()
-            await db.wait_synced()
-        await until(lambda: (da.channel_statistics() or _never).peers == 1)
+        await peered(da, db)
         t = da.doc.get("t", type=pycrdt.Text)
         with a.http.recording() as records:
             for ch in "abc":
