@@ -29,6 +29,14 @@ devices' command inboxes among them.
 Invariants:
 - Registration is idempotent: a device user that exists (``M_USER_IN_USE``)
   is taken as it is; joining a room it is in is a no-op.
+- No device is put into an end-to-end encrypted room: the gateway cannot
+  decrypt (an appservice user has no Olm device that receives room keys), so
+  commands sent there would silently never arrive. A caller's room with
+  ``m.room.encryption`` is a ConfigError (entering the gateway, adding
+  devices); the gateway's own rooms are never encrypted
+  (:mod:`mxsync.fleet.rooms`); encryption an operator turns on later is logged
+  at error level, and the encrypted events that then arrive are counted and
+  reported once per room (:mod:`mxsync.fleet.transactions`).
 - With ``rate_limited: false`` in the registration the homeserver does not
   rate-limit the device users; the registration this module writes says so.
 """
@@ -55,7 +63,7 @@ from ..errors import ConfigError, MatrixError
 from ..protocol import api
 from ..protocol.types import POWER_LEVELS, READINGS
 from ..streams import Publisher
-from .rooms import DEFAULT_GROUP, FleetRooms, Shard, validate_group
+from .rooms import DEFAULT_GROUP, E2EE_LIMIT, FleetRooms, Shard, room_encrypted, validate_group
 from .transactions import TransactionEndpoint, listen_address
 
 if TYPE_CHECKING:
@@ -429,9 +437,21 @@ class FleetGateway:
         self._users.update(users)
         return users
 
+    async def _refuse_encrypted(self, room: str) -> None:
+        if await room_encrypted(self._client, room):
+            raise ConfigError(f"room {room} is end-to-end encrypted (m.room.encryption); "
+                              + E2EE_LIMIT)
+
+    @property
+    def encrypted_rooms(self) -> list[str]:
+        """Fleet rooms this gateway found end-to-end encrypted (turned on by an
+        operator after the devices were placed): their devices take no commands."""
+        return [s.room_id for s in self._fleet.encrypted]
+
     async def _into_one_room(self, users: list[str], level: int) -> None:
         room = self._room
         assert room is not None
+        await self._refuse_encrypted(room)
         await self._each(users, self._register)
         # Fresh, not the state cache: another add_devices (an MQTT device's birth
         # in the bridge) may have changed the levels a moment ago.
@@ -465,6 +485,11 @@ class FleetGateway:
         return True
 
     async def __aenter__(self) -> FleetGateway:
+        if self._room is not None:
+            try:
+                await self._refuse_encrypted(self._room)
+            except MatrixError as exc:  # not joined yet: add_devices checks again
+                log.debug("could not read the encryption state of %s: %s", self._room, exc)
         if self._reg.url is None:
             return self
         host, port = listen_address(self._reg.url, *self._listen)
