@@ -59,7 +59,7 @@ import anyio
 import msgspec
 
 from ..engine.outbox import OutboxEntry, OutgoingEvent, SendHandle, Staging
-from ..errors import ConfigError, MatrixError
+from ..errors import ConfigError, MatrixError, MxsyncError
 from ..protocol import api
 from ..protocol.types import POWER_LEVELS, READINGS
 from ..streams import Publisher
@@ -82,6 +82,10 @@ def device_localpart(prefix: str, device: str) -> str:
     """The localpart of a device's user: ``dev_`` + the device id, lowercased,
     characters a user id cannot have as ``=`` (``boiler-1`` -> ``dev_boiler-1``)."""
     return prefix + _LOCALPART_BAD.sub("=", device.lower())
+
+
+def _encrypted_room(room: str) -> ConfigError:
+    return ConfigError(f"room {room} is end-to-end encrypted (m.room.encryption); {E2EE_LIMIT}")
 
 
 class Registration(msgspec.Struct, frozen=True, kw_only=True):
@@ -248,6 +252,11 @@ class FleetGateway:
     (:mod:`mxsync.fleet.transactions`) when the registration has a ``url``:
     listening on ``listen_host`` (127.0.0.1) and ``listen_port`` (the url's),
     events go to the client's consumers, so the devices take commands.
+
+    Never in an end-to-end encrypted room (the gateway cannot decrypt): a
+    caller's room with ``m.room.encryption`` raises ConfigError on ``async with``
+    and in :meth:`add_devices`; rooms an operator encrypts later take no new
+    devices and are listed in :attr:`encrypted_rooms`.
     """
 
     def __init__(self, client: Client, registration: Registration, room_id: str | None = None,
@@ -439,8 +448,7 @@ class FleetGateway:
 
     async def _refuse_encrypted(self, room: str) -> None:
         if await room_encrypted(self._client, room):
-            raise ConfigError(f"room {room} is end-to-end encrypted (m.room.encryption); "
-                              + E2EE_LIMIT)
+            raise _encrypted_room(room)
 
     @property
     def encrypted_rooms(self) -> list[str]:
@@ -487,9 +495,12 @@ class FleetGateway:
     async def __aenter__(self) -> FleetGateway:
         if self._room is not None:
             try:
-                await self._refuse_encrypted(self._room)
-            except MatrixError as exc:  # not joined yet: add_devices checks again
+                encrypted = await room_encrypted(self._client, self._room)
+            except MxsyncError as exc:  # not joined yet, or down: add_devices checks again
                 log.debug("could not read the encryption state of %s: %s", self._room, exc)
+            else:
+                if encrypted:
+                    raise _encrypted_room(self._room)
         if self._reg.url is None:
             return self
         host, port = listen_address(self._reg.url, *self._listen)
