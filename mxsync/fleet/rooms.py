@@ -189,11 +189,16 @@ class FleetRooms:
                 shard.members.update(dict.fromkeys(take, "invite"))
         chunks = [todo[i:i + self._size] for i in range(0, len(todo), self._size)]
         made: dict[int, Shard] = {}
+        refused: list[ConfigError] = []
         limiter = anyio.CapacityLimiter(self._parallel)
 
         async def make(index: int, take: list[str]) -> None:
             async with limiter:
-                shard, existed = await self._create(group, index, take, level)
+                try:
+                    shard, existed = await self._create(group, index, take, level)
+                except ConfigError as exc:  # raised below, not wrapped in an ExceptionGroup
+                    refused.append(exc)
+                    return
                 if existed:
                     await self._grant(shard.room_id, take, level)
             for user in take:
@@ -204,6 +209,10 @@ class FleetRooms:
         async with anyio.create_task_group() as tg:
             for i, take in enumerate(chunks):
                 tg.start_soon(make, len(shards) + 1 + i, take)
+        if refused:
+            # Nothing of this placement is kept: the next load reads the rooms made.
+            self._groups.pop(group, None)
+            raise refused[0]
         shards.extend(made[i] for i in sorted(made))
         return shards
 
