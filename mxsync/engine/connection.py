@@ -400,6 +400,11 @@ class Connection:
         """Persist several events in one transaction (order kept per lane)."""
         return await self.outbox.enqueue_many(events)
 
+    def pending_sends(self, room_id: str, lane: str) -> list[SendHandle]:
+        """Handles of the events of lane ``(room_id, lane)`` still in the outbox
+        (a previous run's included), in send order."""
+        return self.outbox.pending_in_lane(room_id, lane)
+
     def new_entry(
         self,
         room_id: str,

@@ -322,6 +322,15 @@ class Outbox:
     def pending(self) -> int:
         return len(self._handles)
 
+    def pending_in_lane(self, room_id: str, lane: str) -> list[SendHandle]:
+        """Handles of the entries of lane ``(room_id, lane)`` in the outbox now
+        (stored, not yet answered), in send order, those a previous process
+        left in the store included (scheduled when the outbox started)."""
+        key = (room_id, lane)
+        rows = [*self._lanes.get(key, ()),
+                *(r for r in self._backlog if (r.room_id, r.lane) == key)]
+        return [h for r in rows if (h := self._handles.get(r.id)) is not None and not h.done]
+
     async def flush(self) -> None:
         """Wait until every event enqueued before this call is sent or refused."""
         for handle in list(self._handles.values()):

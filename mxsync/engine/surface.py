@@ -9,7 +9,8 @@ test can hand a feature a fake of it. The surface, by concern:
 - sending: ``send`` / ``send_many`` (through the outbox: persisted, then sent
   with a fixed transaction id), ``stage`` (outbox entries committed in the
   same SQLite transaction as the feature's own tables), ``next_slot`` (the
-  pace the server allows), and ``request`` for the few one-shot calls a
+  pace the server allows), ``pending_sends`` (what of a lane is still in the
+  outbox, a previous run's entries included), and ``request`` for the few one-shot calls a
   feature makes itself (MSC4140 delayed events), built by
   :mod:`mxsync.protocol.api`;
 - the feature's own tables: ``run_sql``;
@@ -91,6 +92,12 @@ class Engine(Protocol):
 
     def next_slot(self) -> float:
         """When (``time.monotonic()``) a send will probably be accepted."""
+        ...
+
+    def pending_sends(self, room_id: str, lane: str) -> list[SendHandle]:
+        """Handles of the events of lane ``(room_id, lane)`` still in the outbox,
+        in send order, also those a previous process left in the store (a
+        feature that resumes after a crash waits for them)."""
         ...
 
     async def is_encrypted(self, room_id: str) -> bool:

@@ -261,7 +261,9 @@ class SyncLoop:
         cache kept current, no event delivered twice (the ids remembered per
         room). No position moves: a transaction the client has not
         acknowledged is pushed again, so there is no gap to repair. Returns
-        how many were delivered.
+        how many were delivered. ``m.room.encrypted`` events are not
+        delivered: an appservice has no keys to decrypt them with (the fleet's
+        transaction endpoint counts and reports them).
         """
         batch = _Batch(live=True)
         for ev in events:

@@ -29,6 +29,14 @@ devices' command inboxes among them.
 Invariants:
 - Registration is idempotent: a device user that exists (``M_USER_IN_USE``)
   is taken as it is; joining a room it is in is a no-op.
+- No device is put into an end-to-end encrypted room: the gateway cannot
+  decrypt (an appservice user has no Olm device that receives room keys), so
+  commands sent there would silently never arrive. A caller's room with
+  ``m.room.encryption`` is a ConfigError (entering the gateway, adding
+  devices); the gateway's own rooms are never encrypted
+  (:mod:`mxsync.fleet.rooms`); encryption an operator turns on later is logged
+  at error level, and the encrypted events that then arrive are counted and
+  reported once per room (:mod:`mxsync.fleet.transactions`).
 - With ``rate_limited: false`` in the registration the homeserver does not
   rate-limit the device users; the registration this module writes says so.
 """
@@ -51,11 +59,11 @@ import anyio
 import msgspec
 
 from ..engine.outbox import OutboxEntry, OutgoingEvent, SendHandle, Staging
-from ..errors import ConfigError, MatrixError
+from ..errors import ConfigError, MatrixError, MxsyncError
 from ..protocol import api
 from ..protocol.types import POWER_LEVELS, READINGS
 from ..streams import Publisher
-from .rooms import DEFAULT_GROUP, FleetRooms, Shard, validate_group
+from .rooms import DEFAULT_GROUP, E2EE_LIMIT, FleetRooms, Shard, room_encrypted, validate_group
 from .transactions import TransactionEndpoint, listen_address
 
 if TYPE_CHECKING:
@@ -74,6 +82,10 @@ def device_localpart(prefix: str, device: str) -> str:
     """The localpart of a device's user: ``dev_`` + the device id, lowercased,
     characters a user id cannot have as ``=`` (``boiler-1`` -> ``dev_boiler-1``)."""
     return prefix + _LOCALPART_BAD.sub("=", device.lower())
+
+
+def _encrypted_room(room: str) -> ConfigError:
+    return ConfigError(f"room {room} is end-to-end encrypted (m.room.encryption); {E2EE_LIMIT}")
 
 
 class Registration(msgspec.Struct, frozen=True, kw_only=True):
@@ -240,6 +252,11 @@ class FleetGateway:
     (:mod:`mxsync.fleet.transactions`) when the registration has a ``url``:
     listening on ``listen_host`` (127.0.0.1) and ``listen_port`` (the url's),
     events go to the client's consumers, so the devices take commands.
+
+    Never in an end-to-end encrypted room (the gateway cannot decrypt): a
+    caller's room with ``m.room.encryption`` raises ConfigError on ``async with``
+    and in :meth:`add_devices`; rooms an operator encrypts later take no new
+    devices and are listed in :attr:`encrypted_rooms`.
     """
 
     def __init__(self, client: Client, registration: Registration, room_id: str | None = None,
@@ -429,9 +446,20 @@ class FleetGateway:
         self._users.update(users)
         return users
 
+    async def _refuse_encrypted(self, room: str) -> None:
+        if await room_encrypted(self._client, room):
+            raise _encrypted_room(room)
+
+    @property
+    def encrypted_rooms(self) -> list[str]:
+        """Fleet rooms this gateway found end-to-end encrypted (turned on by an
+        operator after the devices were placed): their devices take no commands."""
+        return [s.room_id for s in self._fleet.encrypted]
+
     async def _into_one_room(self, users: list[str], level: int) -> None:
         room = self._room
         assert room is not None
+        await self._refuse_encrypted(room)
         await self._each(users, self._register)
         # Fresh, not the state cache: another add_devices (an MQTT device's birth
         # in the bridge) may have changed the levels a moment ago.
@@ -465,6 +493,14 @@ class FleetGateway:
         return True
 
     async def __aenter__(self) -> FleetGateway:
+        if self._room is not None:
+            try:
+                encrypted = await room_encrypted(self._client, self._room)
+            except MxsyncError as exc:  # not joined yet, or down: add_devices checks again
+                log.debug("could not read the encryption state of %s: %s", self._room, exc)
+            else:
+                if encrypted:
+                    raise _encrypted_room(self._room)
         if self._reg.url is None:
             return self
         host, port = listen_address(self._reg.url, *self._listen)

@@ -23,6 +23,11 @@ Invariants:
   ``createRoom`` request itself (no extra power-level events).
 - Creating a shard that exists (a run cut short between the homeserver's answer
   and ours) is answered by taking the existing room (M_ROOM_IN_USE).
+- Shards are never end-to-end encrypted: the gateway cannot read encrypted
+  events (:data:`E2EE_LIMIT`). A shard the homeserver made encrypted on its own
+  (``encryption_enabled_by_default_for_room_type``) is a ConfigError; a shard an
+  operator encrypted later takes no new devices (they go to the next shard),
+  and its devices are reported (logged at error level, :attr:`FleetRooms.encrypted`).
 """
 
 from __future__ import annotations
@@ -36,16 +41,26 @@ import anyio
 
 from ..errors import ConfigError, MatrixError
 from ..protocol import api
-from ..protocol.types import MEMBER, POWER_LEVELS, room_power_levels
+from ..protocol.types import ENCRYPTION, MEMBER, POWER_LEVELS, room_power_levels
 
 if TYPE_CHECKING:
     from ..client import Client
 
-__all__ = ["DEFAULT_GROUP", "FleetRooms", "Shard", "room_body", "validate_group"]
+__all__ = ["DEFAULT_GROUP", "E2EE_LIMIT", "FleetRooms", "Shard", "room_body", "room_encrypted",
+           "validate_group"]
 
 log = logging.getLogger("mxsync.fleet.rooms")
 
 DEFAULT_GROUP = "fleet"
+
+#: Why a fleet room must not be end-to-end encrypted, and what to do (logs and errors).
+E2EE_LIMIT = (
+    "the fleet gateway cannot decrypt events: an application service user has no Olm"
+    " device that receives room keys (appservice encryption, MSC2409/MSC3202, is"
+    " experimental), so commands sent in an encrypted room never reach its devices."
+    " Use an unencrypted room for the fleet (encryption cannot be turned off in a"
+    " room: make a new one)"
+)
 _GROUP = re.compile(r"[a-z0-9_=-]{1,64}")
 
 
@@ -70,18 +85,31 @@ def room_body(*, name: str, alias_localpart: str, invite: Iterable[str],
     }
 
 
+async def room_encrypted(client: Client, room_id: str) -> bool:
+    """Does ``room_id`` have ``m.room.encryption`` (read fresh from the homeserver)?"""
+    try:
+        await client.request(api.get_state(room_id, ENCRYPTION))
+    except MatrixError as exc:
+        if exc.errcode == "M_NOT_FOUND":
+            return False
+        raise
+    return True
+
+
 class Shard:
     """One room of a group and its device users (membership as the server has it)."""
 
-    __slots__ = ("group", "index", "room_id", "members")
+    __slots__ = ("group", "index", "room_id", "members", "encrypted")
 
     def __init__(self, group: str, index: int, room_id: str,
-                 members: dict[str, str] | None = None) -> None:
+                 members: dict[str, str] | None = None, *, encrypted: bool = False) -> None:
         self.group = group
         self.index = index
         self.room_id = room_id
         #: Device user -> "join" or "invite".
         self.members: dict[str, str] = members or {}
+        #: The room has ``m.room.encryption`` (an operator turned it on): no new devices.
+        self.encrypted = encrypted
 
 
 class FleetRooms:
@@ -111,6 +139,11 @@ class FleetRooms:
     def groups(self) -> dict[str, list[Shard]]:
         return self._groups
 
+    @property
+    def encrypted(self) -> list[Shard]:
+        """The shards found end-to-end encrypted (their devices take no commands)."""
+        return [s for shards in self._groups.values() for s in shards if s.encrypted]
+
     async def load(self, group: str) -> list[Shard]:
         """The group's shards as the homeserver has them (alias 1, 2, ... until one is missing)."""
         if group in self._groups:
@@ -120,9 +153,18 @@ class FleetRooms:
             room = await self._resolve(self.alias(group, len(shards) + 1))
             if room is None:
                 break
-            shards.append(Shard(group, len(shards) + 1, room, await self._members(room)))
+            shard = Shard(group, len(shards) + 1, room, await self._members(room),
+                          encrypted=await room_encrypted(self._client, room))
+            if shard.encrypted:
+                self._report(shard)
+            shards.append(shard)
         self._groups[group] = shards
         return shards
+
+    def _report(self, shard: Shard) -> None:
+        log.error("shard %s (%s) is end-to-end encrypted: its %d device(s) take no commands"
+                  " and new devices go to other shards; %s", self.alias(shard.group, shard.index),
+                  shard.room_id, len(shard.members), E2EE_LIMIT)
 
     async def place(self, group: str, users: list[str], level: int) -> list[Shard]:
         """Put ``users`` that are in no shard of ``group`` into one: fill shards with
@@ -136,17 +178,27 @@ class FleetRooms:
         todo = [u for u in dict.fromkeys(users) if u not in placed]
         for shard in shards:
             space = self._size - len(shard.members)
-            if space > 0 and todo:
+            if space > 0 and todo and not shard.encrypted:
+                # Fresh: an operator may have turned encryption on since the load.
+                if await room_encrypted(self._client, shard.room_id):
+                    shard.encrypted = True
+                    self._report(shard)
+                    continue
                 take, todo = todo[:space], todo[space:]
                 await self._grant(shard.room_id, take, level)
                 shard.members.update(dict.fromkeys(take, "invite"))
         chunks = [todo[i:i + self._size] for i in range(0, len(todo), self._size)]
         made: dict[int, Shard] = {}
+        refused: list[ConfigError] = []
         limiter = anyio.CapacityLimiter(self._parallel)
 
         async def make(index: int, take: list[str]) -> None:
             async with limiter:
-                shard, existed = await self._create(group, index, take, level)
+                try:
+                    shard, existed = await self._create(group, index, take, level)
+                except ConfigError as exc:  # raised below, not wrapped in an ExceptionGroup
+                    refused.append(exc)
+                    return
                 if existed:
                     await self._grant(shard.room_id, take, level)
             for user in take:
@@ -157,6 +209,10 @@ class FleetRooms:
         async with anyio.create_task_group() as tg:
             for i, take in enumerate(chunks):
                 tg.start_soon(make, len(shards) + 1 + i, take)
+        if refused:
+            # Nothing of this placement is kept: the next load reads the rooms made.
+            self._groups.pop(group, None)
+            raise refused[0]
         shards.extend(made[i] for i in sorted(made))
         return shards
 
@@ -176,10 +232,20 @@ class FleetRooms:
             if room is None:
                 raise
             log.info("shard %s exists already; taking it", alias)
+            if await room_encrypted(self._client, room):
+                raise ConfigError(
+                    f"shard {alias} ({room}) is end-to-end encrypted; {E2EE_LIMIT}") from None
             return Shard(group, index, room, await self._members(room)), True
         room_id = answer.get("room_id")
         if not isinstance(room_id, str):
             raise MatrixError(200, "M_UNKNOWN", "createRoom answered without a room_id")
+        if await room_encrypted(self._client, room_id):
+            # createRoom has no way to say "unencrypted": the homeserver's own
+            # default did it (Synapse: encryption_enabled_by_default_for_room_type).
+            raise ConfigError(
+                f"the homeserver made the new shard {alias} ({room_id}) end-to-end encrypted"
+                " (Synapse: set encryption_enabled_by_default_for_room_type to off); "
+                + E2EE_LIMIT)
         log.info("created %s (%s) for %d devices", alias, room_id, len(users))
         return Shard(group, index, room_id), False
 

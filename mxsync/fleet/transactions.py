@@ -38,6 +38,15 @@ Invariants:
 - Backpressure: consumers that do not take the events hold the
   acknowledgement back; after ``ack_timeout`` the homeserver gets 503 and
   pushes the transaction again later.
+- End-to-end encrypted events (``m.room.encrypted``) cannot be decrypted (an
+  appservice user has no Olm device that receives room keys; see
+  :data:`~mxsync.fleet.rooms.E2EE_LIMIT`): they are never handed out, but never
+  silently either. They are counted (``encrypted``), the first of each room
+  in a run is logged with the room id and what to do, and the room gets one
+  ``m.notice`` from the gateway's sender saying so (the operator who sent a
+  command sees why it goes unanswered). An ``m.room.encryption`` event (an
+  operator turning encryption on in a fleet room) is logged at error level,
+  counted (``encryption_enabled``) and noticed the same way.
 - What the gateway missed while it was down arrives when it is back: the
   homeserver kept the transactions, :meth:`TransactionEndpoint.ping` makes
   Synapse retry them at once (its ping forces a retry), and a CommandInbox
@@ -62,6 +71,8 @@ from aiohttp import web
 from ..engine.events import RoomEvent, parse_event
 from ..errors import ConfigError, MatrixError, MxsyncError
 from ..protocol import api
+from ..protocol.types import ENCRYPTED, ENCRYPTION
+from .rooms import E2EE_LIMIT
 
 if TYPE_CHECKING:
     import sqlite3
@@ -93,6 +104,13 @@ CREATE TABLE IF NOT EXISTS appservice_txn (
 
 _decoder = msgspec.json.Decoder()
 
+#: The ``m.notice`` body a room gets when the gateway finds it encrypted.
+E2EE_NOTICE = (
+    "This room is end-to-end encrypted, and the mxsync fleet gateway cannot decrypt"
+    " messages: commands sent here do not reach its devices. Use an unencrypted room"
+    " for the fleet's devices."
+)
+
 
 class TransactionStatistics(msgspec.Struct, frozen=True, kw_only=True):
     """What :meth:`TransactionEndpoint.statistics` reports since it started."""
@@ -112,6 +130,11 @@ class TransactionStatistics(msgspec.Struct, frozen=True, kw_only=True):
     #: User queries answered 200, and 404.
     users_found: int
     users_unknown: int
+    #: End-to-end encrypted events (``m.room.encrypted``): the gateway cannot
+    #: decrypt them, so they are not handed out (also counted in ``skipped``).
+    encrypted: int = 0
+    #: ``m.room.encryption`` events: encryption turned on in a room of the gateway.
+    encryption_enabled: int = 0
 
 
 def listen_address(url: str | None, host: str | None = None,
@@ -221,6 +244,10 @@ class TransactionEndpoint:
         self._transactions = self._repeats = self._delivered = self._skipped = 0
         self._malformed = self._refused = self._found = self._unknown = 0
         self._warned: set[str] = set()
+        self._encrypted = self._encryption_enabled = 0
+        #: Rooms whose encrypted events were reported, and rooms noticed, in this run.
+        self._e2ee_rooms: set[str] = set()
+        self._noticed: set[str] = set()
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -284,6 +311,7 @@ class TransactionEndpoint:
             transactions=self._transactions, repeats=self._repeats,
             delivered=self._delivered, skipped=self._skipped, malformed=self._malformed,
             refused=self._refused, users_found=self._found, users_unknown=self._unknown,
+            encrypted=self._encrypted, encryption_enabled=self._encryption_enabled,
         )
 
     # -- authentication -------------------------------------------------------------
@@ -377,6 +405,7 @@ class TransactionEndpoint:
             if known is not None:
                 log.warning("appservice %s: transaction id %s again with other events (was"
                             " the homeserver reset?); handled as new", service, txn_id)
+            await self._report_encryption(events)
             try:
                 with anyio.fail_after(self._ack_timeout):
                     delivered = await self._client.push_events(events)
@@ -397,6 +426,38 @@ class TransactionEndpoint:
         finally:
             del self._running[txn_id]
             finished.set()
+
+    async def _report_encryption(self, events: list[RoomEvent]) -> None:
+        """The signal for what the gateway cannot read: never silence."""
+        for ev in events:
+            if ev.type == ENCRYPTION and ev.state_key == "":
+                self._encryption_enabled += 1
+                log.error("appservice %s: %s turned end-to-end encryption on in room %s (%s);"
+                          " %s", self._service, ev.sender, ev.room_id, ev.event_id, E2EE_LIMIT)
+                await self._encrypted_room(ev.room_id)
+            elif ev.type == ENCRYPTED:
+                self._encrypted += 1
+                if ev.room_id not in self._e2ee_rooms:
+                    self._e2ee_rooms.add(ev.room_id)
+                    log.warning("appservice %s: room %s is end-to-end encrypted; skipping its"
+                                " encrypted events (the first: %s from %s); %s", self._service,
+                                ev.room_id, ev.event_id, ev.sender, E2EE_LIMIT)
+                    await self._encrypted_room(ev.room_id)
+
+    async def _encrypted_room(self, room_id: str) -> None:
+        """Tell the room's members once per run (an ``m.notice`` from the sender)."""
+        if room_id in self._noticed:
+            return
+        self._noticed.add(room_id)
+        txn = "mxsync-e2ee-" + hashlib.sha256(room_id.encode()).hexdigest()[:16] + \
+            f"-{int(time.time())}"
+        try:
+            with anyio.fail_after(10):
+                await self._client.request(api.send_event(
+                    room_id, "m.room.message", txn, {"msgtype": "m.notice", "body": E2EE_NOTICE}))
+        except (MxsyncError, TimeoutError) as exc:
+            log.warning("appservice %s: could not post the encryption notice in %s: %s",
+                        self._service, room_id, exc)
 
     def _parse(self, txn_id: str, raws: list[Any]) -> list[RoomEvent]:
         events: list[RoomEvent] = []

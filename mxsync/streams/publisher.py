@@ -82,7 +82,8 @@ class PublisherStatistics(msgspec.Struct, frozen=True, kw_only=True):
     unsealed: int
     #: Sealed batches waiting for the outbox.
     sealed_pending: int
-    #: Batches in the outbox, not yet stored by the homeserver.
+    #: Batches in the outbox, not yet stored by the homeserver (a previous
+    #: run's included: see ``resumed_in_outbox``).
     in_flight: int
     #: Batches the homeserver stored.
     batches_sent: int
@@ -113,6 +114,10 @@ class PublisherStatistics(msgspec.Struct, frozen=True, kw_only=True):
     will_restarts: int = 0
     will_restart_failures: int = 0
     will_rebirths: int = 0
+    #: Batches a previous run had handed to the outbox and found there unsent at
+    #: start (kill -9, close_timeout): ``flush()`` waits for them too; they are
+    #: not counted in ``batches_sent`` / ``readings_sent`` (this run's).
+    resumed_in_outbox: int = 0
 
 
 class Publisher:
@@ -386,7 +391,9 @@ class Publisher:
         await self._pump.persist()
 
     async def flush(self) -> None:
-        """Return once every reading published before is stored on the homeserver.
+        """Return once every reading published before is stored on the homeserver,
+        those published before a restart (kill -9 included) too: the batches a
+        previous run had sealed, or handed to the outbox and not seen sent.
 
         Readings dropped by the overflow policy count as settled. Raises the
         homeserver's refusal (e.g. ForbiddenError) if a batch was refused.
@@ -439,4 +446,5 @@ class Publisher:
             will_restarts=0 if self._presence is None else self._presence.restarts,
             will_restart_failures=0 if self._presence is None else self._presence.restart_failures,
             will_rebirths=0 if self._presence is None else self._presence.rebirths,
+            resumed_in_outbox=pump.resumed_in_outbox,
         )

@@ -3,7 +3,9 @@
 It owns the send path's state: the buffer of unsealed readings (with absolute
 indexes), the BatchEncoder being fed, the write-behind marks (what is in the
 store's ``stream_chunk``), the sealed batches waiting for the outbox and those
-in flight, ``session`` and ``next_seq``, the refusals a flush raises, and the
+in flight (with the batches a previous run had handed to the outbox and that
+are still there: ``Engine.pending_sends`` of the device's lane, found at
+start), ``session`` and ``next_seq``, the refusals a flush raises, and the
 counters of all that. ``buffer`` (SQL functions) is its store; it runs them
 through ``Engine.run_sql`` and ``Engine.stage`` only.
 
@@ -20,6 +22,9 @@ Invariants (see also ``publisher``):
   readings), or, when nothing is in flight, when its oldest reading is
   ``max_age`` old or a flush asks for it. While a batch is in flight new
   readings keep coalescing into the next one.
+- A flush waits for every batch of the device's lane in the outbox, those of
+  a run killed before they were sent included: after a restart they are the
+  oldest readings, and the lane sends them first.
 """
 
 from __future__ import annotations
@@ -77,6 +82,9 @@ class Pump:
         self._sealed: deque[SealedRow] = deque()
         self._sealed_n = 0
         self._inflight: deque[SealedRow] = deque()
+        #: Batches a previous run handed to the outbox, not yet answered (they
+        #: precede every batch of this run on the lane; counted as in flight).
+        self._carried: list[SendHandle] = []
         self._drop_ids: list[int] = []  # dropped sealed batches whose rows are not deleted yet
         self._dropping_new = False
         self.session = 0
@@ -102,6 +110,7 @@ class Pump:
         self.dropped_batches = 0
         self.failed = 0
         self.invalid = 0
+        self.resumed_in_outbox = 0
 
     # -- starting -------------------------------------------------------------------
 
@@ -123,13 +132,18 @@ class Pump:
         self._saved = self.restored = len(self._buf)
         if self._buf:
             self._marks.append((0, time.monotonic()))
-        if self.restored or self._sealed:
-            log.info("publisher %s: resuming %d buffered reading(s) and %d sealed batch(es)",
-                     device, self.restored, len(self._sealed))
+        self._carried = self._client.pending_sends(room, self._cfg.lane)
+        self.resumed_in_outbox = len(self._carried)
+        if self.restored or self._sealed or self._carried:
+            log.info("publisher %s: resuming %d buffered reading(s), %d sealed batch(es) and"
+                     " %d batch(es) in the outbox", device, self.restored, len(self._sealed),
+                     len(self._carried))
 
     def start(self, tg: TaskGroup) -> None:
         """Run the pump and the saver in ``tg`` (deliveries are awaited there too)."""
         self._tg = tg
+        for handle in self._carried:
+            tg.start_soon(self._carried_delivered, handle)
         tg.start_soon(self._pump)
         tg.start_soon(self._saver)
 
@@ -154,7 +168,7 @@ class Pump:
 
     @property
     def in_flight(self) -> int:
-        return len(self._inflight)
+        return len(self._inflight) + len(self._carried)
 
     def settled_below(self) -> int:
         """Every reading with an index below this is stored, dropped or refused."""
@@ -268,7 +282,7 @@ class Pump:
             raise error
 
     def _settled(self, target: int) -> bool:
-        if self._base < target:
+        if self._base < target or self._carried:
             return False
         return all(b.start >= target for b in self._inflight) and all(
             b.start >= target for b in self._sealed
@@ -286,14 +300,14 @@ class Pump:
                 and len(self._buf) + self._sealed_n > cfg.max_buffered
             ):
                 await self._drop_oldest()
-            if not self._inflight and not self._sealed and self._buf and (
+            if not self.in_flight and not self._sealed and self._buf and (
                 self._aged() or self._flush_target > self._base
             ):
                 await self._seal(force=True)
-            while self._sealed and len(self._inflight) < cfg.window:
+            while self._sealed and self.in_flight < cfg.window:
                 await self._send_oldest()
             timeout = math.inf
-            if self._buf and not self._inflight and not self._sealed:
+            if self._buf and not self.in_flight and not self._sealed:
                 timeout = max(0.0, self._arrival() + cfg.max_age - time.monotonic())
             with anyio.move_on_after(timeout):
                 await wake.wait()
@@ -425,6 +439,20 @@ class Pump:
             self.bytes_sent += len(sealed.content)
             self.last_delivery = time.monotonic()
         self._inflight.remove(sealed)
+        self._wake.set()
+        self._notify()
+
+    async def _carried_delivered(self, handle: SendHandle) -> None:
+        try:
+            await handle.wait()
+        except MatrixError as exc:
+            if len(self._errors) < 16:
+                self._errors.append(exc)
+            log.error("publisher %s: a batch of a previous run refused by the homeserver: %s",
+                      self._cfg.device, exc)
+        else:
+            self.last_delivery = time.monotonic()
+        self._carried.remove(handle)
         self._wake.set()
         self._notify()
 

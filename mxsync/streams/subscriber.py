@@ -10,12 +10,16 @@ Invariants:
   each batch sorted by ``t_ms`` (stable): a publisher whose times do not go
   back (the default clock) gives every sensor its readings in time order.
 - Per (sender, device, session) a batch whose ``seq`` is not above the last
-  one is a duplicate and is skipped. On a jump the subscriber looks back in
-  the room (bounded, with backoff; paging backwards makes the server backfill
-  from other servers) for the batches skipped and takes those found first, in
-  order; what stays missing counts as a gap (``statistics()``) and is logged.
-  The engine already fills gaps of the sync itself, so a gap that stays means
-  the publisher dropped batches (overflow policy) or lost them.
+  one is skipped: a duplicate if it is another event (a send that landed
+  twice, a batch posted again), an overlap if it is the very event taken
+  before (the seam between a replay of history and the live events queued
+  meanwhile; the last ``_TAKEN_IDS`` event ids taken are remembered). On a
+  jump the subscriber looks back in the room (bounded, with backoff; paging
+  backwards makes the server backfill from other servers) for the batches
+  skipped and takes those found first, in order; what stays missing counts as
+  a gap (``statistics()``) and is logged. The engine already fills gaps of the
+  sync itself, so a gap that stays means the publisher dropped batches
+  (overflow policy) or lost them.
 - Batches, sensor and device states from senders without the power level to
   send them *where they stand in the timeline* (not by the room's current
   levels, PROTOCOL.md 1.3), and malformed ones, are skipped and logged once
@@ -43,6 +47,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from operator import attrgetter
@@ -85,6 +90,11 @@ __all__ = ["Subscriber", "SubscriberStatistics", "DeviceStatus"]
 
 log = logging.getLogger("mxsync.streams.subscriber")
 
+#: Event ids of the batches taken last, to tell an overlap from a duplicate. The
+#: seam a replay leaves is bounded by the live stream's buffer (the engine's
+#: ``room_events``, 1,024 events), so this covers it with room to spare.
+_TAKEN_IDS = 4096
+
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
@@ -119,7 +129,9 @@ class SubscriberStatistics(msgspec.Struct, frozen=True, kw_only=True):
     batches: int
     #: Readings delivered to the live stream (after the sensor filter).
     readings: int
-    #: Batches seen again (a seq not above the last of its session): skipped.
+    #: Real duplicates: another event with a seq not above the last of its
+    #: (sender, device, session), e.g. a send that landed twice or a batch posted
+    #: again. Skipped.
     duplicates: int
     #: Jumps in a session's seq numbers (each is logged).
     gaps: int
@@ -128,6 +140,11 @@ class SubscriberStatistics(msgspec.Struct, frozen=True, kw_only=True):
     missing_batches: int
     #: Batches found by looking back after a jump (taken late, in order).
     repaired_batches: int = 0
+    #: The same event brought twice, taken once: the seam between the replay of
+    #: history (``start="earliest"``, a durable restart) and the live events that
+    #: queued meanwhile, or a batch found by looking back that then arrived live.
+    #: Skipped; not duplicates (nothing was posted twice).
+    overlap: int = 0
     #: Malformed readings events skipped (live, latest and history).
     malformed: int
     #: Readings events skipped: their sender had no power level for them there.
@@ -242,6 +259,9 @@ class Subscriber:
         self._batches = 0
         self._readings = 0
         self._duplicates = 0
+        self._overlap = 0
+        #: Event ids of the last batches taken (oldest first), see _TAKEN_IDS.
+        self._taken: OrderedDict[str, None] = OrderedDict()
         self._gaps = 0
         self._missing = 0
         self._repaired = 0
@@ -356,7 +376,10 @@ class Subscriber:
         key = (ev.sender, batch.device, batch.session)
         last = self._seqs.get(key)
         if last is not None and batch.seq <= last:
-            self._duplicates += 1
+            if ev.event_id in self._taken:
+                self._overlap += 1
+            else:
+                self._duplicates += 1
             return
         readings = self._reader.readings(ev, batch, identity=True)
         if readings is None:
@@ -402,6 +425,9 @@ class Subscriber:
             spans = {sensor: (r.t_ms, newest[sensor].t_ms) for sensor, r in first.items()}
             await self._index.note(ev, batch_device, session, seq, spans)
         self._seqs[key] = seq
+        self._taken[ev.event_id] = None
+        if len(self._taken) > _TAKEN_IDS:
+            self._taken.popitem(last=False)
         self._batches += 1
         self._alive(batch_device, ev.sender)
         for sensor, r in newest.items():
@@ -704,6 +730,7 @@ class Subscriber:
             batches=self._batches,
             readings=self._readings,
             duplicates=self._duplicates,
+            overlap=self._overlap,
             gaps=self._gaps,
             missing_batches=self._missing,
             repaired_batches=self._repaired,

@@ -30,6 +30,8 @@ import string
 import subprocess
 import sys
 import textwrap
+import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,8 @@ import pytest
 
 from mxsync import Client
 from mxsync.dev import DevServer
+from mxsync.errors import RateLimitedError
+from mxsync.protocol import api
 from mxsync.protocol.docs import decode_state_vector
 from mxsync.protocol.readings import decode_batch
 from mxsync.protocol.types import READINGS
@@ -82,7 +86,12 @@ class Child:
 
     def __init__(self, script: Path, *args: str) -> None:
         self.proc = subprocess.Popen([sys.executable, str(script), *args],
-                                     stdout=subprocess.PIPE)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def say(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text.encode() + b"\n")
+        self.proc.stdin.flush()
 
     async def line(self, deadline: float = 60.0) -> str:
         assert self.proc.stdout is not None
@@ -336,6 +345,96 @@ async def test_kill_9_in_the_middle_of_50000_readings_delivers_each_persisted_on
         (f"s{i % 5}", T0 + i, VALUES[i]) for i in range(got)
     ]
     assert {r.device for r in readings} == {"logger"}
+
+
+# ------------------------------------- a restart with batches left in the outbox
+
+#: A device that hands one batch to the outbox while the homeserver refuses its
+#: sends (429: its rate limit was used up by the test), says so, and waits to be killed.
+HANDED = textwrap.dedent(
+    """
+    import sys, anyio
+    from mxsync import Client
+
+    async def main(url, user, password, store, room, n):
+        async with Client(url, user, password=password, store_path=store,
+                          encryption=False) as c:
+            async with c.publisher(room, device="handed", presence=False,
+                                   max_age=0.01) as pub:
+                print("READY", flush=True)
+                await anyio.to_thread.run_sync(sys.stdin.readline)  # the limit is used up
+                for i in range(n):
+                    pub.publish("n", i, t=1_700_000_000_000 + i)
+                with anyio.fail_after(30):
+                    while pub.statistics().buffered or not c.outbox.statistics().rate_limited:
+                        await anyio.sleep(0.01)
+                st = pub.statistics()
+                print("HANDED", st.in_flight, st.batches_sent, flush=True)
+                await anyio.sleep(3600)
+
+    anyio.run(main, *sys.argv[1:6], int(sys.argv[6]))
+    """
+)
+
+
+async def use_up_rate_limit(client: Client, room: str) -> int:
+    """Send as ``client``'s user until the homeserver answers 429; how many it took."""
+    for i in range(40):
+        try:
+            await client.request(api.send_event(room, "org.mxsync.test.filler",
+                                                f"filler-{uuid.uuid4().hex}", {"i": i}))
+        except RateLimitedError:
+            return i
+    raise AssertionError("the homeserver never rate-limited the user")
+
+
+async def test_flush_after_a_kill_9_waits_for_the_batches_the_killed_run_left_in_the_outbox(
+    hs, make_user, make_client, tmp_path
+):
+    """Killed with a batch in the outbox that the homeserver refused for its rate
+    limit (429) until then; started again while the limit still holds: flush()
+    returns only once those readings are on the homeserver."""
+    n = 100
+    dash = await make_client(await make_user("dash", relaxed=True))
+    dev_c = await make_user("handed")  # the default rate limit: 0.2 events/s, burst 10
+    room = await dash.create_room("handed", invite=[dev_c.user_id])
+    filler = await make_client(dev_c, store=False, encryption=False)  # same user, 2nd device
+    await filler.join(room)
+    script = tmp_path / "handed.py"
+    script.write_text(HANDED)
+    store = tmp_path / "handed.db"
+    child = Child(script, hs.url, dev_c.user_id, dev_c.password, str(store), room, str(n))
+    try:
+        assert await child.line() == "READY"
+        await use_up_rate_limit(filler, room)
+        child.say("GO")
+        word, in_flight, sent = (await child.line()).split()
+        assert (word, in_flight, sent) == ("HANDED", "1", "0")
+    finally:
+        child.kill()
+    # The readings are in the killed run's outbox only; keep the limit in force.
+    await use_up_rate_limit(filler, room)
+
+    async def on_the_homeserver() -> list[int]:
+        page = await dash.messages(room, None, direction="b", limit=50, types=[READINGS])
+        return sorted(r.value for ev in page.events for r in decode_batch(ev.content))
+
+    async with (
+        Client(hs.url, dev_c.user_id, password=dev_c.password, store_path=store,
+               encryption=False) as again,
+        again.publisher(room, device="handed", presence=False) as pub,
+    ):
+        st = pub.statistics()
+        assert (st.buffered, st.resumed_in_outbox, st.in_flight) == (0, 1, 1)
+        started = time.monotonic()
+        with anyio.fail_after(60):
+            await pub.flush()
+        waited = time.monotonic() - started
+        # Readable by any reader the moment flush() returns.
+        assert await on_the_homeserver() == list(range(n))
+        assert pub.statistics().in_flight == 0
+    print(f"flush after the restart waited {waited:.1f}s for the rate limit")
+    assert again.outbox.statistics().rate_limited >= 1  # it did wait for a 429
 
 
 # -------------------------------------------------------------------- an outage

@@ -10,7 +10,9 @@ room, gateway store and devices.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,12 +27,13 @@ import aiohttp
 import anyio
 import pytest
 
-from mxsync import Client, CommandExpired
+from mxsync import Client, CommandExpired, CommandTimeout, ConfigError
 from mxsync.dev import DevServer
 from mxsync.dev.mosquitto import Mosquitto
 from mxsync.dev.process import free_port, spawn
 from mxsync.fleet import MqttBridge
 from mxsync.fleet.appservice import FleetGateway, Registration
+from mxsync.fleet.rooms import room_encrypted
 from mxsync.protocol import api
 from mxsync.protocol.commands import command_content
 from mxsync.protocol.types import COMMAND
@@ -289,6 +292,90 @@ async def test_replayed_and_forged_transactions_run_nothing_twice_or_unauthorise
                     assert stats.repeats == (1 if phase == "first" else 2)
                     tg.cancel_scope.cancel()
         assert runs == ["replay-1"]
+
+
+async def test_the_gateway_refuses_an_encrypted_room_and_says_why(world: World):
+    """The gateway cannot decrypt: a room with m.room.encryption gets no device
+    (ConfigError naming the room and what to do), instead of commands that never arrive."""
+    creds = await world.hs.register(f"e2eeops{uuid.uuid4().hex[:6]}")
+    await world.hs.override_ratelimit(creds.user_id)
+    reg = world.reg
+    async with Client(world.hs.url, creds.user_id, password=creds.password,
+                      store_path=world.tmp / f"ops-{uuid.uuid4().hex}.db") as ops:
+        room = await ops.create_room("vault", invite=[reg.sender], encrypted=True)
+        await ops.set_power_level(room, reg.sender, 100)
+        async with Client(world.hs.url, reg.sender, access_token=reg.as_token,
+                          store_path=world.tmp / f"gw-{uuid.uuid4().hex}.db",
+                          encryption=False, sync=False) as bot:
+            await bot.request(api.join(room))
+            refused = f"room {re.escape(room)} is end-to-end encrypted.*unencrypted room"
+            with pytest.raises(ConfigError, match=refused):
+                await FleetGateway(bot, reg, room).add_devices(["vault"])
+            with pytest.raises(ConfigError, match=refused):
+                async with FleetGateway(bot, reg, room):
+                    pass
+        assert reg.user_id("vault") not in await ops.joined_members(room)
+
+
+async def test_encryption_turned_on_in_a_fleet_room_is_reported_and_new_devices_go_elsewhere(
+        world: World, caplog: pytest.LogCaptureFixture):
+    """An operator turns encryption on in a shard the gateway made: the gateway logs
+    it as an error, counts the encrypted command it cannot read (logged once, with
+    the room), tells the room in an m.notice, and puts new devices in another shard."""
+    creds = await world.hs.register(f"e2eeops{uuid.uuid4().hex[:6]}")
+    await world.hs.override_ratelimit(creds.user_id)
+    reg = world.reg
+    group = f"e{uuid.uuid4().hex[:6]}"
+    runs: list[str] = []
+    async with Client(world.hs.url, creds.user_id, password=creds.password,
+                      store_path=world.tmp / f"ops-{uuid.uuid4().hex}.db") as ops, \
+            Client(world.hs.url, reg.sender, access_token=reg.as_token,
+                   store_path=world.tmp / f"gw-{uuid.uuid4().hex}.db", encryption=False,
+                   sync=False) as bot, \
+            FleetGateway(bot, reg, room_size=5, operators=[ops.user_id]) as gw:
+        assert gw.endpoint is not None
+        await gw.add_devices(["lamp"], group=group)
+        (shard,) = gw.groups()[group]
+        assert not await room_encrypted(bot, shard)  # the gateway's rooms are cleartext
+        await ops.join(shard)
+        with caplog.at_level(logging.WARNING, logger="mxsync.fleet"):
+            async with gw.publisher("lamp", max_age=0.2) as lamp, \
+                    ops.subscribe(shard, live=False) as sub, anyio.create_task_group() as tg:
+                tg.start_soon(serve, lamp, runs)
+                with anyio.fail_after(60):
+                    assert await sub.command("lamp", "add", {"a": 1, "b": 2}, timeout=30) == {
+                        "sum": 3, "by": ops.user_id}
+                    await ops.request(api.put_state(shard, "m.room.encryption", "",
+                                                    {"algorithm": "m.megolm.v1.aes-sha2"}))
+                    while gw.endpoint.statistics().encryption_enabled < 1:  # noqa: ASYNC110
+                        await anyio.sleep(0.05)
+                    while not await ops.is_encrypted(shard):  # noqa: ASYNC110
+                        await anyio.sleep(0.05)
+                    # The command now travels encrypted: the device cannot get it...
+                    with pytest.raises(CommandTimeout):
+                        await sub.command("lamp", "add", {"a": 2, "b": 2}, timeout=3)
+                    # ...and the gateway says so instead of staying silent.
+                    while gw.endpoint.statistics().encrypted < 1:  # noqa: ASYNC110
+                        await anyio.sleep(0.05)
+                tg.cancel_scope.cancel()
+        assert len(runs) == 1
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert any(f"turned end-to-end encryption on in room {shard}" in m for m in errors)
+        warned = [r.getMessage() for r in caplog.records
+                  if f"room {shard} is end-to-end encrypted; skipping" in r.getMessage()]
+        assert len(warned) == 1 and "Use an unencrypted room" in warned[0]
+        # The room was told once, by the gateway's sender.
+        page = await ops.messages(shard, None, direction="b", limit=50,
+                                  types=["m.room.message"])
+        notices = [ev for ev in page.events if ev.sender == reg.sender]
+        assert len(notices) == 1 and notices[0].content["msgtype"] == "m.notice"
+        assert "end-to-end encrypted" in notices[0].content["body"]
+        # A new device does not go into the encrypted shard.
+        await gw.add_devices(["lamp-2"], group=group)
+        assert gw.encrypted_rooms == [shard]
+        other = gw.room_of("lamp-2")
+        assert other != shard and not await room_encrypted(bot, other)
+        assert gw.groups()[group] == [shard, other]
 
 
 async def test_mqtt_devices_behind_the_gateway_are_its_users_and_take_commands(

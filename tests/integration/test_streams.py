@@ -473,6 +473,67 @@ async def test_kill_9_then_restart_delivers_every_reading_once(
     assert values == want
 
 
+async def test_the_seam_of_a_replay_is_no_duplicate_but_a_batch_posted_again_is(
+    make_user, make_client
+):
+    """start="earliest" while the device keeps publishing: the batches that both the
+    replay of history and the live stream bring (the seam) are handed out once and
+    counted as overlap, not as duplicates; the same batch posted again (another
+    event with the same device, session and seq) is a duplicate."""
+    dash, dev, room, *_ = await sensor_room(make_user, make_client, relaxed=True)
+    async with dev.publisher(room, device="d", presence=False, max_age=0.01) as pub:
+        for i in range(10):  # history: ten batches, one reading each
+            pub.publish("count", i)
+            await pub.flush()
+        published = 10
+        stop = anyio.Event()
+
+        async def keep_publishing() -> None:
+            # One batch every round trip (~40 ms) while the subscriber starts and
+            # replays: some are sent after it registered and before its replay
+            # reached the room's end, so both bring them.
+            nonlocal published
+            while not stop.is_set():
+                pub.publish("count", published)
+                published += 1
+                await pub.flush()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(keep_publishing)
+            async with dash.subscribe(room, start="earliest") as sub:
+                got: list[int] = []
+                with anyio.fail_after(60):
+                    async for r in sub:
+                        got.append(r.value)
+                        if len(got) >= 40:
+                            stop.set()
+                        if stop.is_set() and len(got) >= published:
+                            break
+                seam = sub.statistics()
+                # Every reading once, in order, across the seam.
+                assert got == list(range(len(got))) and len(got) == published
+                print(f"seam: {seam}")
+                assert seam.overlap > 0, "the replay and the live stream did not overlap"
+                assert seam.duplicates == 0 and seam.gaps == 0
+
+                # A real duplicate: batch 3 posted again as another event.
+                page = await dash.messages(room, None, direction="f", limit=20,
+                                           types=[READINGS])
+                again = next(ev.content for ev in page.events
+                             if decode_batch(ev.content)[0].value == 3)
+                await dev.request(api.send_event(room, READINGS, "posted-again", again))
+                with anyio.fail_after(30):
+                    while sub.statistics().duplicates < 1:  # noqa: ASYNC110 - a counter
+                        await anyio.sleep(0.05)
+                extra: list[Reading] = []
+                with anyio.move_on_after(1):
+                    async for r in sub:
+                        extra.append(r)
+                after = sub.statistics()
+    assert extra == []  # nothing handed out twice
+    assert after.duplicates == 1 and after.overlap == seam.overlap
+
+
 async def test_overflow_policies_block_or_drop_oldest_with_a_visible_gap(
     make_user, make_client
 ):

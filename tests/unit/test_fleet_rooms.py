@@ -5,12 +5,14 @@ arguments. Placement itself is tested against Synapse (test_fleet_gateway.py).""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
-from mxsync.errors import ConfigError
+from mxsync.errors import ConfigError, MatrixError
 from mxsync.fleet.appservice import FleetGateway, Registration
 from mxsync.fleet.rooms import FleetRooms, room_body, validate_group
+from mxsync.protocol import api
 
 
 def test_group_names_are_short_lowercase_words():
@@ -60,3 +62,33 @@ def test_gateway_arguments_are_checked():
         gw.room_of("boiler-1")
     one = FleetGateway(None, reg, "!room:hs")  # type: ignore[arg-type]
     assert one.room_of("anything") == "!room:hs" and one.rooms == ["!room:hs"]
+
+
+class EncryptingHomeserver:
+    """Answers FleetRooms' requests as a homeserver that encrypts every new room by
+    default (Synapse's encryption_enabled_by_default_for_room_type: all), which a
+    test Synapse started for one test only could show too, at ~5 s more."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def request(self, req: api.Request) -> dict[str, Any]:
+        self.calls.append(req.what)
+        if req.path.endswith("/createRoom"):
+            return {"room_id": "!new:hs"}
+        if "/state/m.room.encryption/" in req.path:
+            return {"algorithm": "m.megolm.v1.aes-sha2"}
+        if "/directory/room/" in req.path:
+            raise MatrixError(404, "M_NOT_FOUND", "no such alias")
+        raise AssertionError(f"unexpected {req.method} {req.path}")
+
+
+@pytest.mark.anyio
+async def test_a_shard_the_homeserver_encrypted_by_default_is_a_config_error():
+    hs = EncryptingHomeserver()
+    rooms = FleetRooms(hs, server_name="hs", alias_prefix="fleet_",  # type: ignore[arg-type]
+                       user_prefix="dev_", room_size=50, operators={})
+    with pytest.raises(ConfigError, match=r"made the new shard #fleet_g\.1:hs \(!new:hs\) "
+                                          r"end-to-end encrypted.*encryption_enabled_by_default"):
+        await rooms.place("g", ["@dev_a:hs"], 50)
+    assert hs.calls == ["room alias", "create_room", "state event"]

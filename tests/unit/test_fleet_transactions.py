@@ -9,6 +9,7 @@ The consumer side is a small recorder standing in for the client's dispatch
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
@@ -219,6 +220,51 @@ def test_listen_address_and_the_registration_url(tmp_path: Path):
         Registration.generate("example.org", url="http://127.0.0.1")
     with pytest.raises(ConfigError):
         TransactionEndpoint(None, "svc", "", port=1)  # type: ignore[arg-type]
+
+
+class Noticing(Recorder):
+    """A recorder that also takes the gateway's requests (its m.notice)."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.requests: list[api.Request] = []
+
+    async def request(self, req: api.Request) -> dict[str, Any]:
+        self.requests.append(req)
+        return {"event_id": f"$notice{len(self.requests)}"}
+
+
+async def test_encrypted_events_are_counted_reported_once_per_room_and_noticed(
+        store: Store, caplog: pytest.LogCaptureFixture):
+    """The gateway cannot decrypt: never silence. Encrypted events are counted, the
+    first of each room logged with the room id, the room told once; encryption
+    turned on is an error in the log."""
+    rec = Noticing(store)
+    turned_on = {**ev(9, "!a:hs", "m.room.encryption"), "state_key": "",
+                 "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
+    with caplog.at_level(logging.WARNING, logger="mxsync.fleet.transactions"):
+        async with TransactionEndpoint(rec, "svc", TOKEN) as ep:
+            assert await call(ep, "PUT", put("1"), body={"events": [
+                turned_on, ev(1, "!a:hs", "m.room.encrypted"),
+                ev(2, "!a:hs", "m.room.encrypted")]}) == (200, {})
+            assert await call(ep, "PUT", put("2"), body={"events": [
+                ev(3, "!b:hs", "m.room.encrypted"), ev(4, "!a:hs")]}) == (200, {})
+            # The homeserver's retry of a handled transaction counts nothing again.
+            assert await call(ep, "PUT", put("2"), body={"events": [
+                ev(3, "!b:hs", "m.room.encrypted"), ev(4, "!a:hs")]}) == (200, {})
+            stats = ep.statistics()
+    assert (stats.encrypted, stats.encryption_enabled) == (3, 1)
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "turned end-to-end encryption on in room !a:hs" in \
+        errors[0].getMessage()
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert [m.split(" is end-to-end")[0] for m in warned] == [
+        "appservice svc: room !a:hs", "appservice svc: room !b:hs"]
+    assert all("Use an unencrypted room" in m for m in [*warned, errors[0].getMessage()])
+    # One m.notice per room, from the gateway's sender.
+    assert [(r.method, r.path.split("/rooms/")[1].split("/")[0]) for r in rec.requests] == [
+        ("PUT", "%21a%3Ahs"), ("PUT", "%21b%3Ahs")]
+    assert all(r.body["msgtype"] == "m.notice" for r in rec.requests)
 
 
 async def test_pushed_events_reach_consumers_as_a_sync_batch_would(store: Store):
