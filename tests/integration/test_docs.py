@@ -30,6 +30,7 @@ from mxsync import Client, ForbiddenError, OutgoingEvent, RoomEvent, SyncedDoc
 from mxsync.protocol import docs as proto
 from mxsync.protocol.api import q
 from mxsync.protocol.types import DOC_SNAPSHOT, DOC_UPDATE
+from tests.integration.outage import DEAD, repoint
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(240)]
 
@@ -451,9 +452,7 @@ async def test_edits_during_an_outage_are_stored_then_sent_when_it_ends(
         ta += "before;"
         await flushed(da)
         # The homeserver becomes unreachable for Alice.
-        await a.nio.close()
-        a.nio.client_session = aiohttp.ClientSession()
-        a.nio.homeserver = "http://127.0.0.1:9"
+        await repoint(a, DEAD)
         ta += "during-1;"
         await until(lambda: da.statistics().in_flight)
         ta += "during-2;"  # waits for the batch in flight: stored in the doc log
@@ -462,9 +461,7 @@ async def test_edits_during_an_outage_are_stored_then_sent_when_it_ends(
         assert da.statistics().update_events_sent == 2
         assert a.outbox.pending == 1
         # It comes back: the outbox resends, the next batch follows.
-        await a.nio.close()
-        a.nio.client_session = aiohttp.ClientSession()
-        a.nio.homeserver = hs.url
+        await repoint(a, hs.url)
         await flushed(da, deadline=90)
         await until(lambda: str(tb) == "before;during-1;during-2;", deadline=30)
         assert da.statistics().update_events_sent == 3
@@ -482,10 +479,13 @@ CHILD = textwrap.dedent(
                 t = sdoc.doc.get("t", type=pycrdt.Text)
                 t += "online;"
                 await sdoc.flush()
-                # The homeserver becomes unreachable.
-                await c.nio.close()
-                c.nio.client_session = aiohttp.ClientSession()
+                # The homeserver becomes unreachable (as tests/integration/outage.py
+                # repoint does: the old session closes last, or a request started
+                # while it closes meets "Session is closed"; it failed now and then).
+                old = c.nio.client_session
                 c.nio.homeserver = "http://127.0.0.1:9"
+                c.nio.client_session = aiohttp.ClientSession()
+                await old.close()
                 t += "offline-1;"
                 while not sdoc.statistics().in_flight:
                     await anyio.sleep(0.01)

@@ -19,6 +19,7 @@ from mxsync.dev import Credentials
 from mxsync.engine.authz import PowerLevels, room_creators
 from mxsync.engine.events import POWER_LEVELS, RoomEvent
 from mxsync.engine.store import Store
+from tests.integration.outage import DEAD, repoint
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(600)]
 
@@ -443,11 +444,7 @@ async def test_outbox_survives_restart_without_server(hs, make_user, tmp_path):
     # outbox must keep the events and not spin.
     assert Path(store).exists()
     async with Client(hs.url, creds.user_id, password=creds.password, store_path=store) as c:
-        await c.http.nio.close()
-        import aiohttp
-
-        c.nio.client_session = aiohttp.ClientSession()
-        c.nio.homeserver = "http://127.0.0.1:9"
+        await repoint(c, DEAD)
         handles = await c.send_many([OutgoingEvent(room, T, {"i": i}) for i in range(5)])
         await anyio.sleep(3)
         assert not any(h.done for h in handles)
