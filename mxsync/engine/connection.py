@@ -18,8 +18,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import anyio
@@ -47,7 +46,7 @@ from .pages import paginate
 from .session import check_user_id, log_in, save_session
 from .store import Store
 from .sync import Status, SyncLoop
-from .taskgroups import exit_stack
+from .taskgroups import StackOwner
 from .todevice import ToDevice, ToDeviceEvent, ToDeviceStatistics
 
 __all__ = ["Connection"]
@@ -55,7 +54,8 @@ __all__ = ["Connection"]
 log = logging.getLogger("mxsync.client")
 T = TypeVar("T")
 
-class Connection:
+
+class Connection(StackOwner):
     """A Matrix account that keeps mxsync data current (the engine; see ``Client``)."""
 
     def __init__(
@@ -110,7 +110,6 @@ class Connection:
         #: False: no /sync loop; events come only through ``push_events`` (an
         #: application service: Synapse answers its /sync with a 500).
         self._syncing = bool(sync)
-        self._stack: AsyncExitStack | None = None
         self._state_loaded: set[str] = set()
         self._tg: TaskGroup | None = None
 
@@ -119,42 +118,30 @@ class Connection:
 
     # -- lifecycle -----------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
-        async with AsyncExitStack() as stack:
-            await self.store.open()
-            stack.push_async_callback(self._shielded, self.store.close)
-            self.nio.client_session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None)
-            )
-            stack.push_async_callback(self._shielded, self.nio.close)
-            await self._login()
-            if self.crypto is not None:
-                self.crypto.open()
-                self.crypto.load_held(await self.store.kv_items(HELD_NS))
-                try:  # each sync tries again: a server without E2EE still syncs
-                    await self.crypto.upload_keys()
-                except TransientError as exc:
-                    log.warning("could not upload device keys yet: %s", exc)
-            tg = await stack.enter_async_context(anyio.create_task_group())
-            stack.callback(tg.cancel_scope.cancel)
-            self._tg = tg
-            await tg.start(self.outbox.run)
-            if self._syncing:
-                await tg.start(self.sync.run)
-            self._stack = stack.pop_all()
-        return self
+    async def _setup(self, stack: AsyncExitStack) -> None:
+        await self.store.open()
+        stack.push_async_callback(self._shielded, self.store.close)
+        self.nio.client_session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None)
+        )
+        stack.push_async_callback(self._shielded, self.nio.close)
+        await self._login()
+        if self.crypto is not None:
+            self.crypto.open()
+            self.crypto.load_held(await self.store.kv_items(HELD_NS))
+            try:  # each sync tries again: a server without E2EE still syncs
+                await self.crypto.upload_keys()
+            except TransientError as exc:
+                log.warning("could not upload device keys yet: %s", exc)
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(tg.cancel_scope.cancel)
+        self._tg = tg
+        await tg.start(self.outbox.run)
+        if self._syncing:
+            await tg.start(self.sync.run)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        stack, self._stack = self._stack, None
+    async def _closing(self, exc_type: type[BaseException] | None) -> None:
         self._tg = None
-        if stack is not None:
-            return await exit_stack(stack, exc_type, exc, tb)
-        return None
 
     @staticmethod
     async def _shielded(fn: Any) -> None:

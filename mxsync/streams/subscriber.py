@@ -49,7 +49,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from operator import attrgetter
-from types import TracebackType
 from typing import Any
 
 import anyio
@@ -59,7 +58,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ..engine.authz import PowerLevels, power_levels_before, room_creators
 from ..engine.events import RoomEvent
 from ..engine.surface import Engine
-from ..engine.taskgroups import exit_stack
+from ..engine.taskgroups import StackOwner
 from ..errors import ConfigError, ProtocolError
 from ..protocol.readings import (
     Reading,
@@ -125,7 +124,7 @@ class SubscriberStatistics(msgspec.Struct, frozen=True, kw_only=True):
     index_fetched: int = 0
 
 
-class Subscriber:
+class Subscriber(StackOwner):
     """Live readings and queries of one room; an async context manager.
 
     Use ``client.subscribe(room_id, sensors=None)``; ``sensors`` limits the live
@@ -213,7 +212,6 @@ class Subscriber:
         self._values = LastValues(client, room_id, self._reader, scan=latest_scan,
                                   skew_ms=self._skew_ms)
         self._devices = DeviceTracker(max(0.05, float(check_interval)))
-        self._stack: AsyncExitStack | None = None
         # Counters (statistics()).
         self._batches = 0
         self._readings = 0
@@ -227,54 +225,42 @@ class Subscriber:
 
     # -- lifecycle -----------------------------------------------------------
 
-    async def __aenter__(self) -> Subscriber:
-        async with AsyncExitStack() as stack:
-            if self._live:
-                self._send, self._recv = anyio.create_memory_object_stream[
-                    tuple[str, list[Reading]]](self._buffer)
-                stack.enter_context(self._send)
-                stack.enter_context(self._recv)
-            # Live means from now on: the first sync of a new client (recent history)
-            # is not live. Then registered before the state is read, so that nothing
-            # falls between the two. Errors (not joined, ...) are raised unwrapped.
-            await self._client.wait_synced()
-            creators = room_creators(await self._client.state_event(self._room, CREATE))
-            recv = await stack.enter_async_context(
-                self._client.room_events(self._room, (READINGS, SENSOR, DEVICE, POWER_LEVELS))
-            )
-            # The state is cached now (state_event above), so no checkpoint separates
-            # registering from this read: these are the levels the sync loop had
-            # reached, in force right before the first event the stream will bring.
-            self._levels = PowerLevels(
-                await self._client.get_state(self._room, POWER_LEVELS), creators
-            )
-            await self._load_state()
-            self._index = BatchIndex(self._client, self._room, self._reader,
-                                     retention_ms=self._retention_ms, skew_ms=self._skew_ms,
-                                     creators=creators)
-            await self._index.open()
-            if self._durable is not None:
-                name = self._durable
-                self._position = await self._client.run_sql(
-                    lambda c: durable_pos.load(c, self._room, name))
-            tg = await stack.enter_async_context(anyio.create_task_group())
-            stack.callback(tg.cancel_scope.cancel)
-            tg.start_soon(self._run, recv)
-            tg.start_soon(self._devices.watch_heartbeats)
-            self._stack = stack.pop_all()
-        return self
+    async def _setup(self, stack: AsyncExitStack) -> None:
+        if self._live:
+            self._send, self._recv = anyio.create_memory_object_stream[
+                tuple[str, list[Reading]]](self._buffer)
+            stack.enter_context(self._send)
+            stack.enter_context(self._recv)
+        # Live means from now on: the first sync of a new client (recent history)
+        # is not live. Then registered before the state is read, so that nothing
+        # falls between the two. Errors (not joined, ...) are raised unwrapped.
+        await self._client.wait_synced()
+        creators = room_creators(await self._client.state_event(self._room, CREATE))
+        recv = await stack.enter_async_context(
+            self._client.room_events(self._room, (READINGS, SENSOR, DEVICE, POWER_LEVELS))
+        )
+        # The state is cached now (state_event above), so no checkpoint separates
+        # registering from this read: these are the levels the sync loop had
+        # reached, in force right before the first event the stream will bring.
+        self._levels = PowerLevels(
+            await self._client.get_state(self._room, POWER_LEVELS), creators
+        )
+        await self._load_state()
+        self._index = BatchIndex(self._client, self._room, self._reader,
+                                 retention_ms=self._retention_ms, skew_ms=self._skew_ms,
+                                 creators=creators)
+        await self._index.open()
+        if self._durable is not None:
+            name = self._durable
+            self._position = await self._client.run_sql(
+                lambda c: durable_pos.load(c, self._room, name))
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(tg.cancel_scope.cancel)
+        tg.start_soon(self._run, recv)
+        tg.start_soon(self._devices.watch_heartbeats)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        stack, self._stack = self._stack, None
+    async def _closing(self, exc_type: type[BaseException] | None) -> None:
         self._devices.close()
-        if stack is not None:
-            return await exit_stack(stack, exc_type, exc, tb)
-        return None
 
     async def _run(self, recv: MemoryObjectReceiveStream[RoomEvent]) -> None:
         if self._position is not None:
