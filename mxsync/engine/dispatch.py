@@ -33,14 +33,15 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .events import RoomEvent
+from .fanout import registered
 
 __all__ = ["Batch", "Dispatch", "RoomMemory"]
 
@@ -98,22 +99,14 @@ class Dispatch:
         """The memory of ``room_id`` (made empty the first time)."""
         return self.rooms.setdefault(room_id, RoomMemory())
 
-    @asynccontextmanager
-    async def subscribe(
+    def subscribe(
         self, room_id: str | None, types: Iterable[str] = (), *, buffer: int = 1024
-    ) -> AsyncIterator[MemoryObjectReceiveStream[RoomEvent]]:
+    ) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[RoomEvent]]:
         """Receive the events of ``room_id`` (all rooms if None) whose type starts
         with one of ``types`` (all types if empty), from now on."""
-        send, recv = anyio.create_memory_object_stream[RoomEvent](buffer)
-        consumer = _Consumer(room_id, tuple(types), send)
-        self._consumers.append(consumer)
-        try:
-            async with recv:
-                yield recv
-        finally:
-            if consumer in self._consumers:
-                self._consumers.remove(consumer)
-            send.close()
+        prefixes = tuple(types)
+        return registered(self._consumers, lambda send: _Consumer(room_id, prefixes, send),
+                          buffer)
 
     def remember(self, mem: RoomMemory, event_id: str) -> None:
         mem.seen[event_id] = None

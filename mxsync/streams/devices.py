@@ -26,14 +26,14 @@ Invariants:
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
 import anyio
 import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..engine.events import RoomEvent
+from ..engine.fanout import registered
 from ..protocol.readings import DeviceState
 
 __all__ = ["DeviceStatus", "DeviceTracker"]
@@ -159,17 +159,12 @@ class DeviceTracker:
                 return st
             await self._changed.wait()
 
-    @asynccontextmanager
-    async def changes(self, buffer: int = 256) -> AsyncIterator[
+    def changes(self, buffer: int = 256) -> AbstractAsyncContextManager[
         MemoryObjectReceiveStream[DeviceStatus]
     ]:
         """A stream of device status changes (online/offline, new sessions) from now on."""
-        send, recv = anyio.create_memory_object_stream[DeviceStatus](buffer)
-        self._watchers.append(send)
-        try:
-            async with recv:
-                yield recv
-        finally:
-            if send in self._watchers:
-                self._watchers.remove(send)
-            send.close()
+        return registered(self._watchers, _watcher, buffer)
+
+
+def _watcher(send: MemoryObjectSendStream[DeviceStatus]) -> MemoryObjectSendStream[DeviceStatus]:
+    return send  # a watcher is its stream
