@@ -50,6 +50,8 @@ Modules, each owning its own state
   clocks sent and stored, unsent delete sets);
 - :mod:`~mxsync.docs.writer`: batches, snapshots, pacing, outbox staging;
 - :mod:`~mxsync.docs.loader`: cache restore, catch-up, cold open, declaration;
+- :mod:`~mxsync.docs.coldscan`: where a cold open can start (the backward scan
+  for a complete, valid snapshot and the branches it may lack; pure);
 - :mod:`~mxsync.docs.cache`: the cache's tables and SQL;
 - :mod:`~mxsync.docs.peers`: which devices have the document open, the
   to-device fan-out to them (never in an encrypted room);

@@ -24,7 +24,6 @@ import logging
 import secrets
 import time
 from contextlib import AsyncExitStack
-from types import TracebackType
 from typing import Any, Final
 
 import anyio
@@ -36,7 +35,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..engine.events import RoomEvent
 from ..engine.surface import Engine
-from ..engine.taskgroups import exit_stack
+from ..engine.taskgroups import StackOwner
 from ..errors import ConfigError, MatrixError
 from ..protocol import docs as proto
 from ..protocol import matrix_crdt as wire
@@ -75,7 +74,7 @@ class MatrixCrdtStatistics(msgspec.Struct, frozen=True, kw_only=True):
     load_ms: float | None
 
 
-class MatrixCrdtDoc:
+class MatrixCrdtDoc(StackOwner):
     """A ``pycrdt.Doc`` (``.doc``) kept in sync with a Matrix-CRDT room.
 
     ``async with client.open_doc(room, compat="matrix-crdt") as mdoc``; edit
@@ -106,7 +105,6 @@ class MatrixCrdtDoc:
         self._load_error: BaseException | None = None
         self._load_ms: float | None = None
         self._seen: set[str] = set()
-        self._stack: AsyncExitStack | None = None
         self._subscription: pycrdt.Subscription | None = None
         self._handles: list[Any] = []
         self.counts = dict.fromkeys(("updates_sent", "bytes_sent", "snapshots_sent",
@@ -147,26 +145,16 @@ class MatrixCrdtDoc:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    async def __aenter__(self) -> MatrixCrdtDoc:
-        async with AsyncExitStack() as stack:
-            self._subscription = self._doc.observe(self._on_transaction)
-            stack.callback(self._unobserve)
-            recv = await stack.enter_async_context(
-                self.client.room_events(self.room_id, wire.MCRDT_TYPES, buffer=4096))
-            stack.push_async_callback(self._final_send)
-            tg = await stack.enter_async_context(anyio.create_task_group())
-            stack.callback(tg.cancel_scope.cancel)
-            tg.start_soon(self._reader, recv)
-            tg.start_soon(self._writer)
-            self._stack = stack.pop_all()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> bool | None:
-        stack, self._stack = self._stack, None
-        if stack is None:
-            return None
-        return await exit_stack(stack, exc_type, exc, tb)
+    async def _setup(self, stack: AsyncExitStack) -> None:
+        self._subscription = self._doc.observe(self._on_transaction)
+        stack.callback(self._unobserve)
+        recv = await stack.enter_async_context(
+            self.client.room_events(self.room_id, wire.MCRDT_TYPES, buffer=4096))
+        stack.push_async_callback(self._final_send)
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(tg.cancel_scope.cancel)
+        tg.start_soon(self._reader, recv)
+        tg.start_soon(self._writer)
 
     async def _final_send(self) -> None:
         """On close: hand what is still pending to the outbox (it persists it)."""

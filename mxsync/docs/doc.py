@@ -14,8 +14,7 @@ import logging
 import time
 import weakref
 from contextlib import AsyncExitStack
-from types import TracebackType
-from typing import Any, Final, Literal, overload
+from typing import Any, Final, Literal, Self, overload
 
 import anyio
 import msgspec
@@ -27,7 +26,7 @@ from ..engine.events import RoomEvent
 from ..engine.http import Backoff
 from ..engine.pages import look_back_retrying
 from ..engine.surface import Engine
-from ..engine.taskgroups import exit_stack
+from ..engine.taskgroups import StackOwner
 from ..errors import ConfigError, HomeserverUnavailable, MatrixError, ProtocolError, TransientError
 from ..protocol import docs as proto
 from ..protocol.types import DOC, DOC_REQUEST, DOC_SNAPSHOT, DOC_UPDATE
@@ -125,7 +124,7 @@ class DocStatistics(msgspec.Struct, frozen=True, kw_only=True):
     chunks: proto.AssemblerStatistics
 
 
-class SyncedDoc:
+class SyncedDoc(StackOwner):
     """A ``pycrdt.Doc`` (``.doc``) bound to the document ``name`` of a room.
 
     Use it as an async context manager (``client.open_doc`` builds one); it owns
@@ -179,7 +178,6 @@ class SyncedDoc:
         self._loader = Loader(client, room_id, name, replica=self._replica,
                               lane=self._writer.lane, read_only=read_only,
                               on_progress=on_progress, declare_timeout=declare_timeout)
-        self._stack: AsyncExitStack | None = None
         self._subscription: pycrdt.Subscription | None = None
         self._synced = anyio.Event()
         self._load_error: BaseException | None = None
@@ -272,7 +270,7 @@ class SyncedDoc:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    async def __aenter__(self) -> SyncedDoc:
+    async def __aenter__(self) -> Self:
         key = (self.room_id, self.name)
         opened = _OPEN.setdefault(self.client, set())
         if key in opened:
@@ -280,49 +278,38 @@ class SyncedDoc:
                               "on this client")
         opened.add(key)
         try:
-            async with AsyncExitStack() as stack:
-                await self._restore()
-                self._writer.max_bytes = await self.client.content_budget(self.room_id)
-                self._subscription = self.doc.observe(self._local.on_transaction)
-                stack.callback(self._unobserve)
-                recv = await stack.enter_async_context(
-                    self.client.room_events(self.room_id, _LIVE_TYPES, buffer=_STREAM_BUFFER)
-                )
-                stack.push_async_callback(self._writer.final_save)
-                tg = await stack.enter_async_context(anyio.create_task_group())
-                stack.callback(tg.cancel_scope.cancel)
-                self._writer.tg = tg
-                tg.start_soon(self._reader, recv)
-                tg.start_soon(self._writer.run)
-                self._channel = Channel(
-                    self.client, self._replica, self.awareness, self.room_id, self.name,
-                    live=self._live, timeout=self._awareness_timeout,
-                    rate=self._awareness_rate, max_devices=self._max_live_devices,
-                    persist=self._writer.persist, ready=self._synced.is_set,
-                    loaded=self._synced.wait)
-                self._writer.hold = self._channel.live.pending_send
-                await self._channel.start(stack, tg)
-                stack.push_async_callback(self._channel.close)  # before the tasks stop
-                self._stack = stack.pop_all()
+            return await super().__aenter__()
         except BaseException:
             opened.discard(key)
             raise
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        stack, self._stack = self._stack, None
-        try:
-            if stack is not None:
-                return await exit_stack(stack, exc_type, exc, tb)
-            return None
-        finally:
-            self._writer.tg = None
-            _OPEN.get(self.client, set()).discard((self.room_id, self.name))
+    async def _setup(self, stack: AsyncExitStack) -> None:
+        await self._restore()
+        self._writer.max_bytes = await self.client.content_budget(self.room_id)
+        self._subscription = self.doc.observe(self._local.on_transaction)
+        stack.callback(self._unobserve)
+        recv = await stack.enter_async_context(
+            self.client.room_events(self.room_id, _LIVE_TYPES, buffer=_STREAM_BUFFER)
+        )
+        stack.push_async_callback(self._writer.final_save)
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(tg.cancel_scope.cancel)
+        self._writer.tg = tg
+        tg.start_soon(self._reader, recv)
+        tg.start_soon(self._writer.run)
+        self._channel = Channel(
+            self.client, self._replica, self.awareness, self.room_id, self.name,
+            live=self._live, timeout=self._awareness_timeout,
+            rate=self._awareness_rate, max_devices=self._max_live_devices,
+            persist=self._writer.persist, ready=self._synced.is_set,
+            loaded=self._synced.wait)
+        self._writer.hold = self._channel.live.pending_send
+        await self._channel.start(stack, tg)
+        stack.push_async_callback(self._channel.close)  # before the tasks stop
+
+    def _closed(self) -> None:
+        self._writer.tg = None
+        _OPEN.get(self.client, set()).discard((self.room_id, self.name))
 
     def _check_open(self) -> None:
         if self._stack is None:

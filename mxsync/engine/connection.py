@@ -6,28 +6,27 @@ transaction ids stay valid across restarts), starts the sync loop and
 the outbox in its task group, and stops both on exit. It owns those parts;
 features never see them: they use the :class:`~mxsync.engine.surface.Engine`
 surface this class implements. The Client users see
-(:class:`mxsync.client.Client`) is this plus the features.
+(:class:`mxsync.client.Client`) is this plus the features. How it logs in
+(which token, which device id, the session kept in the store) is
+:mod:`mxsync.engine.session`.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import anyio
-import msgspec
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream
 from nio import AsyncClient, AsyncClientConfig
 
-from ..errors import ConfigError, LoginError, MatrixError, RateLimitedError, TransientError
+from ..errors import ConfigError, MatrixError, RateLimitedError, TransientError
 from ..protocol import api
 from ..protocol.types import (
     CREATE,
@@ -44,9 +43,10 @@ from .events import MessagesPage, RoomEvent, parse_event, parse_events, parse_pa
 from .http import Backoff, Http, retrying
 from .outbox import Outbox, OutboxEntry, OutgoingEvent, SendHandle, Staging
 from .pages import paginate
+from .session import check_user_id, log_in, save_session
 from .store import Store
 from .sync import Status, SyncLoop
-from .taskgroups import exit_stack
+from .taskgroups import StackOwner
 from .todevice import ToDevice, ToDeviceEvent, ToDeviceStatistics
 
 __all__ = ["Connection"]
@@ -54,22 +54,8 @@ __all__ = ["Connection"]
 log = logging.getLogger("mxsync.client")
 T = TypeVar("T")
 
-_SESSION_NS = "session"
 
-
-class _Session(msgspec.Struct):
-    homeserver: str
-    user_id: str
-    device_id: str
-    access_token: str
-
-
-def _check_user_id(user_id: str) -> None:
-    if not (isinstance(user_id, str) and user_id.startswith("@") and ":" in user_id):
-        raise ConfigError(f"user_id must look like @name:server, got {user_id!r}")
-
-
-class Connection:
+class Connection(StackOwner):
     """A Matrix account that keeps mxsync data current (the engine; see ``Client``)."""
 
     def __init__(
@@ -91,7 +77,7 @@ class Connection:
     ) -> None:
         if not isinstance(homeserver, str) or not homeserver.startswith(("http://", "https://")):
             raise ConfigError(f"homeserver must be an http(s) URL, got {homeserver!r}")
-        _check_user_id(user_id)
+        check_user_id(user_id)
         if password is None and access_token is None and store_path is None:
             raise ConfigError("give a password or an access_token (or a store with a session)")
         if not 1 <= timeline_limit <= 1000:
@@ -124,7 +110,6 @@ class Connection:
         #: False: no /sync loop; events come only through ``push_events`` (an
         #: application service: Synapse answers its /sync with a 500).
         self._syncing = bool(sync)
-        self._stack: AsyncExitStack | None = None
         self._state_loaded: set[str] = set()
         self._tg: TaskGroup | None = None
 
@@ -133,42 +118,30 @@ class Connection:
 
     # -- lifecycle -----------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
-        async with AsyncExitStack() as stack:
-            await self.store.open()
-            stack.push_async_callback(self._shielded, self.store.close)
-            self.nio.client_session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None)
-            )
-            stack.push_async_callback(self._shielded, self.nio.close)
-            await self._login()
-            if self.crypto is not None:
-                self.crypto.open()
-                self.crypto.load_held(await self.store.kv_items(HELD_NS))
-                try:  # each sync tries again: a server without E2EE still syncs
-                    await self.crypto.upload_keys()
-                except TransientError as exc:
-                    log.warning("could not upload device keys yet: %s", exc)
-            tg = await stack.enter_async_context(anyio.create_task_group())
-            stack.callback(tg.cancel_scope.cancel)
-            self._tg = tg
-            await tg.start(self.outbox.run)
-            if self._syncing:
-                await tg.start(self.sync.run)
-            self._stack = stack.pop_all()
-        return self
+    async def _setup(self, stack: AsyncExitStack) -> None:
+        await self.store.open()
+        stack.push_async_callback(self._shielded, self.store.close)
+        self.nio.client_session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None)
+        )
+        stack.push_async_callback(self._shielded, self.nio.close)
+        await self._login()
+        if self.crypto is not None:
+            self.crypto.open()
+            self.crypto.load_held(await self.store.kv_items(HELD_NS))
+            try:  # each sync tries again: a server without E2EE still syncs
+                await self.crypto.upload_keys()
+            except TransientError as exc:
+                log.warning("could not upload device keys yet: %s", exc)
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(tg.cancel_scope.cancel)
+        self._tg = tg
+        await tg.start(self.outbox.run)
+        if self._syncing:
+            await tg.start(self.sync.run)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        stack, self._stack = self._stack, None
+    async def _closing(self, exc_type: type[BaseException] | None) -> None:
         self._tg = None
-        if stack is not None:
-            return await exit_stack(stack, exc_type, exc, tb)
-        return None
 
     @staticmethod
     async def _shielded(fn: Any) -> None:
@@ -208,61 +181,12 @@ class Connection:
         )
 
     async def _login(self) -> None:
-        saved_raw = await self.store.kv_get(_SESSION_NS, "session")
-        saved = None
-        if saved_raw is not None:
-            try:
-                saved = msgspec.json.decode(saved_raw, type=_Session)
-            except msgspec.DecodeError:
-                log.warning("ignoring an unreadable session in the store")
-            if saved is not None and (
-                saved.user_id != self.user_id or saved.homeserver != self.homeserver
-            ):
-                raise ConfigError(
-                    f"the store {self.store.path} belongs to {saved.user_id} on "
-                    f"{saved.homeserver}, not {self.user_id} on {self.homeserver}; give "
-                    "this user its own store (store_path; `mxsync --store`), or delete "
-                    "that file if its unsent events may go"
-                )
-        # A password given is checked by logging in with it (same device), never
-        # ignored in favour of a stored session it might not match.
-        stored = saved.access_token if saved and self._password is None else None
-        token = self._access_token or stored
-        if token is not None:
-            self.http.access_token = token
-            try:
-                who = await self._call(api.whoami())
-            except MatrixError as exc:
-                if self._access_token is not None or self._password is None:
-                    raise LoginError(self.homeserver, self.user_id,
-                                     f"access token refused ({exc.errcode})") from None
-                log.info("stored session no longer valid; logging in again")
-            else:
-                if who.get("user_id") != self.user_id:
-                    raise LoginError(self.homeserver, self.user_id,
-                                     f"the access token belongs to {who.get('user_id')!r}")
-                device = who.get("device_id")
-                self._adopt(token, device if isinstance(device, str) else
-                            (saved.device_id if saved else "UNKNOWN"))
-                await self._save_session()
-                return
-        if self._password is None:
-            raise LoginError(self.homeserver, self.user_id, "no password and no valid session")
-        # Keep the device id across logins: transaction ids are scoped to the device,
-        # so outbox retries after a restart stay idempotent.
-        device_id = self._requested_device or (saved.device_id if saved else None)
-        device_id = device_id or f"MXSYNC{secrets.token_hex(5).upper()}"
-        self.http.access_token = None
-        try:
-            answer = await self._call(api.login_password(self.user_id, self._password, device_id))
-        except MatrixError as exc:
-            raise LoginError(self.homeserver, self.user_id,
-                             f"{exc.errcode}: {exc.error}") from None
-        token = answer.get("access_token")
-        if not isinstance(token, str):
-            raise LoginError(self.homeserver, self.user_id, "no access token in the answer")
-        self._adopt(token, str(answer.get("device_id") or device_id))
-        await self._save_session()
+        session = await log_in(self.store, self.http, self._call, homeserver=self.homeserver,
+                               user_id=self.user_id, password=self._password,
+                               access_token=self._access_token,
+                               device_id=self._requested_device)
+        self._adopt(session.access_token, session.device_id)
+        await save_session(self.store, session)
 
     def _adopt(self, token: str, device_id: str) -> None:
         self.http.access_token = token
@@ -270,11 +194,6 @@ class Connection:
         self.nio.access_token = token
         self.nio.user_id = self.user_id
         self.nio.device_id = device_id
-
-    async def _save_session(self) -> None:
-        assert self.http.access_token is not None and self.device_id is not None
-        session = _Session(self.homeserver, self.user_id, self.device_id, self.http.access_token)
-        await self.store.kv_set(_SESSION_NS, "session", msgspec.json.encode(session))
 
     # -- rooms -----------------------------------------------------------------
 
@@ -298,10 +217,10 @@ class Connection:
             raise ConfigError("encrypted=True needs a client with encryption=True")
         invite = list(invite)
         for uid in invite:
-            _check_user_id(uid)
+            check_user_id(uid)
         writer_list = list(invite) if writers is None else list(writers)
         for uid in writer_list:
-            _check_user_id(uid)
+            check_user_id(uid)
         # The creator is left out of ``users``: from room version 12 on creators
         # outrank every level and Synapse refuses them there; before that,
         # Synapse gives the creator 100 by itself.
@@ -365,7 +284,7 @@ class Connection:
         return joined if isinstance(joined, str) else room_id
 
     async def invite(self, room_id: str, user_id: str) -> None:
-        _check_user_id(user_id)
+        check_user_id(user_id)
         await self._call(api.invite(room_id, user_id))
 
     async def set_power_level(self, room_id: str, user_id: str, level: int) -> None:

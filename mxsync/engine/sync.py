@@ -30,14 +30,12 @@ Invariants:
   events: concurrent branches have no order features may rely on); state
   events it finds are not, as they would look current: the state the server
   resolves comes through /sync.
-- No event is delivered twice: event ids are remembered per room (a bounded
-  LRU in memory, and the last ``keep_seen`` per room in the store's
-  ``sync_seen`` table, which the gap walk consults). A batch interrupted by a
-  stop leaves an in-flight record, its size bounded by the size of the sync
-  answer, not of the gap: the position reached in each room and the ids of the
-  state-block and timeline events already delivered; gap events delivered are
-  marked in ``sync_seen`` as they are handed out (shielded), so the retry's
-  walk skips them.
+- No event is delivered twice: the delivered ids, the positions, the
+  consumers and the state cache are :mod:`mxsync.engine.dispatch`'s (with
+  the in-flight record a batch interrupted by a stop leaves); the loop keeps
+  the last ``keep_seen`` ids per room in the store's ``sync_seen`` table,
+  which the gap walk consults, and gap events delivered are marked there as
+  they are handed out (shielded), so the retry's walk skips them.
 - The since-token, the last delivered event per room and the ids of the
   batch's state-block and timeline events are persisted together, after the
   batch they cover has been handed to the consumers. History from
@@ -73,21 +71,20 @@ import functools
 import json
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..errors import MatrixError, RateLimitedError, TransientError
 from ..protocol import api
 from ..protocol.matrix_crdt import MCRDT_TYPES
 from ..protocol.types import CREATE, ENCRYPTED, ENCRYPTION, NAMESPACE, POWER_LEVELS
 from .crypto import HELD_NS, Cleartext, Crypto
+from .dispatch import Batch, Dispatch
 from .events import MessagesPage, RoomEvent, parse_events, parse_page
 from .gap import GapRepair, create_tables, mark_seen
 from .http import Backoff, Http
@@ -123,40 +120,9 @@ def _synced_type(event_type: str) -> bool:
     return _carried(event_type)
 
 
-@dataclass(eq=False)
-class _Consumer:
-    room_id: str | None
-    prefixes: tuple[str, ...]
-    stream: MemoryObjectSendStream[RoomEvent]
-
-    def wants(self, ev: RoomEvent) -> bool:
-        if self.room_id is not None and ev.room_id != self.room_id:
-            return False
-        return not self.prefixes or ev.type.startswith(self.prefixes)
-
-
-@dataclass
-class _RoomMemory:
-    seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
-    last_event_id: str | None = None
-
-
-@dataclass
-class _Batch:
-    """What one sync batch has handed out so far (its in-flight record on a stop)."""
-
-    live: bool
-    #: [room_id, event_id] of delivered events that fetching the batch again could
-    #: return outside a gap fill: state-block and timeline events. Gap events are
-    #: covered by the position instead, so this stays as small as the sync answer.
-    ids: list[list[str]] = field(default_factory=list)
-    #: Rooms whose position (last delivered timeline or gap event) moved.
-    moved: set[str] = field(default_factory=set)
-    delivered: int = 0
-
-
 class SyncLoop:
-    """Owns the since-token, the event dispatch and the per-room state cache."""
+    """Owns the since-token and the gap repair; its :class:`Dispatch` the
+    consumers, the delivered ids and the per-room state cache."""
 
     def __init__(
         self,
@@ -183,33 +149,32 @@ class SyncLoop:
         self.timeout_ms = timeout_ms
         self.min_interval = min_interval
         self._backoff = backoff or Backoff(base=0.5, cap=30.0)
-        self._seen_per_room = seen_per_room
         #: The gap repair; ``max_gap_events`` bounds one gap (the newest events
         #: of a larger one are delivered and the truncation logged), ``keep_seen``
         #: the delivered ids remembered per room in the store.
         self._gap = GapRepair(store, max_events=max_gap_events,
                               page_events=gap_page_events, keep_seen=keep_seen)
         self._keep_seen = keep_seen
-        self._consumers: list[_Consumer] = []
-        self._rooms: dict[str, _RoomMemory] = {}
-        #: room_id -> {(type, state_key): event} for the state this loop has seen.
-        self.state: dict[str, dict[tuple[str, str], RoomEvent]] = {}
+        self.dispatch = Dispatch(seen_per_room=seen_per_room)
         #: Rooms whose ``state`` holds every state event of the filter's types
         #: (see the module's invariants), and the joined rooms when known.
         self._complete: set[str] = set()
         self._joined: set[str] | None = None
         self.status = Status()
         self._synced = anyio.Event()
-        self._state_changed = anyio.Event()
         #: Rooms newly joined or invited in the last sync (room ids).
         self.invites: set[str] = set()
-        self.events_delivered = 0
         self.gap_fills = 0
         self.gap_events_fetched = 0
         self.gap_events_delivered = 0
         self.gap_pages = 0
         self.gaps_truncated = 0
         self.gap_rechecked = 0
+
+    @property
+    def state(self) -> dict[str, dict[tuple[str, str], RoomEvent]]:
+        """room_id -> {(type, state_key): event} for the state this loop has seen."""
+        return self.dispatch.state
 
     @property
     def gap_page_events(self) -> int:
@@ -231,22 +196,12 @@ class SyncLoop:
 
     # -- consumers --------------------------------------------------------
 
-    @asynccontextmanager
-    async def subscribe(
+    def subscribe(
         self, room_id: str | None, types: Iterable[str] = (), *, buffer: int = 1024
-    ) -> AsyncIterator[MemoryObjectReceiveStream[RoomEvent]]:
+    ) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[RoomEvent]]:
         """Receive the events of ``room_id`` (all rooms if None) whose type starts
         with one of ``types`` (all types if empty), from now on."""
-        send, recv = anyio.create_memory_object_stream[RoomEvent](buffer)
-        consumer = _Consumer(room_id, tuple(types), send)
-        self._consumers.append(consumer)
-        try:
-            async with recv:
-                yield recv
-        finally:
-            if consumer in self._consumers:
-                self._consumers.remove(consumer)
-            send.close()
+        return self.dispatch.subscribe(room_id, types, buffer=buffer)
 
     async def wait_synced(self) -> None:
         await self._synced.wait()
@@ -265,15 +220,15 @@ class SyncLoop:
         delivered: an appservice has no keys to decrypt them with (the fleet's
         transaction endpoint counts and reports them).
         """
-        batch = _Batch(live=True)
+        batch = Batch(live=True)
         for ev in events:
             if _synced_type(ev.type):
-                await self._deliver(ev, batch, timeline=False, record=False)
+                await self.dispatch.deliver(ev, batch, timeline=False, record=False)
         return batch.delivered
 
     def statistics(self) -> SyncStatistics:
         return SyncStatistics(state=self.status.state, syncs=self.status.syncs,
-                              events=self.events_delivered, gap_fills=self.gap_fills,
+                              events=self.dispatch.events_delivered, gap_fills=self.gap_fills,
                               gap_events_fetched=self.gap_events_fetched,
                               gap_events_delivered=self.gap_events_delivered,
                               gap_pages=self.gap_pages, gaps_truncated=self.gaps_truncated,
@@ -362,24 +317,11 @@ class SyncLoop:
         since = await self._store.kv_get(_NS, "since")
         self.status.since = None if since is None else since.decode()
         for room_id, last in (await self._store.kv_items(_NS_LAST)).items():
-            self._rooms.setdefault(room_id, _RoomMemory()).last_event_id = last.decode()
+            self.dispatch.room(room_id).last_event_id = last.decode()
         inflight = await self._store.kv_get(_NS, "inflight")
         if inflight is None:
             return
-        try:
-            record = json.loads(inflight)
-            # Older versions wrote a bare list of [room_id, event_id] pairs.
-            pairs = record if isinstance(record, list) else record["ids"]
-            moved = {} if isinstance(record, list) else record["last"]
-            for room_id, event_id in pairs:
-                if isinstance(room_id, str) and isinstance(event_id, str):
-                    self._remember(self._rooms.setdefault(room_id, _RoomMemory()), event_id)
-            for room_id, event_id in moved.items():
-                if isinstance(event_id, str):
-                    # The batch got this far: a gap fill resumes from here.
-                    self._rooms.setdefault(room_id, _RoomMemory()).last_event_id = event_id
-        except (ValueError, TypeError, KeyError, AttributeError):
-            log.warning("ignoring an unreadable in-flight record in the store")
+        self.dispatch.restore_inflight(inflight)
 
     async def sync_once(self, timeout_ms: int | None = None) -> bool:
         """One /sync round trip, dispatched and persisted. Returns whether it had events."""
@@ -421,7 +363,7 @@ class SyncLoop:
         self.invites |= set(invited)
         # The first sync of a client without a since-token returns recent
         # history, not news: it only seeds the state cache and positions.
-        batch = _Batch(live=since is not None)
+        batch = Batch(live=since is not None)
         last_changed: dict[str, bytes] = {}
         try:
             for room_id, room in joined.items():
@@ -429,7 +371,7 @@ class SyncLoop:
                     continue
                 self.invites.discard(room_id)
                 await self._sync_room(room_id, room, batch)
-                mem = self._rooms.get(room_id)
+                mem = self.dispatch.rooms.get(room_id)
                 if mem is not None and mem.last_event_id is not None:
                     last_changed[room_id] = mem.last_event_id.encode()
         except BaseException:
@@ -438,16 +380,9 @@ class SyncLoop:
             # that nothing is delivered twice. (After kill -9 nothing runs here;
             # consumers must then tolerate a repeat, see PROTOCOL.md.)
             if batch.delivered:
-                record = {
-                    "ids": batch.ids,
-                    "last": {
-                        r: self._rooms[r].last_event_id
-                        for r in sorted(batch.moved)
-                        if self._rooms[r].last_event_id is not None
-                    },
-                }
+                record = self.dispatch.inflight_record(batch)
                 with anyio.CancelScope(shield=True):
-                    await self._store.kv_set(_NS, "inflight", json.dumps(record).encode())
+                    await self._store.kv_set(_NS, "inflight", record)
             raise
 
         held = self.crypto.held_rows()  # events held for a key, kept with the position
@@ -488,7 +423,7 @@ class SyncLoop:
 
     # -- one room of a batch --------------------------------------------------
 
-    async def _sync_room(self, room_id: str, room: dict[str, Any], batch: _Batch) -> None:
+    async def _sync_room(self, room_id: str, room: dict[str, Any], batch: Batch) -> None:
         """Deliver one room's part of a sync answer, in timeline order."""
         state = room.get("state") if isinstance(room.get("state"), dict) else {}
         timeline = room.get("timeline") if isinstance(room.get("timeline"), dict) else {}
@@ -499,7 +434,7 @@ class SyncLoop:
         state_events = self.crypto.decrypt(room_id, parse_events(room_id, raw_state), hold=False)
         timeline_events = self.crypto.decrypt(room_id, parse_events(room_id, raw_timeline),
                                               hold=batch.live)  # the first sync delivers nothing
-        mem = self._rooms.get(room_id)
+        mem = self.dispatch.rooms.get(room_id)
         prev_batch = timeline.get("prev_batch")
         if not (
             timeline.get("limited") is True
@@ -512,15 +447,15 @@ class SyncLoop:
             # first sync of a new store): the state block describes the start of
             # the timeline, so it comes first.
             for ev in state_events:
-                await self._deliver(ev, batch, timeline=False)
+                await self.dispatch.deliver(ev, batch, timeline=False)
             for ev in timeline_events:
-                await self._deliver(ev, batch, timeline=True)
+                await self.dispatch.deliver(ev, batch, timeline=True)
             return
         await self._fill_gap(
             room_id, prev_batch, mem.last_event_id, state_events, timeline_events, batch
         )
         for ev in timeline_events:
-            await self._deliver(ev, batch, timeline=True)
+            await self.dispatch.deliver(ev, batch, timeline=True)
 
     # -- gap fill -------------------------------------------------------------
 
@@ -531,12 +466,12 @@ class SyncLoop:
         last_event_id: str,
         state_events: list[RoomEvent],
         timeline_events: list[RoomEvent],
-        batch: _Batch,
+        batch: Batch,
     ) -> None:
         """Deliver the events the timeline left out (:mod:`mxsync.engine.gap`),
         oldest first, and the state block in its place."""
         self.gap_fills += 1
-        mem = self._rooms.setdefault(room_id, _RoomMemory())
+        mem = self.dispatch.room(room_id)
         block = {ev.event_id: ev for ev in state_events}
         covered: set[str] = set()
         scan = await self._gap.collect(
@@ -552,7 +487,7 @@ class SyncLoop:
             # does not reach happened before where it starts.
             for ev in state_events:
                 if ev.event_id not in covered:
-                    await self._deliver(ev, batch, timeline=False)
+                    await self.dispatch.deliver(ev, batch, timeline=False)
 
         async def deliver(ev: RoomEvent) -> bool:
             in_block = ev.event_id in block
@@ -561,14 +496,14 @@ class SyncLoop:
             # A state-block event may come again with the same batch after a
             # stop, outside any gap: remember its id. Other gap events are
             # marked delivered by the drain.
-            return await self._deliver(ev, batch, timeline=True, record=in_block)
+            return await self.dispatch.deliver(ev, batch, timeline=True, record=in_block)
 
         count = await self._gap.drain(room_id, deliver)
         # State that changed without an event in the gap (a state reset), or
         # an old event: the block says it holds at the start of the timeline.
         for ev in state_events:
             if ev.event_id not in covered:
-                await self._deliver(ev, batch, timeline=False)
+                await self.dispatch.deliver(ev, batch, timeline=False)
         self.gap_events_delivered += count
         if not scan.truncated:
             self._gap.schedule(room_id, prev_batch)
@@ -580,20 +515,20 @@ class SyncLoop:
         deliver what the server backfilled since; whether anything came."""
         found = 0
         for r in self._gap.due():
-            seen = self._rooms.setdefault(r.room_id, _RoomMemory()).seen
-            batch = _Batch(live=True)
+            seen = self.dispatch.room(r.room_id).seen
+            batch = Batch(live=True)
             await self._gap.collect(
                 r.room_id, r.prev_batch, functools.partial(self._messages, r.room_id,
                                                            direction="b"),
                 last_event_id=None, seen=seen.__contains__, exclude=set())
 
-            async def deliver(ev: RoomEvent, batch: _Batch = batch) -> bool:
+            async def deliver(ev: RoomEvent, batch: Batch = batch) -> bool:
                 if ev.state_key is not None:
                     # Old state, found late: handed out now it would look current
                     # (levels, declarations). The state /sync resolves comes anyway.
                     return False
                 # Not a position either: the timeline has moved on past it.
-                return await self._deliver(ev, batch, timeline=False, record=False)
+                return await self.dispatch.deliver(ev, batch, timeline=False, record=False)
 
             count = await self._gap.drain(r.room_id, deliver)
             if count:
@@ -611,44 +546,3 @@ class SyncLoop:
             filter_json=self._messages_filter(),
         ))
         return self.crypto.decrypt_page(room_id, parse_page(room_id, answer), hold=True)
-
-    # -- delivery -------------------------------------------------------------
-
-    def _remember(self, mem: _RoomMemory, event_id: str) -> None:
-        mem.seen[event_id] = None
-        mem.seen.move_to_end(event_id)
-        while len(mem.seen) > self._seen_per_room:
-            mem.seen.popitem(last=False)
-
-    async def _deliver(
-        self, ev: RoomEvent, batch: _Batch, *, timeline: bool, record: bool = True
-    ) -> bool:
-        mem = self._rooms.setdefault(ev.room_id, _RoomMemory())
-        if ev.event_id in mem.seen:
-            return False
-        if ev.state_key is not None:
-            self.state.setdefault(ev.room_id, {})[(ev.type, ev.state_key)] = ev
-            self._state_changed.set()
-            self._state_changed = anyio.Event()
-        if batch.live:
-            self.events_delivered += 1
-            for consumer in list(self._consumers):
-                if not consumer.wants(ev):
-                    continue
-                try:
-                    await consumer.stream.send(ev)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    if consumer in self._consumers:
-                        self._consumers.remove(consumer)
-        # Handed out: only now does it count as delivered. A stop while a consumer
-        # was still to take it leaves it to the next start.
-        self._remember(mem, ev.event_id)
-        batch.delivered += 1
-        if record:
-            batch.ids.append([ev.room_id, ev.event_id])
-        if timeline:
-            # Only timeline (and gap) events mark our position: the state block may
-            # hold old events.
-            mem.last_event_id = ev.event_id
-            batch.moved.add(ev.room_id)
-        return True

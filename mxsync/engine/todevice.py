@@ -31,8 +31,8 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ..errors import RateLimitedError, TransientError
 from ..protocol import api
 from ..protocol.types import NAMESPACE
+from .fanout import registered
 from .http import Backoff, Http
 
 __all__ = ["ToDevice", "ToDeviceEvent", "ToDeviceStatistics"]
@@ -145,21 +146,12 @@ class ToDevice:
 
     # -- receiving -------------------------------------------------------------
 
-    @asynccontextmanager
-    async def subscribe(
+    def subscribe(
         self, types: Iterable[str], *, buffer: int = 256
-    ) -> AsyncIterator[MemoryObjectReceiveStream[ToDeviceEvent]]:
+    ) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[ToDeviceEvent]]:
         """Receive to-device events whose type starts with one of ``types``, from now on."""
-        send, recv = anyio.create_memory_object_stream[ToDeviceEvent](buffer)
-        consumer = _Consumer(tuple(types), send)
-        self._consumers.append(consumer)
-        try:
-            async with recv:
-                yield recv
-        finally:
-            if consumer in self._consumers:
-                self._consumers.remove(consumer)
-            send.close()
+        prefixes = tuple(types)
+        return registered(self._consumers, lambda send: _Consumer(prefixes, send), buffer)
 
     def receive_sync(self, resp: dict[str, Any]) -> int:
         """Hand the mxsync events of one /sync answer's ``to_device`` to consumers;

@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -48,7 +48,7 @@ import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 
 from ..engine.surface import Engine
-from ..engine.taskgroups import exit_stack
+from ..engine.taskgroups import StackOwner
 from ..errors import ConfigError, MxsyncError
 from ..protocol.readings import validate_device_id, validate_sensor_id
 from ..streams.commands import Command
@@ -105,7 +105,7 @@ class _Slot:
     reason: str = "shutdown"
 
 
-class MqttBridge:
+class MqttBridge(StackOwner):
     """Relays MQTT devices into one room through one Matrix client.
 
     ``client`` is a Client (every device speaks through its login) or an
@@ -159,7 +159,6 @@ class MqttBridge:
         self._pending: dict[tuple[str, str], Command] = {}
         self._mqtt: aiomqtt.Client | None = None
         self._tg: TaskGroup | None = None
-        self._stack: Any = None
         self._warned: set[str] = set()
         self._messages = self._readings = self._malformed = self._refused = 0
         self._births = self._deaths = self._commands = 0
@@ -167,18 +166,12 @@ class MqttBridge:
 
     # -- lifecycle -----------------------------------------------------------
 
-    async def __aenter__(self) -> MqttBridge:
-        from contextlib import AsyncExitStack
+    async def _setup(self, stack: AsyncExitStack) -> None:
+        self._tg = tg = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(tg.cancel_scope.cancel)
+        await tg.start(self._run)
 
-        async with AsyncExitStack() as stack:
-            self._tg = tg = await stack.enter_async_context(anyio.create_task_group())
-            stack.callback(tg.cancel_scope.cancel)
-            await tg.start(self._run)
-            self._stack = stack.pop_all()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> bool | None:
+    async def _closing(self, exc_type: type[BaseException] | None) -> None:
         # A clean exit says goodbye for every device; a crash leaves it to the wills.
         if exc_type is None:
             with anyio.move_on_after(60):
@@ -187,11 +180,6 @@ class MqttBridge:
                     slot.closing.set()
                 for slot in list(self._slots.values()):
                     await slot.closed.wait()
-        stack, self._stack = self._stack, None
-        if stack is None:
-            return None
-        # The body's own exception comes back unwrapped (not in an ExceptionGroup).
-        return await exit_stack(stack, exc_type, exc, tb)
 
     def statistics(self) -> BridgeStatistics:
         return BridgeStatistics(

@@ -28,7 +28,6 @@ import socket
 import time
 from collections.abc import Collection, Mapping
 from contextlib import AsyncExitStack
-from types import TracebackType
 from typing import Any, Final, Literal
 
 import anyio
@@ -38,7 +37,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ..client import Client
 from ..docs import SyncedDoc
-from ..engine.taskgroups import exit_stack
+from ..engine.taskgroups import StackOwner
 from ..errors import ConfigError, MxsyncError, ProtocolError
 from .relay import DocRelay, Peer
 
@@ -89,7 +88,7 @@ class _Held:
         self.last_used = time.monotonic()
 
 
-class Gateway:
+class Gateway(StackOwner):
     """``async with Gateway(client, room_id, port=8765, tokens={...}) as gw``.
 
     Serves y-websocket on ``host:port`` (0: a free port; ``gw.url`` says which).
@@ -150,7 +149,6 @@ class Gateway:
         self._doc_options = dict(doc_options or {})
         self._docs: dict[str, _Held] = {}
         self._tg: TaskGroup | None = None
-        self._stack: AsyncExitStack | None = None
         self._sockets: set[web.WebSocketResponse] = set()
         self._ids = itertools.count(1)
         self.url: str | None = None
@@ -162,29 +160,15 @@ class Gateway:
 
     # -- lifecycle ----------------------------------------------------------------
 
-    async def __aenter__(self) -> Gateway:
-        async with AsyncExitStack() as stack:
-            tg = await stack.enter_async_context(anyio.create_task_group())
-            stack.callback(tg.cancel_scope.cancel)
-            self._tg = tg
-            if self.port is not None:
-                await stack.enter_async_context(self._listening())
-            self._stack = stack.pop_all()
-        return self
+    async def _setup(self, stack: AsyncExitStack) -> None:
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(tg.cancel_scope.cancel)
+        self._tg = tg
+        if self.port is not None:
+            await stack.enter_async_context(self._listening())
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        stack, self._stack = self._stack, None
-        try:
-            if stack is not None:
-                return await exit_stack(stack, exc_type, exc, tb)
-            return None
-        finally:
-            self._tg = None
+    def _closed(self) -> None:
+        self._tg = None
 
     def web_app(self) -> web.Application:
         """An aiohttp app serving every document name at ``/{name}``."""

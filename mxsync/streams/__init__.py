@@ -17,9 +17,10 @@ Modules, each owning its own state: ``publisher`` (the public send API and
 its lifecycle), ``config`` (its checked settings), ``pump`` (buffer, encoder,
 sealed and in-flight batches, write-behind), ``buffer`` (the pump's tables in
 the client's store), ``sensors`` (declarations and last values), ``meta``
-(sensor state updates), ``presence`` (birth and last will), ``commands`` (commands to a
-device and their results), ``subscriber``
-(the receive path) and ``history`` (paging and buckets).
+(sensor state updates), ``presence`` (birth and last will: the device's side), ``commands``
+(commands to a device and their results), ``subscriber`` (the receive path),
+``devices`` (device presence as a subscriber sees it), ``latest`` (sensor
+metadata and last values as a subscriber knows them) and ``history`` (paging and buckets).
 """
 
 from ..protocol.readings import Reading, SensorMeta

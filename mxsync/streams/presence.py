@@ -1,5 +1,9 @@
 """A device's birth, heartbeat and last will: its ``org.mxsync.device`` state.
 
+This is the sending side, run by a Publisher; how a subscriber reads those
+states (online/offline, offline inferred from missed heartbeats) is
+:mod:`mxsync.streams.devices`.
+
 Two modes, chosen once per run:
 
 - ``"will"`` (the homeserver serves MSC4140 delayed events, unstable prefix

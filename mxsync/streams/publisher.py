@@ -48,7 +48,7 @@ import anyio
 import msgspec
 
 from ..engine.surface import Engine
-from ..engine.taskgroups import exit_stack
+from ..engine.taskgroups import StackOwner
 from ..errors import BufferFull, ConfigError, MatrixError, MxsyncError
 from ..protocol.readings import Reading, Value
 from .buffer import Row
@@ -120,7 +120,7 @@ class PublisherStatistics(msgspec.Struct, frozen=True, kw_only=True):
     resumed_in_outbox: int = 0
 
 
-class Publisher:
+class Publisher(StackOwner):
     """Publishes one device's readings into one room; an async context manager.
 
     Use ``client.publisher(room_id, device="boiler-1")``. Call :meth:`publish`
@@ -161,7 +161,6 @@ class Publisher:
         self._inbox = CommandInbox(client, cfg.room_id, cfg.device, rebirth=self._rebirth,
                                    look_back=cfg.command_look_back) if cfg.commands else None
         self._presence_scope: anyio.CancelScope | None = None
-        self._stack: AsyncExitStack | None = None
         self._open = False
 
     def __repr__(self) -> str:
@@ -181,34 +180,31 @@ class Publisher:
 
     # -- lifecycle -----------------------------------------------------------
 
-    async def __aenter__(self) -> Publisher:
+    async def _setup(self, stack: AsyncExitStack) -> None:
         cfg, pump = self._cfg, self._pump
         await pump.restore()
         if cfg.last_values is None:
             self._meta.enabled = not await self._client.is_encrypted(cfg.room_id)
-        async with AsyncExitStack() as stack:
-            tg = await stack.enter_async_context(anyio.create_task_group())
-            stack.callback(tg.cancel_scope.cancel)
-            pump.start(tg)
-            tg.start_soon(self._meta.run)
-            if cfg.presence:
-                self._presence = Presence(
-                    self._client, cfg.room_id, cfg.device,
-                    session=pump.session,
-                    description=cfg.description,
-                    last_will=cfg.last_will,
-                    offline_after=cfg.offline_after,
-                    heartbeat=cfg.heartbeat,
-                    last_activity=lambda: pump.last_delivery,
-                    last_seq=lambda: pump.next_seq - 1 if pump.next_seq else None,
-                )
-                self._presence_scope = anyio.CancelScope()
-                tg.start_soon(self._run_presence, self._presence, self._presence_scope)
-            if self._inbox is not None:
-                await tg.start(self._inbox.run)
-            self._open = True
-            self._stack = stack.pop_all()
-        return self
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(tg.cancel_scope.cancel)
+        pump.start(tg)
+        tg.start_soon(self._meta.run)
+        if cfg.presence:
+            self._presence = Presence(
+                self._client, cfg.room_id, cfg.device,
+                session=pump.session,
+                description=cfg.description,
+                last_will=cfg.last_will,
+                offline_after=cfg.offline_after,
+                heartbeat=cfg.heartbeat,
+                last_activity=lambda: pump.last_delivery,
+                last_seq=lambda: pump.next_seq - 1 if pump.next_seq else None,
+            )
+            self._presence_scope = anyio.CancelScope()
+            tg.start_soon(self._run_presence, self._presence, self._presence_scope)
+        if self._inbox is not None:
+            await tg.start(self._inbox.run)
+        self._open = True
 
     async def __aexit__(
         self,
@@ -250,14 +246,12 @@ class Publisher:
         finally:
             if self._presence_scope is not None:
                 self._presence_scope.cancel()
-            stack, self._stack = self._stack, None
             with anyio.CancelScope(shield=True):
                 try:
                     await self._pump.save()
                 except RuntimeError as e:  # the store is closed: the client exited first
                     log.error("publisher %s: could not save its buffer: %s", self._cfg.device, e)
-            if stack is not None:
-                await exit_stack(stack, exc_type, exc, tb)
+            await super().__aexit__(exc_type, exc, tb)
         if error is not None:
             raise error
         return None

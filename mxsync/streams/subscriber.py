@@ -37,10 +37,13 @@ Invariants:
   (:mod:`mxsync.streams.index`), exact by reading time; sensor and device
   state that is malformed falls back to its newest valid version
   (:mod:`mxsync.streams.state`).
-- A device is offline when its state says so (shutdown, last will) or, for a
-  device that promised heartbeats, when neither a refresh nor a batch of it
-  arrived for twice ``heartbeat_ms`` (``inferred=True``, reason
-  "heartbeat-timeout"); a batch or refresh brings it back.
+- Device presence (online/offline, inferred from missed heartbeats) is kept
+  by a :class:`~mxsync.streams.devices.DeviceTracker`, sensor metadata and
+  last values by a :class:`~mxsync.streams.latest.LastValues`: the subscriber
+  owns both and feeds them what the room brings; ``devices``,
+  ``wait_device``, ``device_changes``, ``sensors`` and ``latest`` delegate.
+  This module owns the receive path itself: the live stream, the per-session
+  seq check and hole repair, the power levels in force, the durable position.
 """
 
 from __future__ import annotations
@@ -49,19 +52,18 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from operator import attrgetter
-from types import TracebackType
 from typing import Any
 
 import anyio
 import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ..engine.authz import PowerLevels, levels_backwards, power_levels_before, room_creators
+from ..engine.authz import PowerLevels, power_levels_before, room_creators
 from ..engine.events import RoomEvent
 from ..engine.surface import Engine
-from ..engine.taskgroups import exit_stack
+from ..engine.taskgroups import StackOwner
 from ..errors import ConfigError, ProtocolError
 from ..protocol.readings import (
     Reading,
@@ -73,6 +75,7 @@ from ..protocol.readings import (
 from ..protocol.types import CREATE, DEVICE, POWER_LEVELS, READINGS, SENSOR
 from . import durable as durable_pos
 from .commands import DEFAULT_EXPIRY, send_command
+from .devices import DeviceStatus, DeviceTracker
 from .history import (
     BatchReader,
     Bucket,
@@ -84,6 +87,7 @@ from .history import (
 )
 from .holes import Key, find_batches
 from .index import BatchIndex
+from .latest import LastValues
 from .state import StreamState, decode_state, load_state
 
 __all__ = ["Subscriber", "SubscriberStatistics", "DeviceStatus"]
@@ -98,28 +102,6 @@ _TAKEN_IDS = 4096
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-class DeviceStatus(msgspec.Struct, frozen=True, kw_only=True):
-    """What a subscriber knows about a device.
-
-    ``since_ms`` is the device's own time of the change; ``event_ts`` the
-    homeserver's time of the event that said so (for a last will: when the
-    homeserver sent it), or the subscriber's clock for an inferred change.
-    """
-
-    device: str
-    sender: str
-    online: bool
-    since_ms: int
-    event_ts: int
-    reason: str | None = None
-    heartbeat_ms: int = 0
-    session: int | None = None
-    last_seq: int | None = None
-    description: str | None = None
-    #: True when the subscriber inferred the state (missed heartbeats).
-    inferred: bool = False
 
 
 class SubscriberStatistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -159,7 +141,7 @@ class SubscriberStatistics(msgspec.Struct, frozen=True, kw_only=True):
     index_fetched: int = 0
 
 
-class Subscriber:
+class Subscriber(StackOwner):
     """Live readings and queries of one room; an async context manager.
 
     Use ``client.subscribe(room_id, sensors=None)``; ``sensors`` limits the live
@@ -230,13 +212,11 @@ class Subscriber:
         self._current_event: str | None = None
         self._live = live
         self._buffer = buffer
-        self._check_interval = max(0.05, float(check_interval))
         self._skew_ms = int(history_skew * 1000)
         self._lag_ms = int(history_lag * 1000)
         self._retention_ms = int(history_retention * 1000)
         self._index: BatchIndex | None = None
         self._page_size = page_size
-        self._latest_scan = latest_scan
         self._reader = BatchReader(client, room_id)
         #: The levels in force after the last live event taken into account.
         self._levels = PowerLevels()
@@ -246,15 +226,9 @@ class Subscriber:
         self._pos = 0
         self._base = 0
         self._seqs: dict[tuple[str, str, int | None], int] = {}
-        self._last: dict[str, Reading] = {}
-        self._scanned: set[str] = set()
-        self._meta: dict[str, tuple[int, SensorMeta]] = {}
-        self._devices: dict[str, DeviceStatus] = {}
-        self._device_ts: dict[str, int] = {}
-        self._device_seen: dict[str, int] = {}
-        self._watchers: list[MemoryObjectSendStream[DeviceStatus]] = []
-        self._device_changed = anyio.Event()
-        self._stack: AsyncExitStack | None = None
+        self._values = LastValues(client, room_id, self._reader, scan=latest_scan,
+                                  skew_ms=self._skew_ms)
+        self._devices = DeviceTracker(max(0.05, float(check_interval)))
         # Counters (statistics()).
         self._batches = 0
         self._readings = 0
@@ -265,62 +239,48 @@ class Subscriber:
         self._gaps = 0
         self._missing = 0
         self._repaired = 0
-        self._lost_changes = 0
 
     def __repr__(self) -> str:
         return f"<Subscriber of {self._room}>"
 
     # -- lifecycle -----------------------------------------------------------
 
-    async def __aenter__(self) -> Subscriber:
-        async with AsyncExitStack() as stack:
-            if self._live:
-                self._send, self._recv = anyio.create_memory_object_stream[
-                    tuple[str, list[Reading]]](self._buffer)
-                stack.enter_context(self._send)
-                stack.enter_context(self._recv)
-            # Live means from now on: the first sync of a new client (recent history)
-            # is not live. Then registered before the state is read, so that nothing
-            # falls between the two. Errors (not joined, ...) are raised unwrapped.
-            await self._client.wait_synced()
-            creators = room_creators(await self._client.state_event(self._room, CREATE))
-            recv = await stack.enter_async_context(
-                self._client.room_events(self._room, (READINGS, SENSOR, DEVICE, POWER_LEVELS))
-            )
-            # The state is cached now (state_event above), so no checkpoint separates
-            # registering from this read: these are the levels the sync loop had
-            # reached, in force right before the first event the stream will bring.
-            self._levels = PowerLevels(
-                await self._client.get_state(self._room, POWER_LEVELS), creators
-            )
-            await self._load_state()
-            self._index = BatchIndex(self._client, self._room, self._reader,
-                                     retention_ms=self._retention_ms, skew_ms=self._skew_ms,
-                                     creators=creators)
-            await self._index.open()
-            if self._durable is not None:
-                name = self._durable
-                self._position = await self._client.run_sql(
-                    lambda c: durable_pos.load(c, self._room, name))
-            tg = await stack.enter_async_context(anyio.create_task_group())
-            stack.callback(tg.cancel_scope.cancel)
-            tg.start_soon(self._run, recv)
-            tg.start_soon(self._watch_heartbeats)
-            self._stack = stack.pop_all()
-        return self
+    async def _setup(self, stack: AsyncExitStack) -> None:
+        if self._live:
+            self._send, self._recv = anyio.create_memory_object_stream[
+                tuple[str, list[Reading]]](self._buffer)
+            stack.enter_context(self._send)
+            stack.enter_context(self._recv)
+        # Live means from now on: the first sync of a new client (recent history)
+        # is not live. Then registered before the state is read, so that nothing
+        # falls between the two. Errors (not joined, ...) are raised unwrapped.
+        await self._client.wait_synced()
+        creators = room_creators(await self._client.state_event(self._room, CREATE))
+        recv = await stack.enter_async_context(
+            self._client.room_events(self._room, (READINGS, SENSOR, DEVICE, POWER_LEVELS))
+        )
+        # The state is cached now (state_event above), so no checkpoint separates
+        # registering from this read: these are the levels the sync loop had
+        # reached, in force right before the first event the stream will bring.
+        self._levels = PowerLevels(
+            await self._client.get_state(self._room, POWER_LEVELS), creators
+        )
+        await self._load_state()
+        self._index = BatchIndex(self._client, self._room, self._reader,
+                                 retention_ms=self._retention_ms, skew_ms=self._skew_ms,
+                                 creators=creators)
+        await self._index.open()
+        if self._durable is not None:
+            name = self._durable
+            self._position = await self._client.run_sql(
+                lambda c: durable_pos.load(c, self._room, name))
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(tg.cancel_scope.cancel)
+        tg.start_soon(self._run, recv)
+        tg.start_soon(self._devices.watch_heartbeats)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        stack, self._stack = self._stack, None
-        for w in self._watchers:
-            w.close()
-        if stack is not None:
-            return await exit_stack(stack, exc_type, exc, tb)
-        return None
+    async def _closing(self, exc_type: type[BaseException] | None) -> None:
+        self._devices.close()
 
     async def _run(self, recv: MemoryObjectReceiveStream[RoomEvent]) -> None:
         if self._position is not None:
@@ -429,11 +389,8 @@ class Subscriber:
         if len(self._taken) > _TAKEN_IDS:
             self._taken.popitem(last=False)
         self._batches += 1
-        self._alive(batch_device, ev.sender)
-        for sensor, r in newest.items():
-            old = self._last.get(sensor)
-            if old is None or r.t_ms >= old.t_ms:
-                self._last[sensor] = r
+        self._devices.alive(batch_device, ev.sender)
+        self._values.note(newest)
         if self._filter is not None:
             readings = [r for r in readings if r.sensor in self._filter]
         if skip:
@@ -453,66 +410,10 @@ class Subscriber:
         self._apply_state(ev, value, seen_ms=seen_ms)
 
     def _apply_state(self, ev: RoomEvent, value: StreamState, *, seen_ms: int) -> None:
-        assert ev.state_key is not None
         if isinstance(value, SensorMeta):
-            old = self._meta.get(ev.state_key)
-            if old is None or ev.origin_server_ts >= old[0]:
-                self._meta[ev.state_key] = (ev.origin_server_ts, value)
-            return
-        state = value
-        device = ev.state_key
-        if ev.origin_server_ts < self._device_ts.get(device, -1):
-            return  # older than what we know (the state fetch raced the sync)
-        self._device_ts[device] = ev.origin_server_ts
-        if state.online:
-            self._device_seen[device] = max(self._device_seen.get(device, 0), seen_ms)
-        # An offline state says no description: the device is still what it was.
-        old_status = self._devices.get(device)
-        description = state.description if state.description is not None else (
-            old_status.description if old_status is not None else None)
-        self._set_device(DeviceStatus(
-            device=device, sender=ev.sender, online=state.online, since_ms=state.since_ms,
-            event_ts=ev.origin_server_ts, reason=state.reason, heartbeat_ms=state.heartbeat_ms,
-            session=state.session, last_seq=state.last_seq, description=description,
-        ))
-
-    def _alive(self, device: str, sender: str) -> None:
-        now = _now_ms()
-        self._device_seen[device] = now
-        st = self._devices.get(device)
-        if st is not None and not st.online and st.inferred and st.sender == sender:
-            self._set_device(msgspec.structs.replace(
-                st, online=True, since_ms=now, event_ts=now, reason="batch", inferred=True
-            ))
-
-    async def _watch_heartbeats(self) -> None:
-        while True:
-            await anyio.sleep(self._check_interval)
-            now = _now_ms()
-            for device, st in list(self._devices.items()):
-                if not st.online or st.heartbeat_ms <= 0:
-                    continue
-                seen = self._device_seen.get(device, st.event_ts)
-                if now - seen > 2 * st.heartbeat_ms:
-                    self._set_device(msgspec.structs.replace(
-                        st, online=False, since_ms=now, event_ts=now,
-                        reason="heartbeat-timeout", inferred=True,
-                    ))
-
-    def _set_device(self, status: DeviceStatus) -> None:
-        old = self._devices.get(status.device)
-        self._devices[status.device] = status
-        if old is not None and (old.online, old.session) == (status.online, status.session):
-            return  # a refresh, or a second word for the same state: not a change
-        for w in list(self._watchers):
-            try:
-                w.send_nowait(status)
-            except anyio.WouldBlock:
-                self._lost_changes += 1
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self._watchers.remove(w)
-        self._device_changed.set()
-        self._device_changed = anyio.Event()
+            self._values.apply_meta(ev, value)
+        else:
+            self._devices.apply_state(ev, value, seen_ms=seen_ms)
 
     # -- live readings -----------------------------------------------------------------
 
@@ -574,56 +475,13 @@ class Subscriber:
     @property
     def sensors(self) -> dict[str, SensorMeta]:
         """The sensors the room's state describes (``org.mxsync.sensor``), by id."""
-        return {k: v for k, (_, v) in self._meta.items()}
+        return self._values.sensors()
 
     async def latest(self, sensor: str) -> Reading | None:
         """The newest reading of ``sensor`` this subscriber knows of: seen live,
         in the sensor's state, or in the newest batches of the room."""
         validate_sensor_id(sensor)
-        best = self._last.get(sensor)
-        entry = self._meta.get(sensor)
-        meta = None if entry is None else entry[1]
-        if meta is not None and meta.last_t_ms is not None:
-            try:
-                value = meta.last_value()
-            except ProtocolError:
-                value = None
-            if value is not None:
-                best = _newer(best, Reading(sensor, meta.last_t_ms, value, meta.unit,
-                                            meta.device))
-        if sensor not in self._scanned:
-            best = _newer(best, await self._scan_latest(sensor, best))
-            self._scanned.add(sensor)
-        return best
-
-    async def _scan_latest(self, sensor: str, known: Reading | None) -> Reading | None:
-        """The newest reading of ``sensor`` in the last ``latest_scan`` batches."""
-        if self._latest_scan < 1:
-            return None  # nothing to look through: not even one request
-        scanned = 0
-        async for page in self._client.pages(
-            self._room, None, direction="b", limit=min(20, self._latest_scan),
-            types=[READINGS, POWER_LEVELS],
-        ):
-            levels = await levels_backwards(self._client, self._room, page,
-                                            self._levels.creators)
-            for ev, in_force in zip(page.events, levels, strict=True):
-                scanned += 1
-                if known is not None and ev.origin_server_ts < known.t_ms - self._skew_ms:
-                    return None
-                batch = self._reader.batch(ev, in_force)
-                if batch is None or not any(s.sensor == sensor for s in batch.series):
-                    continue
-                readings = self._reader.readings(ev, batch)
-                if readings:
-                    mine = [(r.t_ms, i) for i, r in enumerate(readings) if r.sensor == sensor]
-                    if not mine:
-                        return None
-                    _, i = max(mine, key=lambda p: (p[0], -p[1]))  # the first of the newest
-                    return msgspec.structs.replace(readings[i], session=batch.session, index=i)
-            if scanned >= self._latest_scan:
-                break
-        return None
+        return await self._values.latest(sensor, self._levels.creators)
 
     # -- history ------------------------------------------------------------------------
 
@@ -699,31 +557,18 @@ class Subscriber:
     @property
     def devices(self) -> dict[str, DeviceStatus]:
         """The devices of the room, by device id, as this subscriber knows them now."""
-        return dict(self._devices)
+        return self._devices.snapshot()
 
     async def wait_device(self, device: str, *, online: bool) -> DeviceStatus:
         """Return the device's status once it is ``online`` (or offline)."""
         validate_device_id(device)
-        while True:
-            st = self._devices.get(device)
-            if st is not None and st.online is online:
-                return st
-            await self._device_changed.wait()
+        return await self._devices.wait(device, online=online)
 
-    @asynccontextmanager
-    async def device_changes(self, buffer: int = 256) -> AsyncIterator[
+    def device_changes(self, buffer: int = 256) -> AbstractAsyncContextManager[
         MemoryObjectReceiveStream[DeviceStatus]
     ]:
         """A stream of device status changes (online/offline, new sessions) from now on."""
-        send, recv = anyio.create_memory_object_stream[DeviceStatus](buffer)
-        self._watchers.append(send)
-        try:
-            async with recv:
-                yield recv
-        finally:
-            if send in self._watchers:
-                self._watchers.remove(send)
-            send.close()
+        return self._devices.changes(buffer)
 
     def statistics(self) -> SubscriberStatistics:
         return SubscriberStatistics(
@@ -736,7 +581,7 @@ class Subscriber:
             repaired_batches=self._repaired,
             malformed=self._reader.malformed,
             forbidden=self._reader.forbidden,
-            lost_device_changes=self._lost_changes,
+            lost_device_changes=self._devices.lost_changes,
             index_walk_events=0 if self._index is None else self._index.walked_events,
             index_fetched=0 if self._index is None else self._index.fetched,
         )
@@ -771,14 +616,3 @@ def _ends(readings: list[Reading], sensors: int | None) -> tuple[dict[str, Readi
 
 
 _sensor = attrgetter("sensor")
-
-
-def _newer(a: Reading | None, b: Reading | None) -> Reading | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    # Of two of one time, the one from a batch (it has an identity) over the state's copy.
-    if b.t_ms > a.t_ms or (b.t_ms == a.t_ms and a.index is None and b.index is not None):
-        return b
-    return a

@@ -8,7 +8,7 @@ from typing import Any
 
 import pycrdt
 
-from mxsync.docs.loader import BackwardScan
+from mxsync.docs.coldscan import BackwardScan
 from mxsync.docs.replica import Replica
 from mxsync.engine.events import RoomEvent
 from mxsync.protocol import docs as proto

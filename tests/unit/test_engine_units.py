@@ -238,7 +238,7 @@ async def test_an_in_flight_record_is_read_into_a_bounded_memory(version):
         await store.kv_set("sync", "inflight", json.dumps(record).encode())
         loop = SyncLoop(None, store, seen_per_room=3)  # loading makes no request
         await loop._load()
-        room = loop._rooms["!r:x"]
+        room = loop.dispatch.rooms["!r:x"]
         assert list(room.seen) == ["$e2", "$e3", "$e4"]
         assert room.last_event_id == ("$persisted" if version == "pairs" else "$e4")
     finally:
