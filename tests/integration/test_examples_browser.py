@@ -108,6 +108,18 @@ async def strokes(page: Any) -> list[dict[str, Any]]:
     return result
 
 
+async def cursor_settled(viewer: Any, user: str, point: tuple[int, int]) -> None:
+    """Wait until ``viewer`` draws ``user``'s cursor where their mouse stopped
+    (``point``, board coordinates), or not at all. Cursors travel as awareness,
+    paced apart from the strokes (a few sends a second): a page can hold a
+    stroke while it still draws the author's cursor at a point the mouse passed,
+    on top of the stroke's pixels."""
+    await viewer.wait_for_function(
+        "([u, x, y]) => whiteboard.cursors().every(c => c.user !== u"
+        " || (Math.abs(c.x - x) < 20 && Math.abs(c.y - y) < 20))",
+        arg=[user, *point], timeout=WAIT_MS)
+
+
 def is_colour(pixel: list[int], rgb: tuple[int, int, int], tolerance: int = 40) -> bool:
     return all(abs(p - c) <= tolerance for p, c in zip(pixel[:3], rgb, strict=True))
 
@@ -155,7 +167,9 @@ async def test_whiteboard_pages_share_strokes_undo_erase_clear_and_presence(
         assert b_stroke["points"][:2] == [200, 200] and b_stroke["points"][-2:] == [800, 420]
         assert all(isinstance(v, int) for v in b_stroke["points"])
         # ... and on Bob's canvas: red where the stroke runs, white elsewhere. Not
-        # at its end: Alice's cursor (awareness over Matrix) may be drawn there.
+        # at its end: Alice's cursor (awareness over Matrix) is drawn there, once
+        # it got there (CI once read her cursor at the stroke's start).
+        await cursor_settled(b_page, alice.user_id, line[-1])
         assert is_colour(await b_page.evaluate("whiteboard.pixel(200, 200)"), RED)
         assert is_colour(await b_page.evaluate("whiteboard.pixel(300, 250)"), RED)
         assert is_colour(await b_page.evaluate("whiteboard.pixel(700, 340)"), RED)
@@ -165,6 +179,7 @@ async def test_whiteboard_pages_share_strokes_undo_erase_clear_and_presence(
         await b_page.evaluate("whiteboard.setColor('#2563eb'); whiteboard.setWidth(8)")
         await draw(b_page, [(300, 600), (900, 650)])
         await a_page.wait_for_function("whiteboard.strokes().length === 2", timeout=WAIT_MS)
+        await cursor_settled(a_page, bob.user_id, (900, 650))
         a_ids = [s["author"] for s in await strokes(a_page)]
         assert a_ids == [alice.user_id, bob.user_id]
         assert is_colour(await a_page.evaluate("whiteboard.pixel(600, 625)"), BLUE)
@@ -181,6 +196,7 @@ async def test_whiteboard_pages_share_strokes_undo_erase_clear_and_presence(
         await a_page.evaluate("whiteboard.setTool('eraser')")
         await draw(a_page, [(600, 560), (600, 700)])
         await b_page.wait_for_function("whiteboard.strokes().length === 0", timeout=WAIT_MS)
+        await cursor_settled(b_page, alice.user_id, (600, 700))
         assert is_colour(await b_page.evaluate("whiteboard.pixel(600, 625)"), WHITE)
 
         # Bob draws twice, Alice clears (two clicks: the button asks first).
