@@ -13,7 +13,7 @@ Invariants:
   one is skipped: a duplicate if it is another event (a send that landed
   twice, a batch posted again), an overlap if it is the very event taken
   before (the seam between a replay of history and the live events queued
-  meanwhile; the last ``_TAKEN_IDS`` event ids taken are remembered). On a
+  meanwhile; :class:`~mxsync.streams.holes.Chains` keeps the ids). On a
   jump the subscriber looks back in the room (bounded, with backoff; paging
   backwards makes the server backfill from other servers) for the batches
   skipped and takes those found first, in order; what stays missing counts as
@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from operator import attrgetter
@@ -85,7 +84,7 @@ from .history import (
     check_range,
     read_history,
 )
-from .holes import Key, find_batches
+from .holes import Chains, Key, find_batches
 from .index import BatchIndex
 from .latest import LastValues
 from .state import StreamState, decode_state, load_state
@@ -94,10 +93,6 @@ __all__ = ["Subscriber", "SubscriberStatistics", "DeviceStatus"]
 
 log = logging.getLogger("mxsync.streams.subscriber")
 
-#: Event ids of the batches taken last, to tell an overlap from a duplicate. The
-#: seam a replay leaves is bounded by the live stream's buffer (the engine's
-#: ``room_events``, 1,024 events), so this covers it with room to spare.
-_TAKEN_IDS = 4096
 
 
 def _now_ms() -> int:
@@ -225,20 +220,13 @@ class Subscriber(StackOwner):
         self._current: list[Reading] = []
         self._pos = 0
         self._base = 0
-        self._seqs: dict[tuple[str, str, int | None], int] = {}
+        self._chains = Chains()
         self._values = LastValues(client, room_id, self._reader, scan=latest_scan,
                                   skew_ms=self._skew_ms)
         self._devices = DeviceTracker(max(0.05, float(check_interval)))
         # Counters (statistics()).
         self._batches = 0
         self._readings = 0
-        self._duplicates = 0
-        self._overlap = 0
-        #: Event ids of the last batches taken (oldest first), see _TAKEN_IDS.
-        self._taken: OrderedDict[str, None] = OrderedDict()
-        self._gaps = 0
-        self._missing = 0
-        self._repaired = 0
 
     def __repr__(self) -> str:
         return f"<Subscriber of {self._room}>"
@@ -334,40 +322,29 @@ class Subscriber(StackOwner):
         if batch is None:
             return
         key = (ev.sender, batch.device, batch.session)
-        last = self._seqs.get(key)
-        if last is not None and batch.seq <= last:
-            if ev.event_id in self._taken:
-                self._overlap += 1
-            else:
-                self._duplicates += 1
+        if self._chains.seen(ev, key, batch.seq):
             return
         readings = self._reader.readings(ev, batch, identity=True)
         if readings is None:
             return
+        last = self._chains.last(key)
         if last is not None and batch.seq > last + 1:
             last = await self._fill_hole(key, last, batch.seq)
         if last is not None and batch.seq > last + 1:
-            self._gaps += 1
-            self._missing += batch.seq - last - 1
-            log.warning("device %s of %s: batches %d..%d are missing", batch.device, ev.sender,
-                        last + 1, batch.seq - 1)
+            self._chains.missing_between(key, last, batch.seq)
         await self._take(ev, key, batch.seq, readings, sensors=_sensors(batch))
 
     async def _fill_hole(self, key: Key, last: int, upto: int) -> int:
         """Look back for the batches ``last+1 .. upto-1`` of ``key``
         (:mod:`mxsync.streams.holes`) and take the ones found in order; the last
         seq taken. Readings stay in order: later batches wait meanwhile."""
-        sender, device, _ = key
         found = await find_batches(self._client, self._room, self._reader, self._levels,
                                    key, last, upto)
         for seq in sorted(found):
             old, readings = found[seq]
             if seq > last + 1:
-                self._gaps += 1
-                self._missing += seq - last - 1
-                log.warning("device %s of %s: batches %d..%d are missing", device, sender,
-                            last + 1, seq - 1)
-            self._repaired += 1
+                self._chains.missing_between(key, last, seq)
+            self._chains.repaired += 1
             await self._take(old, key, seq, readings)
             last = seq
         return last
@@ -384,10 +361,7 @@ class Subscriber(StackOwner):
         if self._index is not None:
             spans = {sensor: (r.t_ms, newest[sensor].t_ms) for sensor, r in first.items()}
             await self._index.note(ev, batch_device, session, seq, spans)
-        self._seqs[key] = seq
-        self._taken[ev.event_id] = None
-        if len(self._taken) > _TAKEN_IDS:
-            self._taken.popitem(last=False)
+        self._chains.took(ev, key, seq)
         self._batches += 1
         self._devices.alive(batch_device, ev.sender)
         self._values.note(newest)
@@ -574,11 +548,11 @@ class Subscriber(StackOwner):
         return SubscriberStatistics(
             batches=self._batches,
             readings=self._readings,
-            duplicates=self._duplicates,
-            overlap=self._overlap,
-            gaps=self._gaps,
-            missing_batches=self._missing,
-            repaired_batches=self._repaired,
+            duplicates=self._chains.duplicates,
+            overlap=self._chains.overlap,
+            gaps=self._chains.gaps,
+            missing_batches=self._chains.missing,
+            repaired_batches=self._chains.repaired,
             malformed=self._reader.malformed,
             forbidden=self._reader.forbidden,
             lost_device_changes=self._devices.lost_changes,
