@@ -369,7 +369,8 @@ async def _isolated_rows(p: Peers, n: int,
     put("isolated_bytes", mx["bytes_per_edit"], mc["bytes_per_edit"])
 
 
-async def run(hs: DevServer, *, quick: bool, isolated_only: bool = False) -> dict[str, float]:
+async def run(hs: DevServer, *, quick: bool, only: str | None = None) -> dict[str, float]:
+    """Every workload, or ``only`` one of them: "isolated" or "open"."""
     try:
         modules = ensure_package_set("matrix-crdt")
         node_command()
@@ -393,8 +394,11 @@ async def run(hs: DevServer, *, quick: bool, isolated_only: bool = False) -> dic
     async with AsyncExitStack() as stack:
         p = Peers(hs, stack, modules)
 
+        if only == "open":
+            await _open_rows(p, n_open, put)
+            return res
         await _isolated_rows(p, n_isolated, put)
-        if isolated_only:
+        if only == "isolated":
             return res
 
         mx = await mx_fast(p, n_fast)
@@ -439,25 +443,6 @@ async def _open_rows(p: Peers, n: int, put: Callable[[str, float | None, float |
         put(f"open_{k}", mx[k], mc[k])
 
 
-async def run_open(hs: DevServer) -> dict[str, float]:
-    """The two open workloads alone (``--open-only``)."""
-    try:
-        modules = ensure_package_set("matrix-crdt")
-        node_command()
-    except NodeUnavailable as exc:
-        say(f"SKIPPED: the peers section needs Node.js and npm ({exc})")
-        return {}
-    res: dict[str, float] = {}
-
-    def put(key: str, mx: float | None, mc: float | None) -> None:
-        res[f"peer_{key}_mxsync"] = float("nan") if mx is None else float(mx)
-        res[f"peer_{key}_mcrdt"] = float("nan") if mc is None else float(mc)
-
-    async with AsyncExitStack() as stack:
-        await _open_rows(Peers(hs, stack, modules), 2000, put)
-    return res
-
-
 def print_rows(results: dict[str, Any]) -> None:
     print(f"{'row':<55} {'mxsync':>10} {'Matrix-CRDT':>12} {'ratio':>8}")
     for label, mx, mc, ratio in rows(results):
@@ -477,9 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     async def go() -> dict[str, float]:
         with tempfile.TemporaryDirectory(prefix="mxsync-bench-peers-") as state:
             async with DevServer(state, rate_limits="default") as hs:
-                if args.open_only:
-                    return await run_open(hs)
-                return await run(hs, quick=args.quick, isolated_only=args.isolated_only)
+                only = "open" if args.open_only else "isolated" if args.isolated_only else None
+                return await run(hs, quick=args.quick, only=only)
 
     results = anyio.run(go, backend="asyncio")
     print(json.dumps(results, indent=2, sort_keys=True))
