@@ -83,7 +83,7 @@ class LiveUpdates:
         self._pending_done: anyio.Event | None = None
         self._sending_done: anyio.Event | None = None
         self._sub: pycrdt.Subscription | None = None
-        self.stopped = False
+        self._stopped = False  # the writer stopped: the document is closing
         self.sent = 0
         self.bytes_sent = 0
         self.not_sent = 0
@@ -134,7 +134,7 @@ class LiveUpdates:
                 self._sending_done = None
                 if done is not None:
                     done.set()
-            if self.stopped:
+            if self._stopped:
                 return
 
     async def _send_batch(self, batch: list[bytes], size: int) -> None:
@@ -152,7 +152,7 @@ class LiveUpdates:
             try:
                 await self._persist()  # stored before any peer sees it
             except RuntimeError:
-                self.stopped = True  # the writer stopped: the document is closing
+                self._stopped = True
                 return
         if await self.peers.send(self.peers.live_message(update), to=targets):
             self.sent += 1

@@ -64,11 +64,11 @@ T = TypeVar("T")
 #: at most this much latency), how fast it decays per send that is not
 #: refused, and below what it is forgotten.
 _PACE_CAP = 10.0
+_PACE_DECAY = 0.95
+_PACE_FLOOR = 0.05
 #: The longest an entry waits for the hold it was staged with (see ``stage``):
 #: the durable path is delayed by at most this much.
 HOLD_MAX = 0.05
-_PACE_DECAY = 0.95
-_PACE_FLOOR = 0.05
 
 log = logging.getLogger("mxsync.outbox")
 #: Every rate-limit pause, at INFO: the ``mxsync`` command shows them.
